@@ -1,0 +1,1 @@
+"""Data: sources (phantom, NIH), metadata validation, patient split, cache, loader, augmentation."""

@@ -1,0 +1,133 @@
+"""Patient-wise, seeded, label-stratified train/val/test split.
+
+    assignment = split_patients(patient_ids, labels, val_fraction=0.1, test_fraction=0.2, seed=42)
+
+All images of a patient land in one split (follow-ups share anatomy, so a leaky split inflates
+scores). Patients are dealt out by iterative stratification (Sechidis et al., 2011) applied
+to patients: rarest finding first, each patient goes to the split that still lacks the most
+images with that finding, so every finding's prevalence is similar across splits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from cxr14.labels import LABELS
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class LeakageError(AssertionError):
+    """A patient appears in more than one split."""
+
+
+def split_patients(
+    patient_ids: np.ndarray, labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Return the split name of every image (array of "train"/"val"/"test").
+
+    Args:
+        patient_ids: [N] patient id per image.
+        labels: [N, C] multi-hot per image.
+        val_fraction, test_fraction: shares of images aimed at (patients are indivisible).
+        seed: the only source of randomness (tie-breaking and patient order).
+    """
+    rng = np.random.default_rng(seed)
+    codes, patient_index = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
+    n_patients = len(codes)
+    # Per-patient image counts per label, and per-patient image totals.
+    patient_labels = np.zeros((n_patients, labels.shape[1]), dtype=np.int64)
+    np.add.at(patient_labels, patient_index, labels.astype(np.int64))
+    patient_images = np.bincount(patient_index, minlength=n_patients).astype(np.int64)
+
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    label_demand = fractions[:, None] * patient_labels.sum(axis=0)[None, :]  # [3, C]
+    image_demand = fractions * patient_images.sum()  # [3]
+
+    order = rng.permutation(n_patients)  # seeded tie-breaking among equal patients
+    assigned = np.full(n_patients, -1, dtype=np.int64)
+
+    def assign(patient: int, split: int) -> None:
+        assigned[patient] = split
+        label_demand[split] -= patient_labels[patient]
+        image_demand[split] -= patient_images[patient]
+
+    # Rarest label first; the patients carrying it are dealt out before common labels fill up.
+    for label in np.argsort(patient_labels.sum(axis=0), kind="stable"):
+        carriers = order[(patient_labels[order, label] > 0) & (assigned[order] < 0)]
+        for patient in carriers:
+            need = label_demand[:, label]
+            best = np.flatnonzero(need == need.max())
+            if len(best) > 1:
+                totals = image_demand[best]
+                best = best[totals == totals.max()]
+            assign(patient, int(best[0]) if len(best) == 1 else int(rng.choice(best)))
+    for patient in order[assigned[order] < 0]:
+        assign(patient, int(np.argmax(image_demand)))
+
+    return np.array(SPLITS, dtype=object)[assigned[patient_index]]
+
+
+def check_patient_disjoint(frame: pd.DataFrame) -> None:
+    """Raise LeakageError naming a patient found in two splits."""
+    splits_per_patient = frame.groupby("patient_id")["split"].nunique()
+    leaked = splits_per_patient[splits_per_patient > 1]
+    if len(leaked):
+        patient = leaked.index[0]
+        where = sorted(frame.loc[frame["patient_id"] == patient, "split"].unique())
+        raise LeakageError(f"patient {patient} is in splits {where} ({len(leaked)} leaking patients)")
+
+
+def split_summary(frame: pd.DataFrame, labels: np.ndarray) -> dict:
+    """Counts and per-class prevalence per split, for metrics/split.json."""
+    summary: dict = {}
+    for split in SPLITS:
+        mask = (frame["split"] == split).to_numpy()
+        n_images = int(mask.sum())
+        prevalence = labels[mask].mean(axis=0) if n_images else np.zeros(len(LABELS))
+        summary[split] = {
+            "images": n_images,
+            "patients": int(frame.loc[mask, "patient_id"].nunique()),
+            "prevalence": {name: round(float(p), 5) for name, p in zip(LABELS, prevalence)},
+            "positives": {name: int(n) for name, n in zip(LABELS, labels[mask].sum(axis=0))},
+        }
+    return summary
+
+
+def make_splits(metadata, split_cfg, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The split stage: (table for data/splits.csv sorted by image, summary for split.json)."""
+    frame = metadata.frame
+    assignment = split_patients(
+        frame["patient_id"].to_numpy(), metadata.labels, split_cfg.val_fraction, split_cfg.test_fraction, seed
+    )
+    table = pd.DataFrame({"image_id": frame["image_id"], "patient_id": frame["patient_id"], "split": assignment})
+    check_patient_disjoint(table)
+    summary = split_summary(table, metadata.labels)
+    summary["dropped_missing_images"] = metadata.dropped_missing
+    order = np.argsort(table["image_id"].to_numpy(), kind="stable")
+    table = table.iloc[order].reset_index(drop=True)
+    for split in SPLITS:
+        log.info("split %s: %d images, %d patients", split, summary[split]["images"], summary[split]["patients"])
+    output = table.rename(columns={"image_id": "Image Index", "patient_id": "Patient ID"})
+    return output, summary
+
+
+def attach_splits(metadata, splits_csv) -> pd.DataFrame:
+    """Metadata rows with their split column, checking the split table covers every image."""
+    splits = pd.read_csv(splits_csv, dtype={"Image Index": str, "Patient ID": str})
+    lookup = dict(zip(splits["Image Index"], splits["split"]))
+    frame = metadata.frame.copy()
+    frame["split"] = frame["image_id"].map(lookup)
+    unassigned = frame["split"].isna()
+    if unassigned.any():
+        raise ValueError(
+            f"{splits_csv}: {int(unassigned.sum())} image(s) have no split, e.g. "
+            f"{frame.loc[unassigned, 'image_id'].iloc[0]!r}; re-run the split stage"
+        )
+    check_patient_disjoint(frame)
+    return frame

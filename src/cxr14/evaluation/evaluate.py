@@ -1,0 +1,95 @@
+"""Score a trained model on the test split, once, with thresholds tuned on validation.
+
+    record = evaluate_model(cfg, "cnn", cache_dir=Path("data/cache"), model_dir=Path("models/cnn"))
+
+Validation predictions choose the per-class max-F1 thresholds; the test split is touched only
+here, after model selection, so its numbers are honest estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr14 import tracking
+from cxr14.config import Config
+from cxr14.data.cache import open_split, split_labels
+from cxr14.evaluation.metrics import max_f1_thresholds, micro_roc_points, test_metrics
+from cxr14.labels import LABELS, NUM_CLASSES
+from cxr14.models import build_model
+from cxr14.training.engine import predict, select_device
+
+log = logging.getLogger(__name__)
+
+
+def load_trained(model_dir: Path, model_name: str, device: torch.device):
+    """Rebuild the architecture and load `best.pt` (the early-stopping choice)."""
+    checkpoint_path = model_dir / "best.pt"
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"{checkpoint_path}: no trained checkpoint; run `dvc repro train@{model_name}`")
+    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    bundle = build_model(model_name, NUM_CLASSES, checkpoint["image_size"])
+    bundle.model.load_state_dict(checkpoint["model"])
+    bundle.model.to(device)
+    return bundle, checkpoint["image_size"]
+
+
+def evaluate_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path) -> dict:
+    """Return the full evaluation record (metrics, thresholds, ROC, predictions, training summary)."""
+    device = select_device(cfg.train.device)
+    bundle, image_size = load_trained(model_dir, model_name, device)
+    batch_size = cfg.evaluate.batch_size
+
+    val_images, val_index = open_split(cache_dir, "val")
+    test_images, test_index = open_split(cache_dir, "test")
+    val_targets, test_targets = split_labels(val_index), split_labels(test_index)
+    val_scores = predict(bundle, val_images, val_targets, batch_size, image_size, device, desc="val")
+    test_scores = predict(bundle, test_images, test_targets, batch_size, image_size, device, desc="test")
+
+    thresholds = max_f1_thresholds(val_targets, val_scores)
+    metrics = test_metrics(test_targets, test_scores, thresholds)
+    with (model_dir / "train.json").open(encoding="utf-8") as handle:
+        training = json.load(handle)
+    history = pd.read_csv(model_dir / "history.csv")
+    predictions = pd.DataFrame(test_scores, columns=list(LABELS))
+    predictions.insert(0, "image_id", test_index["image_id"])
+    log.info("%s: test macro AUROC %.4f over %d classes, %d images",
+             model_name, metrics["macro_auroc"], metrics["classes_in_macro_auroc"], len(test_targets))
+    return {
+        "model": model_name,
+        "metrics": metrics,
+        "training": training,
+        "roc": micro_roc_points(test_targets, test_scores) if len(test_targets) else [],
+        "history": history,
+        "predictions": predictions,
+    }
+
+
+def compact_metrics(record: dict) -> dict:
+    """The headline numbers for `dvc metrics show/diff` (metrics/<model>.json)."""
+    metrics = record["metrics"]
+    return {
+        "macro_auroc": metrics["macro_auroc"],
+        "micro_auroc": metrics["micro_auroc"],
+        "macro_ap": metrics["macro_ap"],
+        "macro_f1": metrics["macro_f1"],
+        "params_total": record["training"]["params_total"],
+        "train_seconds": record["training"]["train_seconds"],
+        "auroc": metrics["auroc"],
+    }
+
+
+def log_to_run(record: dict, run_file: Path) -> None:
+    """Add the test metrics to the model's training run (recorded in mlflow_run.json)."""
+    with run_file.open(encoding="utf-8") as handle:
+        run_id = json.load(handle)["run_id"]
+    metrics = record["metrics"]
+    flat = {f"test_{key}": value for key, value in metrics.items() if isinstance(value, float)}
+    flat.update({f"test_auroc_{name}": value for name, value in metrics["auroc"].items() if value is not None})
+    with tracking.model_run(record["model"], run_id=run_id):
+        tracking.log_metrics({key: value for key, value in flat.items() if np.isfinite(value)})

@@ -1,0 +1,103 @@
+"""The seed project's own architectures (design note 001), ported to PyTorch.
+
+    cnn     Conv 32 3x3 ReLU, MaxPool 2, Conv 64 3x3 ReLU, MaxPool 2, Flatten, Dense 512 ReLU,
+            Dense 15 -- 95,579,087 parameters at 224 px with 3 input channels, as in Keras.
+    vit_v1  32 px patches -> 64-d projection + learned positions, 8 pre-LN encoder blocks
+            (4 heads, MLP 64->128->64), LN, Flatten, Dropout .5, MLP head 2048 -> 1024, out.
+
+Both take 3-channel input (the seed fed RGB-converted PNGs); the loader expands grayscale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cxr14.models.registry import register
+
+
+@register("cnn")
+def cnn(num_classes: int, image_size: int) -> nn.Module:
+    """The seed CNN; its Flatten makes the Dense layer depend on `image_size`."""
+    side = ((image_size - 2) // 2 - 2) // 2  # two valid 3x3 convs, each followed by 2x2 pooling
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * side * side, 512),
+        nn.ReLU(inplace=True),
+        nn.Linear(512, num_classes),
+    )
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.GELU(), nn.Dropout(dropout)
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        normed = self.norm1(tokens)
+        tokens = tokens + self.attention(normed, normed, normed, need_weights=False)[0]
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class SeedViT(nn.Module):
+    """The seed's small ViT (no class token: the head flattens all patch tokens)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        patch_size: int = 32,
+        dim: int = 64,
+        depth: int = 8,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.1,
+        head_units: tuple[int, ...] = (2048, 1024),
+        head_dropout: float = 0.5,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"vit: image_size {image_size} is not a multiple of patch size {patch_size}")
+        self.patch_size = patch_size
+        num_patches = (image_size // patch_size) ** 2
+        self.projection = nn.Linear(patch_size * patch_size * in_chans, dim)
+        self.position = nn.Parameter(torch.zeros(1, num_patches, dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.blocks = nn.Sequential(*[_EncoderBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(head_dropout)]
+        width = num_patches * dim
+        for units in head_units:
+            layers += [nn.Linear(width, units), nn.GELU(), nn.Dropout(head_dropout)]
+            width = units
+        layers.append(nn.Linear(width, num_classes))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch, channels, _, _ = images.shape
+        size = self.patch_size
+        # [B, C, H, W] -> [B, N, size*size*C], row-major patches like tf.image.extract_patches.
+        patches = images.unfold(2, size, size).unfold(3, size, size)  # B, C, h, w, size, size
+        patches = patches.permute(0, 2, 3, 4, 5, 1).reshape(batch, -1, size * size * channels)
+        tokens = self.projection(patches) + self.position
+        return self.head(self.norm(self.blocks(tokens)))
+
+
+@register("vit_v1")
+def vit_v1(num_classes: int, image_size: int) -> nn.Module:
+    return SeedViT(num_classes=num_classes, image_size=image_size)

@@ -1,0 +1,1 @@
+"""Reporting: the side-by-side comparison of every evaluated model."""

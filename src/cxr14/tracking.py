@@ -1,0 +1,104 @@
+"""MLflow bookkeeping: one run per trained model, which evaluate later reopens.
+
+    uri = tracking_uri()                 # $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    check_reachable(uri)                 # fails before training if a server is down
+    with model_run("cnn", run_id=None, params=flat_params) as run: ...
+
+MLflow is the lab notebook (every run, including abandoned experiments); DVC decides what is
+current. The default store is a SQLite file next to params.yaml, so `mlflow ui
+--backend-store-uri sqlite:///mlflow.db` shows every run without a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "cxr14"
+DEFAULT_STORE = "mlflow.db"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def tracking_uri() -> str:
+    """`$MLFLOW_TRACKING_URI` when set, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For http(s) stores, GET /health now rather than failing after an epoch of training."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} is unreachable ({error}); start it, fix "
+            "MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
+        ) from None
+
+
+def _mlflow():
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+@contextlib.contextmanager
+def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Start (or, given `run_id`, continue) the MLflow run of one model."""
+    mlflow = _mlflow()
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(run_name=model_name, tags={"model": model_name, **(tags or {})})
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    # MLflow caps a value at 6,000 characters; ours are short, but keep them strings.
+    mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def git_commit() -> str:
+    """The current commit, for the run's tags ("unknown" outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

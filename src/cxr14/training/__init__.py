@@ -1,0 +1,1 @@
+"""Training: the engine (epochs, validation, early stopping, checkpoints, resume)."""

@@ -1,0 +1,57 @@
+import cv2
+import numpy as np
+import pytest
+
+from cxr14.config import SplitConfig
+from cxr14.data.cache import ImageDecodeError, build_cache, decode_and_resize, open_split, split_labels
+from cxr14.data.metadata import load_metadata
+from cxr14.data.split import make_splits
+from cxr14.labels import LABELS
+
+
+def build(raw, cache_dir, size=32):
+    metadata = load_metadata(raw)
+    table, _ = make_splits(metadata, SplitConfig(), seed=0)
+    frame = metadata.frame.assign(split=metadata.frame["image_id"].map(dict(zip(table["Image Index"], table["split"]))))
+    return build_cache(frame, metadata.labels, metadata.images_dir, cache_dir, size=size, workers=2), metadata
+
+
+def test_cache_layout_labels_and_pixels(small_nih, tmp_path):
+    summary, metadata = build(small_nih, tmp_path / "cache")
+    assert sum(summary["splits"].values()) == 30
+    images, index = open_split(tmp_path / "cache", "train")
+    assert images.dtype == np.uint8 and images.shape[1:] == (32, 32)
+    assert list(index.columns) == ["image_id", "patient_id", *LABELS]
+    # row 0 of the cache is exactly the area-resized source PNG, with its own labels
+    image_id = index["image_id"][0]
+    source = cv2.imread(str(small_nih / "images" / image_id), cv2.IMREAD_GRAYSCALE)
+    assert np.array_equal(images[0], cv2.resize(source, (32, 32), interpolation=cv2.INTER_AREA))
+    row = metadata.frame.index[metadata.frame["image_id"] == image_id][0]
+    assert np.array_equal(split_labels(index)[0], metadata.labels[row])
+
+
+def test_same_inputs_same_bytes(small_nih, tmp_path):
+    build(small_nih, tmp_path / "a")
+    build(small_nih, tmp_path / "b")
+    for name in ("train.npy", "val.npy", "test.npy", "train.csv", "cache.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_corrupt_png_names_the_file_and_leaves_no_cache(small_nih, tmp_path):
+    bad = small_nih / "images" / "00000004_001.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ImageDecodeError, match="00000004_001.png"):
+        build(small_nih, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    assert not list(tmp_path.glob(".cache*"))  # no staging folder left behind
+
+
+def test_16_bit_and_rgba_become_8_bit_gray(tmp_path):
+    deep = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    rgba = np.dstack([np.full((64, 64), 200, np.uint8)] * 3 + [np.full((64, 64), 255, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    for name in ("deep.png", "rgba.png"):
+        image = decode_and_resize(tmp_path / name, 32)
+        assert image.dtype == np.uint8 and image.shape == (32, 32)
+    assert decode_and_resize(tmp_path / "rgba.png", 32).mean() == pytest.approx(200, abs=1)

@@ -1,0 +1,40 @@
+import pytest
+
+from cxr14.config import ConfigError, config_from_dict, load_config
+from tests.conftest import REPO_ROOT, real_params, tiny_params
+
+
+def test_real_params_load():
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    assert cfg.data.source == "phantom"
+    assert cfg.preprocess.size == 224
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert len(cfg.models) >= 2
+
+
+def test_typo_names_key_and_suggests():
+    params = real_params()
+    params["train"]["lr_rate"] = 3e-4
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lr_rate' \(did you mean 'train.lr'\?\)"):
+        config_from_dict(params)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        ("train.epochs", "many", "train.epochs: expected an integer"),
+        ("train.lr", -1.0, "train.lr must be > 0"),
+        ("data.source", "kaggle", r"data.source: 'kaggle' is not one of"),
+        ("split.test_fraction", 0.95, "split.val_fraction and split.test_fraction"),
+        ("train.image_size", 512, "exceeds preprocess.size"),
+        ("train.pretrained", "yes", "train.pretrained: expected true/false"),
+    ],
+)
+def test_bad_values_name_the_key(dotted, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(tiny_params(**{dotted: value}))
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_config(tmp_path / "params.yaml")
