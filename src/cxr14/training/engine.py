@@ -183,7 +183,10 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
                      model_name, epoch, row["train_loss"], val_loss, val_auroc, row["images_per_second"])
 
             state["epoch"] = epoch
-            if val_auroc > state["best_auroc"]:
+            if not np.isfinite(val_auroc):
+                log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val)",
+                            model_name, epoch)
+            if state["best_epoch"] == 0 or val_auroc > state["best_auroc"]:
                 state.update(best_auroc=val_auroc, best_epoch=epoch, bad_epochs=0)
                 best_weights = copy.deepcopy(model.state_dict())
                 save_checkpoint(out_dir / "best.pt", {"model": best_weights, "model_name": model_name,
