@@ -23,16 +23,21 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` via a temp file in the same folder and os.replace."""
+def atomic_write_bytes(path: Path, payload: bytes, durable: bool = True) -> None:
+    """Write `payload` to `path` via a temp file in the same folder and os.replace.
+
+    `durable=False` skips the fsync: for thousands of files inside a staging folder that is
+    itself renamed into place at the end, per-file durability only costs time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -73,8 +78,12 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     os.replace(staging, path)
 
 
-def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", **kwargs):
-    """The project's progress bar: live on a terminal, a few lines a minute in CI logs."""
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", disable_bar: bool = False,
+             **kwargs):
+    """The project's progress bar: live on a terminal, a few lines a minute in CI logs.
+
+    `CXR14_NO_PROGRESS=1` silences every bar (tests); `disable_bar` silences this one.
+    """
     interactive = sys.stderr.isatty()
     return tqdm(
         iterable,
@@ -83,6 +92,6 @@ def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: s
         unit=unit,
         dynamic_ncols=True,
         mininterval=0.2 if interactive else 30.0,
-        disable=os.environ.get("CXR14_NO_PROGRESS") == "1",
+        disable=disable_bar or os.environ.get("CXR14_NO_PROGRESS") == "1",
         **kwargs,
     )

@@ -54,7 +54,6 @@ def decode_and_resize(path: Path, size: int) -> np.ndarray:
 
 def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
     paths, size = args
-    cv2.setNumThreads(1)  # one decode per process; the pool gives the parallelism
     return np.stack([decode_and_resize(Path(path), size) for path in paths])
 
 
@@ -81,6 +80,18 @@ def build_cache(
     """
     workers = workers or os.cpu_count() or 1
     summary: dict = {"size": size, "splits": {}}
+    # One decode per process, the pool gives the parallelism. Threading is switched off in the
+    # parent before the fork: calling cv2.setNumThreads inside a forked child can deadlock.
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        _build_cache(metadata, labels, images_dir, cache_dir, size, workers, summary)
+    finally:
+        cv2.setNumThreads(cv2_threads)
+    return summary
+
+
+def _build_cache(metadata, labels, images_dir, cache_dir, size, workers, summary) -> None:
     with atomic_directory(cache_dir) as staging, ProcessPoolExecutor(max_workers=workers) as pool:
         for split in ("train", "val", "test"):
             mask = (metadata["split"] == split).to_numpy()
@@ -108,7 +119,6 @@ def build_cache(
             summary["splits"][split] = len(rows)
             log.info("cache %s: %d images at %d px", split, len(rows), size)
         atomic_write_json(staging / "cache.json", summary)
-    return summary
 
 
 def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:

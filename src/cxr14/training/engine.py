@@ -170,7 +170,7 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
                 loss_sum += loss.item() * len(targets)
                 seen += len(targets)
                 elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             train_seconds = time.perf_counter() - started
             val_loss, val_auroc = _validate(bundle, val_images, val_labels, cfg, device)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,

@@ -1,0 +1,593 @@
+"""Deterministic synthetic ChestX-ray14 look-alike ("phantom") in the NIH layout.
+
+The pipeline's default data source, so every stage runs without the 45 GB NIH download:
+
+    from pathlib import Path
+    from cxr14.data.phantom import generate_phantom
+    frame = generate_phantom(Path("data/phantom"), n_patients=800, image_size=1024, seed=0)
+    # data/phantom/images/00000001_000.png ... and data/phantom/Data_Entry_2017.csv (written last)
+
+Label statistics (images per patient, prevalence, labels per image) follow the real data set.
+Each image is a frontal radiograph drawn at a 256 px working resolution (body, lungs with vessel
+trees, heart, mediastinum, ribs, clavicles, spine, diaphragm), upsampled, then given
+full-resolution quantum noise. Patients keep their anatomy and finding sites across follow-ups
+(so a leaky split inflates scores); each finding leaves a location-plausible sign of random
+severity. A seed gives byte-identical files whatever the worker count, because every random
+stream is seeded from (seed, stream, patient[, follow-up]) and never from global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+import multiprocessing
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cxr14.io import atomic_write_bytes, progress as progress_bar
+from cxr14.labels import LABELS, NO_FINDING
+
+log = logging.getLogger(__name__)
+
+HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+          "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+FINDINGS: tuple[str, ...] = tuple(name for name in LABELS if name != NO_FINDING)
+PREVALENCE = {"Infiltration": .177, "Effusion": .119, "Atelectasis": .103, "Nodule": .056, "Mass": .052,
+              "Pneumothorax": .047, "Consolidation": .042, "Pleural_Thickening": .030, "Cardiomegaly": .025,
+              "Emphysema": .022, "Edema": .021, "Fibrosis": .015, "Pneumonia": .013, "Hernia": .002}
+# P(k findings), k = 0..5: 53.8 % No Finding, 27.2 % one, 13 % two, 6 % three or more; the 3/4/5
+# split makes those images carry 3.2 findings on average, so the prevalences above add up.
+CARDINALITY = np.array([.538, .272, .130, .06 * .82, .06 * .16, .06 * .02])
+CHRONIC = np.isin(FINDINGS, ["Cardiomegaly", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening"])
+P_REPEAT, P_KEEP_CHRONIC = 0.30, 0.45  # follow-up label kernels; the rest are fresh draws
+P_GEOMETRIC, MAX_IMAGES = 0.27735, 20  # E[min(Geometric, 20)] = 3.6 images per patient
+P_FEMALE, WORK, NOISE_PAD = 0.435, 256, 64
+_ANATOMY, _META, _IMAGE, _SITE = 1, 2, 3, 4  # random stream tags
+# Huffman-only deflate after a fixed AVG row filter: ~2.5x faster than zlib level 1 on noisy
+# radiographs and ~20 % smaller; plain level 1 on OpenCV builds without these flags.
+PNG_PARAMS = ([cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+               cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
+              if hasattr(cv2, "IMWRITE_PNG_FILTER") else [cv2.IMWRITE_PNG_COMPRESSION, 1])
+Gen, Site = np.random.Generator, dict[str, float]
+
+
+# ------------------------------------------------------------------------------------------- labels
+def _suffix_esp(w: np.ndarray, kmax: int = len(CARDINALITY)) -> np.ndarray:
+    """table[i, r] = e_r(w[i:]), the elementary symmetric polynomials of every suffix of w."""
+    table = np.zeros((len(w) + 1, kmax + 1))
+    table[len(w), 0] = 1.0
+    for i in range(len(w) - 1, -1, -1):
+        table[i] = table[i + 1]
+        table[i, 1:] += w[i] * table[i + 1, :-1]
+    return table
+
+
+def _calibrate(target: np.ndarray, pk: np.ndarray, iters: int = 300) -> np.ndarray:
+    """Fixed-point weights whose marginals (k ~ pk, then a weighted k-set) hit the targets."""
+    w = target / target.sum()
+    for _ in range(iters):
+        e, f = _suffix_esp(w)[0], np.zeros((len(w), len(pk)))
+        f[:, 0] = 1.0  # f[i, j] = e_j of the weights without item i
+        for j in range(1, len(pk)):
+            f[:, j] = e[j] - w * f[:, j - 1]
+        w = w * target / (w * (f[:, :-1] / e[1:len(pk)] * pk[1:]).sum(axis=1))
+        w /= w.sum()
+    return w
+
+
+WEIGHTS = _calibrate(np.array([PREVALENCE[name] for name in FINDINGS]), CARDINALITY)
+_TABLE, _TABLE_ACUTE = _suffix_esp(WEIGHTS), _suffix_esp(WEIGHTS[~CHRONIC])
+_CUM_K = np.cumsum(CARDINALITY)
+
+
+def _weighted_sets(rng: Gen, w: np.ndarray, table: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Exact vectorised draw of sets with P(S) ∝ prod(w_S) given |S| = k; bool [len(k), len(w)]."""
+    r, u = np.asarray(k, dtype=int), rng.random((len(k), len(w)))
+    out = np.zeros((len(k), len(w)), dtype=bool)
+    for i in range(len(w)):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[:, i] = (r > 0) & (u[:, i] < w[i] * table[i + 1, np.maximum(r - 1, 0)] / table[i, r])
+        r = r - out[:, i]
+    return out
+
+
+def _fresh(rng: Gen) -> np.ndarray:
+    """One label set from the base law (cardinality, then weighted findings)."""
+    k = min(int(np.searchsorted(_CUM_K, rng.random(), side="right")), len(CARDINALITY) - 1)
+    return _weighted_sets(rng, WEIGHTS, _TABLE, [k])[0]
+
+
+def _names(row: np.ndarray) -> tuple[str, ...]:
+    return tuple(FINDINGS[i] for i in np.flatnonzero(row)) or (NO_FINDING,)
+
+
+def sample_labels(rng: Gen, n: int) -> list[tuple[str, ...]]:
+    """Draw n independent label sets: cardinality first, then weighted findings without replacement.
+
+    Exposed so the prevalence/cardinality calibration can be tested on many draws in milliseconds.
+    """
+    k = rng.choice(len(CARDINALITY), size=n, p=CARDINALITY)
+    return [_names(row) for row in _weighted_sets(rng, WEIGHTS, _TABLE, k)]
+
+
+def sample_patient_labels(rng: Gen, n_images: int) -> list[tuple[str, ...]]:
+    """Label sets of one patient's follow-ups: a Markov chain whose stationary law is the base one.
+
+    A follow-up repeats the previous set, or keeps its chronic findings (Cardiomegaly, Emphysema,
+    Fibrosis, Hernia, Pleural_Thickening) and redraws the acute ones from their exact conditional
+    law, or is a fresh draw. Each kernel preserves the base law, so per-image marginals stay
+    exact while findings persist within a patient as in the real data.
+    """
+    current, rows = _fresh(rng), []
+    for index in range(n_images):
+        u = rng.random() if index else 0.0
+        if u >= P_REPEAT + P_KEEP_CHRONIC:
+            current = _fresh(rng)
+        elif u >= P_REPEAT:
+            n_chronic = int((current & CHRONIC).sum())
+            a = np.arange(len(CARDINALITY) - n_chronic)  # acute count, given the chronic set
+            p = CARDINALITY[a + n_chronic] * _TABLE_ACUTE[0, a] / _TABLE[0, a + n_chronic]
+            k = min(int(np.searchsorted(np.cumsum(p / p.sum()), rng.random(), side="right")), len(a) - 1)
+            current = current & CHRONIC
+            current[~CHRONIC] = _weighted_sets(rng, WEIGHTS[~CHRONIC], _TABLE_ACUTE, [k])[0]
+        rows.append(_names(current))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ anatomy
+@dataclass(frozen=True)
+class Anatomy:
+    """A patient's fixed body: geometry (image fractions), static maps and finding sites.
+
+    Drawn once from (seed, patient) so all follow-ups share lung shape, heart size, ribs, vessel
+    tree, and where a nodule, an effusion, etc. would be.
+    """
+
+    geo: dict[str, float]
+    female: bool
+    static: np.ndarray  # spine, airway, breast shadows (density units, WORK x WORK)
+    vessels: np.ndarray  # lung vessel tree, 0..1
+    sites: dict[str, Site]
+
+
+_U = (np.arange(WORK, dtype=np.float32) + 0.5) / WORK
+GX, GY = np.meshgrid(_U, _U)
+
+
+def _px(x: float) -> int:
+    return int(round(x * WORK))
+
+
+def _canvas(draw: list[tuple], sigma: float) -> np.ndarray:
+    """Rasterise cv2 lines/polylines (fn, *args) on a uint8 canvas, blurred, as float 0..1."""
+    canvas = np.zeros((WORK, WORK), np.uint8)
+    for fn, *args in draw:
+        fn(canvas, *args)
+    return cv2.GaussianBlur(canvas.astype(np.float32) / 255, (0, 0), sigma)
+
+
+def _vessel_tree(rng: Gen, med: float) -> np.ndarray:
+    """Branching, tapering vessels radiating from both hila (the lung markings)."""
+    lines = []
+    for s in (-1, 1):
+        stack = [(.5 + s * (med + .06), .45, np.radians(th + rng.normal(0, 6)), rng.uniform(.05, .08), 3,
+                  230.) for th in np.linspace(-75, 80, 9)]
+        while stack:
+            x, y, th, length, width, value = stack.pop()
+            x2, y2 = x + s * np.cos(th) * length, y + np.sin(th) * length
+            lines.append((cv2.line, (_px(x), _px(y)), (_px(x2), _px(y2)), int(value), width, cv2.LINE_AA))
+            if value > 100:
+                stack += [(x2, y2, th + turn * np.radians(rng.uniform(10, 30)) + rng.normal(0, .1),
+                           length * rng.uniform(.7, .9), max(1, width - 1), value * .82) for turn in (-1, 1)]
+    return _canvas(lines, 0.8)
+
+
+@lru_cache(maxsize=8)
+def make_anatomy(seed: int, patient_id: int) -> Anatomy:
+    """Build (and cache per process) a patient's anatomy from (seed, patient_id) alone."""
+    rng = np.random.default_rng([seed, _ANATOMY, patient_id])
+    female = bool(rng.random() < P_FEMALE)  # first draw: _patient_rows reads the same value
+    u = rng.uniform
+    geo = dict(body_w=u(.06, .12) - .015 * female, neck_w=u(.065, .095), shoulder_y=u(.01, .07),
+               lung_w=u(.24, .32), med=u(.035, .05), apex_y=u(.10, .17), dia_y=u(.68, .80),
+               dome_h=u(.045, .075), ctr=u(.38, .49), heart_ry=u(.11, .14), tilt=u(.3, .6),
+               rib_sp=u(.062, .076), rib_y0=u(.09, .13), rib_curve=u(.8, 1.15), clav_y=u(.15, .19),
+               air=u(.36, .47), body_den=u(.68, .90), bone=u(.09, .17), mw=u(.045, .06),
+               vgain=u(.09, .14), gastric=u(0, 1))
+    geo["body_w"] += geo["med"] + geo["lung_w"]  # chest wall + arms beyond the lungs
+    y0, step, carina = u(0, .03), u(.036, .045), (_px(.5), _px(.37))
+    spine = _canvas([(cv2.rectangle, (_px(.472), _px(y + .004)), (_px(.528), _px(y + step - .006)), 255, -1)
+                     for y in np.arange(y0, 1, step)], 1.0)  # vertebral bodies
+    airway = _canvas([(cv2.line, (_px(.5), 0), carina, 255, _px(.022)),
+                      (cv2.line, carina, (_px(.43), _px(.44)), 255, _px(.013)),
+                      (cv2.line, carina, (_px(.58), _px(.45)), 255, _px(.012))], 1.2)
+    static = 0.6 * geo["bone"] * spine - 0.16 * airway
+    for s in (-1, 1) if female else ():  # breast shadows over the lower zones
+        breast = 1 - ((GX - .5 - s * .25) / .16) ** 2 - ((GY - .7) / .11) ** 2
+        static += u(.05, .09) * np.clip(breast, 0, 1) ** .5
+    sites = {}
+    for i, name in enumerate(FINDINGS):  # where / how big this patient's finding would be
+        r = np.random.default_rng([seed, _SITE, patient_id, i]).random(7)
+        sites[name] = dict(side=-1.0 if r[0] < .5 else 1.0, both=float(r[1] < .35), a=r[2], v=r[3],
+                           size=r[4], sev=.35 + .65 * r[5], key=r[6])
+    return Anatomy(geo, female, static.astype(np.float32), _vessel_tree(rng, geo["med"]), sites)
+
+
+# ---------------------------------------------------------------------------------------- rendering
+def _lung(s: int, med: float, wl: float, apex: float, dia: float, dome: float) -> NS:
+    """Soft lung mask and the lung-local coordinates signs are placed in (s=-1: patient's right)."""
+    t = s * (GX - (0.5 + s * med))  # lateral distance from the medial border
+    v = (GY - apex) / (dia - apex)  # 0 at the apex, 1 at the costophrenic angle
+    a = t / wl
+    dl = wl * np.sqrt(1 - (1 - np.clip(v / .85, 0, 1)) ** 2) - t  # to the lateral chest wall
+    dt = GY - apex - 0.12 * (a - 0.4) ** 2  # below the apex
+    db = dia - dome * (1 - ((a - 0.35) / 0.65) ** 2) - GY  # above the diaphragm dome
+    m = np.clip(np.minimum(np.minimum(t, dl), np.minimum(dt, db)) / 0.01 + 0.5, 0, 1)
+    return NS(m=m, raw=m, a=a, v=v, dl=dl, dt=dt, s=s, xm=0.5 + s * med, wl=wl, apex=apex, dia=dia, dome=dome)
+
+
+def _at(lung: NS, a: float, v: float) -> tuple[float, float]:
+    """Image position of lung-local coordinates (a across from the medial border, v down)."""
+    wp = np.sqrt(1 - (1 - min(max(v, 0.0) / .85, 1.0)) ** 2)
+    return lung.xm + lung.s * a * lung.wl * wp, lung.apex + v * (lung.dia - lung.apex)
+
+
+def _blob(d: np.ndarray, x: float, y: float, r: float, amp: float, mask: np.ndarray | None = None,
+          lobes: tuple[float, float] | None = None, flat: bool = False, rim: float = 0.0) -> None:
+    """Add a sphere-like (or flat, rimmed, lobulated) round density to d in place, in its bbox only."""
+    x0, x1 = max(0, _px(x - 1.4 * r)), _px(x + 1.4 * r) + 1
+    y0, y1 = max(0, _px(y - 1.4 * r)), _px(y + 1.4 * r) + 1
+    dx, dy = GX[y0:y1, x0:x1] - x, GY[y0:y1, x0:x1] - y
+    dist = np.sqrt(dx * dx + dy * dy)
+    if lobes is not None:
+        th = np.arctan2(dy, dx)
+        r = r * (1 + lobes[0] * np.sin(3 * th + lobes[1]) + 0.05 * np.sin(5 * th + 2 * lobes[1]))
+    prof = np.clip((r - dist) / .006, 0, 1) if flat else np.sqrt(np.clip(1 - (dist / r) ** 2, 0, 1))
+    prof = amp * prof + rim * np.exp(-(((dist - r) / .005) ** 2))
+    d[y0:y1, x0:x1] += prof * (1 if mask is None else mask[y0:y1, x0:x1])
+
+
+def _patches(rng: Gen, cells: int, threshold: float) -> np.ndarray:
+    """Smooth random patch field in 0..1 (ill-defined opacities), about `cells` blobs across."""
+    field = rng.standard_normal((cells, cells)).astype(np.float32)
+    return np.clip((cv2.resize(field, (WORK, WORK), interpolation=cv2.INTER_CUBIC) - threshold) / 1.5, 0, 1)
+
+
+def _box(lung: NS, v0: float, v1: float, a0: float, a1: float, soft: float) -> np.ndarray:
+    """Soft lobe-like region in lung-local coordinates, restricted to the lung."""
+    w = np.clip(np.minimum(lung.v - v0, v1 - lung.v) / soft + .5, 0, 1)
+    return w * np.clip(np.minimum(lung.a - a0, a1 - lung.a) / soft + .5, 0, 1) * lung.m
+
+
+def _sides(site: Site) -> tuple[int, ...]:
+    return (-1, 1) if site["both"] else (int(site["side"]),)
+
+
+def _geometry(an: Anatomy, sev: dict[str, float], rng: Gen, view: str) -> NS:
+    """Per-image geometry: breathing and view (AP: magnified heart, less inspiration), plus the
+    findings that move anatomy (big heart, hyperinflation, volume loss)."""
+    g, ap = dict(an.geo), view == "AP"
+    jit = rng.normal(0, 1, 3)  # a fixed number of draws whatever the labels
+    g["dia_y"] += 0.008 * jit[0] - 0.025 * ap
+    g["ctr"] *= (1 + 0.02 * jit[1]) * (1.12 if ap else 1.0)
+    g["clav_y"] += 0.006 * jit[2] - 0.03 * ap
+    g["mw"], g["rib_curve"] = g["mw"] * (1.15 if ap else 1.0), g["rib_curve"] * (0.75 if ap else 1.0)
+    if "Cardiomegaly" in sev:  # cardiothoracic ratio 0.51..0.64 (PA; normal 0.38..0.49)
+        g["ctr"] = .50 + .09 * an.sites["Cardiomegaly"]["size"] + .05 * sev["Cardiomegaly"]
+        g["ctr"] *= 1.06 if ap else 1.0
+        g["heart_ry"] *= 1.06
+    if "Emphysema" in sev:  # low flat diaphragm, wide intercostal spaces, lucent pruned lungs
+        e = sev["Emphysema"]
+        g.update(dia_y=g["dia_y"] + .04 * e, dome_h=g["dome_h"] * (1 - .7 * e), lung_w=g["lung_w"] + .01 * e,
+                 rib_sp=g["rib_sp"] * (1 + .12 * e), air=g["air"] + .1 * e, vgain=g["vgain"] * (1 - .45 * e))
+    dia = {-1: g["dia_y"] - 0.015, 1: g["dia_y"]}
+    if "Atelectasis" in sev:  # volume loss: raised hemidiaphragm
+        dia[int(an.sites["Atelectasis"]["side"])] -= 0.015 + 0.035 * sev["Atelectasis"]
+    lungs = {s: _lung(s, g["med"], g["lung_w"], g["apex_y"], dia[s], g["dome_h"]) for s in (-1, 1)}
+    return NS(g=g, lungs=lungs, ap=ap, vessels=an.vessels)
+
+
+def _base_density(an: Anatomy, geo: NS, rng: Gen) -> np.ndarray:
+    """A normal chest in density units (0 air outside .. ~1.3 mediastinum + bone)."""
+    g, lungs, adx = geo.g, geo.lungs, np.abs(GX - 0.5)
+    rise = np.clip((GY - g["shoulder_y"]) / 0.15, 0, 1)  # sloping shoulders, then a slight taper
+    hw = g["neck_w"] + (g["body_w"] + .03 - g["neck_w"]) * rise * (2 - rise)
+    hw -= .03 * np.clip((GY - g["shoulder_y"] - .17) / .2, 0, 1) + .03 * np.clip((GY - .6) / .4, 0, 1) ** 2
+    body = np.clip(1 - (adx / hw) ** 2, 0, 1) ** 0.3
+    d = g["body_den"] * (0.55 + 0.45 * hw / g["body_w"]) * body + an.static
+    medi = np.clip((g["mw"] * (1 + .4 * np.clip((GY - .2) / .25, 0, 1)) - adx) / .01 + .5, 0, 1)
+    medi *= np.clip((GY - g["shoulder_y"] - .03) / .06, 0, 1)
+    # heart: an egg tilted down to the patient's left, 1/3 right of the midline, cut by the diaphragm
+    width, ry = g["ctr"] * 2 * (g["med"] + g["lung_w"]), g["heart_ry"]
+    c, s_ = np.cos(g["tilt"]), np.sin(g["tilt"])
+    rx = np.sqrt(max((width / 2) ** 2 - (ry * s_) ** 2, 0.8 * ry * ry)) / c
+    cx, cy = 0.5 + 0.15 * width, g["dia_y"] - 0.7 * g["dome_h"] - 0.35 * np.hypot(rx * s_, ry * c)
+    hu, hv = ((GX - cx) * c + (GY - cy) * s_) / rx, ((GY - cy) * c - (GX - cx) * s_) / ry
+    dome_top = g["dia_y"] - g["dome_h"]
+    heart = np.clip((1 - np.sqrt(hu * hu + hv * hv)) / .08 + .5, 0, 1)
+    heart *= np.clip((dome_top + .04 - GY) / .02, 0, 1)
+    solid = np.maximum(medi * (GY < cy + .05), heart)
+    for side in lungs.values():  # heart and mediastinum displace lung (signs use this mask too)
+        side.m = side.m * (1 - 0.85 * solid)
+    lung = np.maximum(lungs[-1].m, lungs[1].m)
+    abdomen = np.clip((GY - dome_top) / .03, 0, 1) * (1 - np.maximum(lungs[-1].raw, lungs[1].raw)) * body
+    d += 0.22 * solid + 0.15 * abdomen - g["air"] * lung + g["vgain"] * an.vessels * lung
+    _blob(d, 0.5 + g["mw"] + .012, cy - ry - .07, .028, .18)  # aortic knob
+    for s in (-1, 1):  # humeral heads
+        _blob(d, 0.5 + s * (g["body_w"] + .005), g["shoulder_y"] + .15, .045, 1.5 * g["bone"])
+    if g["gastric"] > 0.4:  # gastric bubble under the left hemidiaphragm
+        _blob(d, .67, lungs[1].dia - g["dome_h"] + .07, .02 + .02 * g["gastric"], -.12, flat=True)
+    # posterior ribs curving down laterally, fainter anterior ribs sloping down medially, clavicles
+    cage_v = np.clip((GY - g["apex_y"]) / (g["dia_y"] - g["apex_y"]) / .85, 0, 1)
+    cage = np.clip((g["med"] + g["lung_w"] * np.sqrt(1 - (1 - cage_v) ** 2) + .02 - adx) / .03, 0, 1)
+    cage *= np.clip((adx - .02) / .03, 0, 1) * np.clip((g["dia_y"] + .03 - GY) / .02, 0, 1)
+    ph = (GY - g["rib_y0"] + .35 * adx - 1.5 * g["rib_curve"] * adx * adx) / g["rib_sp"]
+    post = np.clip((.19 - np.abs(ph - np.floor(ph) - .5)) / .06, 0, 1) * (ph > 0)
+    ph = (GY - g["rib_y0"] - .1 - .3 * (.4 - adx)) / (1.15 * g["rib_sp"])
+    ant = np.clip((.2 - np.abs(ph - np.floor(ph) - .5)) / .08, 0, 1) * np.clip((adx - .1) / .05, 0, 1)
+    ant *= ph > 0
+    clav_pts = ((.035, .03), (.12, .005), (.22, -.01), (.3, -.035))
+    clav = _canvas([(cv2.polylines, [np.array([(_px(.5 + s * x), _px(g["clav_y"] + y)) for x, y in clav_pts],
+                                              np.int32)], False, 255, _px(.018)) for s in (-1, 1)], 1.0)
+    d += g["bone"] * ((0.7 * post + 0.3 * ant) * cage + 1.3 * clav)
+    mottle = rng.standard_normal((48, 48)).astype(np.float32)
+    return d + 0.012 * cv2.resize(mottle, (WORK, WORK), interpolation=cv2.INTER_CUBIC)
+
+
+# Signs: each adds density to d in place, given the geometry, the patient's site, a private rng and
+# the image's severity e in 0.25..1 (fainter and smaller when low).
+def _effusion(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Basal opacity rising laterally (meniscus), blunting the costophrenic angle; one or both sides."""
+    for s in _sides(site):
+        L = geo.lungs[s]
+        level = L.dia - (0.08 + 0.30 * e * rng.uniform(.7, 1.1)) * (L.dia - L.apex)
+        surface = level - (0.03 + 0.04 * e) * np.clip(L.a, 0, 1.2) ** 2
+        d += (0.26 + 0.14 * e) * np.clip((GY - surface) / 0.025, 0, 1) * L.m
+
+
+def _pneumothorax(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Apical/lateral lucent rim without vessel markings, bounded by a thin bright pleural line."""
+    L = geo.lungs[int(site["side"])]
+    r, md = 0.025 + 0.045 * e * rng.uniform(.8, 1.2), np.minimum(L.dl, 1.3 * L.dt)
+    upper = np.clip((0.9 - L.v) / 0.25, 0, 1) * L.m
+    rim = np.clip((r - md) / 0.006, 0, 1) * upper
+    d -= rim * (geo.g["vgain"] * geo.vessels + 0.05 + 0.04 * e)
+    d += (0.10 + 0.06 * e) * np.exp(-(((md - r) / 0.0045) ** 2)) * upper + 0.04 * e * L.m * (1 - rim)
+
+
+def _nodule(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """One (sometimes two) small round opacities, ~0.8-2.6 cm, anywhere in the lungs."""
+    for j in range(1 + (site["key"] < 0.25)):
+        L = geo.lungs[int(site["side"]) * (1 - 2 * j)]
+        x, y = _at(L, 0.2 + 0.6 * ((site["a"] + .37 * j) % 1), 0.15 + 0.6 * ((site["v"] + .53 * j) % 1))
+        _blob(d, x, y, (0.009 + 0.02 * site["size"]) * rng.uniform(.9, 1.1), 0.16 + 0.22 * e, L.m)
+
+
+def _mass(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """A large (> 3 cm) lobulated opacity, upper/mid zones."""
+    L = geo.lungs[int(site["side"])]
+    x, y = _at(L, 0.2 + 0.5 * site["a"], 0.2 + 0.5 * site["v"])
+    lobes = (0.06 + 0.08 * site["key"], 6.28 * site["key"])
+    _blob(d, x, y, (0.038 + 0.045 * site["size"]) * rng.uniform(.9, 1.1), 0.24 + 0.2 * e, L.m, lobes)
+
+
+def _emphysema(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Upper-zone bullae (the hyperinflation itself is geometry)."""
+    for _ in range(int(1 + 2 * site["size"])):
+        L = geo.lungs[int(rng.choice([-1, 1]))]
+        x, y = _at(L, rng.uniform(.3, .8), rng.uniform(.1, .4))
+        _blob(d, x, y, rng.uniform(.025, .05), -0.05 - 0.05 * e, L.m, flat=True, rim=0.03)
+
+
+def _fibrosis(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Bilateral reticular net (zero crossings of band-passed noise), upper and peripheral."""
+    noise = np.random.default_rng(int(site["key"] * 2**31)).standard_normal((WORK, WORK)).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), 1.5)
+    net = np.exp(-((noise / (0.3 * noise.std())) ** 2))
+    for L in geo.lungs.values():
+        zone = np.clip(1 - L.dl / (0.10 + 0.06 * e), 0, 1) * np.clip((0.8 - L.v) / 0.3, 0, 1) * L.m
+        d += (0.10 + 0.14 * e) * net * zone
+
+
+def _hernia(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Retrocardiac gas bubble above the diaphragm, with a rim and an air-fluid level."""
+    L = geo.lungs[1]
+    x, y = 0.51 + 0.06 * site["a"], L.dia - 0.7 * L.dome - 0.05 - 0.04 * site["v"]
+    r = 0.03 + 0.025 * site["size"]
+    gas = np.zeros_like(d)
+    _blob(gas, x, y, r, 1.0, flat=True)
+    d -= (0.22 + 0.14 * e) * gas * (GY < y + 0.3 * r)
+    _blob(d, x, y, r, 0.0, rim=0.08 + 0.06 * e)
+
+
+def _atelectasis(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Plate-like band or basal wedge along the heart (plus the raised hemidiaphragm of geometry)."""
+    L = geo.lungs[int(site["side"])]
+    if site["key"] < 0.55:
+        line = _at(L, .5, 0.55 + 0.25 * site["v"])[1] + (site["a"] - .5) * 0.15 * (L.a - .5) * L.wl
+        wa = np.clip((L.a - .1) / .1, 0, 1) * np.clip((.95 - L.a) / .1, 0, 1)
+        d += (0.2 + 0.16 * e) * np.exp(-(((GY - line) / (0.006 + 0.01 * e)) ** 2)) * wa * L.m
+    else:
+        k = 0.5 + 0.6 * site["a"]
+        d += (0.18 + 0.16 * e) * np.clip((0.1 + k * (L.v - 0.45) - L.a) / 0.04, 0, 1) * (L.v > .45) * L.m
+
+
+def _consolidation(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Dense lobar opacity (upper lobe with a sharp fissure, middle, or lower), air bronchograms."""
+    L, lobe = geo.lungs[int(site["side"])], int(site["a"] * 3)
+    if lobe == 0:
+        region = _box(L, -1, 0.35 + 0.1 * site["v"], -1, 2, 0.01) * np.clip((GY - L.apex) / .04, 0, 1)
+    else:
+        region = (_box(L, 0.4, 0.75, -0.2, 0.55 + 0.2 * site["v"], 0.07) if lobe == 1
+                  else _box(L, 0.5 + 0.1 * site["v"], 2, -1, 2, 0.08))
+    d += (0.28 + 0.2 * e) * region * (0.75 + 0.25 * _patches(rng, 40, -1.0))
+    if site["size"] > 0.5:
+        x, y = _at(L, 0.15, 0.45)
+        ends = [(_px(x + L.s * .2 * np.cos(th)), _px(y + .2 * np.sin(th))) for th in rng.uniform(-1.2, 1.2, 4)]
+        air = _canvas([(cv2.line, (_px(x), _px(y)), end, 255, 1, cv2.LINE_AA) for end in ends], 0.5)
+        d -= 0.10 * e * region * air
+
+
+def _infiltration(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Patchy ill-defined opacities, mid and lower zones, one or both lungs."""
+    patches = _patches(rng, 16, 0.2 - 0.4 * e)
+    for s in _sides(site):
+        d += (0.11 + 0.14 * e) * patches * _box(geo.lungs[s], 0.2 + 0.2 * site["v"], 1.1, 0, 1.1, 0.15)
+
+
+def _pneumonia(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Patchy, consolidation-like opacity, usually in a lower zone."""
+    top = 0.45 + 0.2 * site["v"] - 0.3 * (site["key"] < 0.2)  # a fifth reach the mid zone
+    region = _box(geo.lungs[int(site["side"])], top, 1.1, 0.05, 1.1, 0.08)
+    d += (0.30 + 0.2 * e) * _patches(rng, 24, -0.3) * region
+
+
+def _edema(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Bilateral perihilar "bat-wing" haze, prominent vessels and basal Kerley B lines."""
+    kerley = []
+    for L in geo.lungs.values():
+        hx, hy = _at(L, 0.2, 0.45)
+        wing = np.exp(-(((GX - hx) / 0.13) ** 2 + ((GY - hy) / 0.17) ** 2))
+        wing *= 0.8 + 0.2 * _patches(rng, 24, -1)
+        d += ((0.15 + 0.2 * e) * wing + 0.05 * e * geo.vessels) * L.m
+        for y in rng.uniform(.65, .92, int(rng.integers(3, 8))):
+            x, y = _at(L, 1.0, y)
+            end = (_px(x - L.s * rng.uniform(.02, .04)), _px(y))
+            kerley.append((cv2.line, (_px(x), _px(y)), end, 255, 1))
+    d += 0.12 * e * _canvas(kerley, 0.5) * np.maximum(geo.lungs[-1].m, geo.lungs[1].m)
+
+
+def _pleural_thickening(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
+    """Bright irregular rim along the lateral chest wall or an apical cap."""
+    th, apical = (0.010 + 0.014 * e) * (1 + 0.35 * np.sin(GY * 40 + 6.28 * site["key"])), site["v"] < 0.5
+    for s in _sides(site):
+        L = geo.lungs[s]
+        zone = np.clip((.35 - L.v) / .1 if apical else np.minimum(L.v - .15, .95 - L.v) / .1, 0, 1)
+        d += (0.32 + 0.14 * e) * np.clip((th - (L.dt if apical else L.dl)) / .004 + .5, 0, 1) * zone * L.m
+
+
+_SIGNS = {"Effusion": _effusion, "Pneumothorax": _pneumothorax, "Nodule": _nodule, "Mass": _mass,
+          "Emphysema": _emphysema, "Fibrosis": _fibrosis, "Hernia": _hernia, "Atelectasis": _atelectasis,
+          "Consolidation": _consolidation, "Infiltration": _infiltration, "Pneumonia": _pneumonia,
+          "Edema": _edema, "Pleural_Thickening": _pleural_thickening}  # Cardiomegaly is all geometry
+
+
+@lru_cache(maxsize=2)
+def _noise_tile(size: int) -> np.ndarray:
+    """A fixed full-resolution noise field; images read it at random offsets (far faster than drawing)."""
+    return np.random.default_rng(12345).standard_normal((size + NOISE_PAD,) * 2, dtype=np.float32)
+
+
+def render_image(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng: Gen, image_size: int,
+                 view: str = "PA") -> np.ndarray:
+    """Render one radiograph (uint8, image_size x image_size) of `anatomy` showing exactly `labels`.
+
+    The rng is first split into fixed sub-streams (base, noise, one per finding), so removing a
+    label changes only that finding's sign; the tests rely on it to check where signs land.
+    """
+    keys = rng.integers(0, 2**63 - 1, size=len(FINDINGS) + 2)
+    base, noise_rng = np.random.default_rng(keys[0]), np.random.default_rng(keys[1])
+    frng = {n: np.random.default_rng(keys[2 + i]) for i, n in enumerate(FINDINGS) if n in labels}
+    sev = {n: float(np.clip(anatomy.sites[n]["sev"] + r.normal(0, .1), .25, 1)) for n, r in frng.items()}
+    geo = _geometry(anatomy, sev, base, view)
+    d = _base_density(anatomy, geo, base)
+    haze = cv2.resize(cv2.resize(d, (16, 16), interpolation=cv2.INTER_AREA), (WORK, WORK))  # scatter
+    for name in frng.keys() & _SIGNS.keys():
+        _SIGNS[name](d, geo, anatomy.sites[name], frng[name], sev[name])
+    # exposure: scatter haze (of the normal chest, so signs stay local), window, gamma, heel effect
+    lo, hi = base.uniform(-0.06, 0.02), base.uniform(1.2, 1.4) + 0.1 * geo.ap
+    scatter, gamma = base.uniform(0.05, 0.15) + 0.08 * geo.ap, base.uniform(0.8, 1.25)
+    img = np.clip(((1 - scatter) * d + scatter * haze - lo) / (hi - lo), 0, 1) ** gamma
+    img += base.uniform(-0.04, 0.04) * (GY - 0.5)  # heel effect
+    angle, scale = base.normal(0, 1.2), base.uniform(.96, 1.03) + .03 * geo.ap  # positioning jitter
+    m = cv2.getRotationMatrix2D((WORK / 2, WORK / 2), angle, scale)
+    m[:, 2] += base.normal(0, .01, 2) * WORK
+    img = cv2.warpAffine(img.astype(np.float32), m, (WORK, WORK), borderMode=cv2.BORDER_REPLICATE)
+    up = cv2.INTER_LINEAR if image_size >= WORK else cv2.INTER_AREA
+    img = cv2.resize(img, (image_size, image_size), interpolation=up)
+    ox, oy = noise_rng.integers(0, NOISE_PAD, 2)
+    tile = _noise_tile(image_size)[oy:oy + image_size, ox:ox + image_size]
+    sigma = noise_rng.uniform(1.0, 2.2) + 0.6 * geo.ap  # grey levels
+    return cv2.addWeighted(img, 255.0, tile, sigma, 0.0, dtype=cv2.CV_8U)
+
+
+# --------------------------------------------------------------------------------------- generation
+def _patient_rows(seed: int, pid: int, image_size: int) -> list[list]:
+    """Metadata rows of one patient: a pure function of (seed, pid), so any process agrees."""
+    rng = np.random.default_rng([seed, _META, pid])
+    female = np.random.default_rng([seed, _ANATOMY, pid]).random() < P_FEMALE  # as make_anatomy
+    n_images = min(MAX_IMAGES, int(rng.geometric(P_GEOMETRIC)))
+    age, p_ap, rows = float(np.clip(rng.normal(46.5, 16.5), 2, 90)), rng.beta(2, 3), []
+    for fu, labels in enumerate(sample_patient_labels(rng, n_images)):
+        view = "AP" if rng.random() < p_ap else "PA"
+        spacing = round((0.143 if view == "PA" else 0.139) * 1024 / image_size, 3)
+        rows.append([f"{pid:08d}_{fu:03d}.png", "|".join(labels), fu, pid, int(age), "F" if female else "M",
+                     view, image_size, image_size, spacing, spacing])
+        age += rng.exponential(0.5)  # years between follow-ups
+    return rows
+
+
+def _render_task(task: tuple[int, int, int, str, str, int, str]) -> int:
+    """Worker: render, PNG-encode and atomically write one image."""
+    seed, pid, fu, labels, view, size, path = task
+    rng = np.random.default_rng([seed, _IMAGE, pid, fu])
+    ok, buf = cv2.imencode(".png", render_image(make_anatomy(seed, pid), labels.split("|"), rng, size, view),
+                           PNG_PARAMS)
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    atomic_write_bytes(Path(path), buf.tobytes(), durable=False)
+    return 1
+
+
+def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, seed: int = 0, workers: int = 0,
+                     progress: bool = True) -> pd.DataFrame:
+    """Write a phantom data set in the NIH layout and return its metadata.
+
+    Args:
+        out_dir: receives `images/<patient:08d>_<followup:03d>.png` and `Data_Entry_2017.csv`.
+        n_patients: patients, ids 1..n; images ≈ 3.6 x n_patients.
+        image_size: side of the square 8-bit grayscale PNGs.
+        seed: the only source of randomness; the same seed gives byte-identical files.
+        workers: processes (0 = all cores); never changes the output.
+        progress: show the project's progress bar.
+
+    Returns:
+        The metadata, with the CSV's columns (width/height and spacing x/y are separate columns).
+    """
+    out_dir = Path(out_dir)
+    images, csv_path = out_dir / "images", out_dir / "Data_Entry_2017.csv"
+    images.mkdir(parents=True, exist_ok=True)
+    csv_path.unlink(missing_ok=True)  # the CSV's presence must keep meaning "complete set"
+    rows = [row for pid in range(1, n_patients + 1) for row in _patient_rows(seed, pid, image_size)]
+    tasks = [(seed, r[3], r[2], r[1], r[6], image_size, str(images / r[0])) for r in rows]
+    workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
+    with progress_bar(total=len(tasks), unit="img", desc="phantom", disable_bar=not progress) as bar:
+        if workers == 1:
+            for task in tasks:
+                bar.update(_render_task(task))
+        else:  # tasks are in patient order, so chunks mostly reuse the cached anatomy
+            # fork (works from unguarded scripts, starts fast); children inherit OpenCV threading
+            # switched off: one process per core already, and calling cv2.setNumThreads inside a
+            # forked child can deadlock on the parent's thread pool.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            cv2_threads = cv2.getNumThreads()
+            cv2.setNumThreads(0)
+            try:
+                with multiprocessing.get_context(method).Pool(workers) as pool:
+                    chunk = max(1, min(16, len(tasks) // (4 * workers)))
+                    for done in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
+                        bar.update(done)
+            finally:
+                cv2.setNumThreads(cv2_threads)
+    frame = pd.DataFrame(rows, columns=HEADER)
+    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
+    prevalence = frame["Finding Labels"].str.get_dummies(sep="|").mean().sort_values(ascending=False)
+    log.info("phantom: %d images of %d patients in %s; prevalence %s", len(frame), n_patients, out_dir,
+             ", ".join(f"{name} {100 * p:.1f}%" for name, p in prevalence.items()))
+    return frame

@@ -1,0 +1,166 @@
+"""Tests of the synthetic ChestX-ray14 generator: real files, real rendering, no mocks."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr14.data import phantom
+from cxr14.data.phantom import generate_phantom, make_anatomy, render_image, sample_labels
+from cxr14.labels import LABELS, NO_FINDING
+
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+NAME = re.compile(r"^\d{8}_\d{3}\.png$")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "images").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same 6-patient, 64 px set generated three times: 1 worker, 2 workers, 1 worker again."""
+    out = {}
+    for key, workers in (("w1", 1), ("w2", 2), ("again", 1)):
+        out[key] = tmp_path_factory.mktemp(key)
+        generate_phantom(out[key], n_patients=6, image_size=64, seed=3, workers=workers, progress=False)
+    return out
+
+
+def test_output_is_byte_identical_across_worker_counts_and_runs(tiny: dict[str, Path]) -> None:
+    reference = _files(tiny["w1"])
+    assert len(reference) >= 6
+    for key in ("w2", "again"):
+        assert _files(tiny[key]) == reference, key
+        csv = "Data_Entry_2017.csv"
+        assert (tiny[key] / csv).read_bytes() == (tiny["w1"] / csv).read_bytes(), key
+
+
+def test_layout_names_pngs_and_csv(tiny: dict[str, Path]) -> None:
+    root = tiny["w2"]
+    names = sorted(p.name for p in (root / "images").iterdir())
+    assert all(NAME.match(name) for name in names), names  # also: no temp files left behind
+    assert "00000001_000.png" in names
+    for name in names:
+        img = cv2.imread(str(root / "images" / name), cv2.IMREAD_UNCHANGED)
+        assert img is not None and img.dtype == np.uint8 and img.shape == (64, 64), name
+        assert img.std() > 10, name  # an image, not a blank
+    csv = root / "Data_Entry_2017.csv"
+    assert csv.read_text().splitlines()[0] == NIH_HEADER
+    frame = pd.read_csv(csv)
+    assert list(frame.columns) == phantom.HEADER and len(frame.columns) == 11
+    assert sorted(frame["Image Index"]) == names  # every image has a row and vice versa
+    assert frame["Image Index"].is_unique
+    for row in frame.itertuples(index=False):
+        patient, followup = row[0][:-4].split("_")
+        assert (int(patient), int(followup)) == (row[3], row[2])
+        labels = row[1].split("|")
+        assert set(labels) <= set(LABELS) and (labels == [NO_FINDING] or NO_FINDING not in labels)
+    assert set(frame["Patient Gender"]) <= {"M", "F"} and set(frame["View Position"]) <= {"PA", "AP"}
+    assert (frame[["OriginalImage[Width", "Height]"]] == 64).all().all()
+    assert frame["Patient ID"].min() == 1 and frame["Follow-up #"].min() == 0
+    ages = frame.groupby("Patient ID")["Patient Age"]
+    assert (ages.diff().dropna() >= 0).all()  # ages never decrease over follow-ups
+
+
+def test_returned_frame_matches_csv(tmp_path: Path) -> None:
+    (tmp_path / "Data_Entry_2017.csv").write_text("stale")
+    frame = generate_phantom(tmp_path, n_patients=2, image_size=32, seed=1, workers=1, progress=False)
+    pd.testing.assert_frame_equal(frame, pd.read_csv(tmp_path / "Data_Entry_2017.csv"))
+
+
+def test_different_seeds_give_different_images(tmp_path: Path) -> None:
+    images = []
+    for seed in (0, 1):
+        out = tmp_path / str(seed)
+        generate_phantom(out, n_patients=1, image_size=64, seed=seed, workers=1, progress=False)
+        images.append(cv2.imread(str(out / "images" / "00000001_000.png"), cv2.IMREAD_GRAYSCALE))
+    assert np.abs(images[0].astype(int) - images[1]).mean() > 2
+
+
+def test_label_sampling_matches_nih_prevalence_and_cardinality() -> None:
+    draws = sample_labels(np.random.default_rng(123), 20000)
+    counts = Counter(name for labels in draws for name in labels)
+    expected = {**phantom.PREVALENCE, NO_FINDING: 0.538}
+    for name, p in expected.items():
+        observed = counts[name] / len(draws)
+        tolerance = 0.01 if p >= 0.02 else 0.4 * p  # absolute for big classes, relative for rare ones
+        assert abs(observed - p) <= tolerance, (name, observed, p)
+    sizes = Counter(min(len(labels), 3) for labels in draws)
+    for k, p in ((1, 0.81), (2, 0.13), (3, 0.06)):
+        assert abs(sizes[k] / len(draws) - p) <= 0.015, (k, sizes[k] / len(draws))
+
+
+def test_patient_chain_keeps_marginals_and_chronic_findings_persist() -> None:
+    rng = np.random.default_rng(7)
+    series = [phantom.sample_patient_labels(rng, 4) for _ in range(4000)]
+    flat = [labels for patient in series for labels in patient]
+    counts = Counter(name for labels in flat for name in labels)
+    for name in (NO_FINDING, "Infiltration", "Effusion", "Atelectasis"):
+        assert abs(counts[name] / len(flat) - {**phantom.PREVALENCE, NO_FINDING: 0.538}[name]) <= 0.015, name
+    had = [p for p in series if "Cardiomegaly" in p[0]]
+    again = sum("Cardiomegaly" in p[1] for p in had) / len(had)
+    assert again > 10 * phantom.PREVALENCE["Cardiomegaly"]  # persists far above its base rate
+
+
+def test_patient_metadata_statistics() -> None:
+    rows = [row for pid in range(1, 1501) for row in phantom._patient_rows(0, pid, 1024)]
+    assert abs(len(rows) / 1500 - 3.6) < 0.25
+    views = Counter(row[6] for row in rows)
+    assert abs(views["AP"] / len(rows) - 0.4) < 0.05
+    assert all(1 <= row[4] <= 100 for row in rows)
+    assert rows[0][7:] == [1024, 1024, 0.143, 0.143] or rows[0][7:] == [1024, 1024, 0.139, 0.139]
+
+
+def _render(pid: int, labels: tuple[str, ...], followup: int = 0, size: int = 128) -> np.ndarray:
+    rng = np.random.default_rng([0, 3, pid, followup])
+    return render_image(make_anatomy(0, pid), labels, rng, size, "PA").astype(np.float32)
+
+
+def test_patients_keep_their_anatomy_across_followups() -> None:
+    def mad(a: np.ndarray, b: np.ndarray) -> float:  # on 32 px, exposure-normalised: compares shapes
+        small = [cv2.resize(x, (32, 32), interpolation=cv2.INTER_AREA) for x in (a, b)]
+        small = [(x - x.mean()) / x.std() for x in small]
+        return float(np.abs(small[0] - small[1]).mean())
+
+    pids = range(1, 13)
+    first = {p: _render(p, (NO_FINDING,), 0) for p in pids}
+    within = [mad(first[p], _render(p, (NO_FINDING,), 1)) for p in pids]  # same patient, next image
+    between = [mad(first[p], first[p % 12 + 1]) for p in pids]  # a different patient
+    assert np.mean(within) < 0.8 * np.mean(between), (within, between)
+    assert np.median(within) < 0.8 * np.median(between), (within, between)
+
+
+def _diff(pid: int, finding: str) -> np.ndarray:
+    return np.abs(_render(pid, (finding,)) - _render(pid, (NO_FINDING,)))
+
+
+def _share(diff: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> float:
+    n = diff.shape[0]
+    return float(diff[int(y0 * n):int(y1 * n), int(x0 * n):int(x1 * n)].sum() / diff.sum())
+
+
+@pytest.mark.parametrize("pid", [1, 2, 3])
+def test_findings_change_the_image_where_they_should(pid: int) -> None:
+    sites = make_anatomy(0, pid).sites
+    cardio = _diff(pid, "Cardiomegaly")  # heart shadow: central, lower half
+    assert cardio.max() > 20 and _share(cardio, 0.2, 0.95, 0.3, 0.85) > 0.9
+    effusion = _diff(pid, "Effusion")  # lung bases
+    assert effusion.max() > 15 and _share(effusion, 0, 1, 0.5, 0.9) > 0.9
+    if not sites["Effusion"]["both"]:  # on the patient's side (patient right = image left)
+        side = (0, 0.5) if sites["Effusion"]["side"] < 0 else (0.5, 1)
+        assert _share(effusion, *side, 0, 1) > 0.9
+    ptx = _diff(pid, "Pneumothorax")  # upper/lateral, on its side
+    side = (0, 0.5) if sites["Pneumothorax"]["side"] < 0 else (0.5, 1)
+    assert ptx.max() > 8 and _share(ptx, *side, 0, 0.8) > 0.9
+    hernia = _diff(pid, "Hernia")  # behind the heart, above the diaphragm
+    assert hernia.max() > 15 and _share(hernia, 0.4, 0.75, 0.45, 0.85) > 0.9
+    nodule = _diff(pid, "Nodule")  # small: its change covers a tiny area
+    assert nodule.max() > 15 and (nodule > 0.2 * nodule.max()).mean() < 0.02

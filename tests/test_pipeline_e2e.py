@@ -1,0 +1,125 @@
+"""The real `dvc repro` of the whole DAG, on a tiny configuration, in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+MODELS = ["cnn", "vit_v1", "resnet18"]
+
+
+def run(args: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the project (code + dvc.yaml + shrunk params.yaml) after one `dvc repro`."""
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO_ROOT / name, work / name)
+    for folder in ("pipeline", "src"):
+        shutil.copytree(REPO_ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = tiny_params(models=MODELS)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(work / "src"),  # the copy's code, which its dvc.yaml hashes
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work.parent / 'mlflow.db'}",
+        "CXR14_NO_PROGRESS": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    run(["git", "init", "-q"], work, env)
+    run(["dvc", "init", "-q"], work, env)
+    # dvc init writes its own .dvcignore; use the project's.
+    shutil.copy(REPO_ROOT / ".dvcignore", work / ".dvcignore")
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "tiny"], work, env)
+    output = run(["dvc", "repro"], work, env)
+    return work, env, output
+
+
+def test_repro_builds_report_for_every_model(repo):
+    work, _, _ = repo
+    report = (work / "metrics" / "report.md").read_text()
+    for model in MODELS:
+        assert f"`{model}`" in report
+        metrics = json.loads((work / "metrics" / f"{model}.json").read_text())
+        assert 0.0 <= metrics["macro_auroc"] <= 1.0
+    summary = json.loads((work / "metrics" / "summary.json").read_text())
+    assert sorted(summary["ranking"]) == sorted(MODELS)
+    split = json.loads((work / "metrics" / "split.json").read_text())
+    assert split["train"]["images"] > split["val"]["images"] > 0
+
+
+def test_patients_never_cross_splits(repo):
+    work, _, _ = repo
+    import pandas as pd
+
+    splits = pd.read_csv(work / "data" / "splits.csv", dtype=str)
+    assert splits.groupby("Patient ID")["split"].nunique().max() == 1
+
+
+def test_one_mlflow_run_per_model_with_epoch_auroc(repo):
+    work, env, _ = repo
+    client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("cxr14").experiment_id])
+    assert sorted(r.data.tags["model"] for r in runs) == sorted(MODELS)
+    for r in runs:
+        assert len(client.get_metric_history(r.info.run_id, "val_macro_auroc")) == 2
+        assert "test_macro_f1" in r.data.metrics
+
+
+def test_second_repro_is_up_to_date_and_dvc_views_work(repo):
+    work, env, _ = repo
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], work, env)
+    shown = run(["dvc", "metrics", "show"], work, env)
+    assert "macro_auroc" in shown and "metrics/cnn.json" in shown
+    run(["dvc", "plots", "show", "-o", "plots_out"], work, env)
+    assert (work / "plots_out" / "index.html").is_file()
+
+
+def test_exp_run_changes_only_training_and_is_listed(repo):
+    work, env, _ = repo
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "baseline results"], work, env)
+    output = run(["dvc", "exp", "run", "-S", "train.epochs=1"], work, env)
+    assert "Running stage 'train@cnn'" in output
+    assert "Running stage 'fetch'" not in output and "Running stage 'preprocess'" not in output
+    table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
+    one_epoch = [
+        entry for entry in _entries_with_results(table)
+        if entry["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
+    ]
+    assert one_epoch, "dvc exp show does not list the train.epochs=1 experiment"
+    metrics = one_epoch[0]["metrics"]
+    assert all(f"metrics/{model}.json" in metrics for model in MODELS)
+    assert 0.0 <= metrics["metrics/cnn.json"]["data"]["macro_auroc"] <= 1.0
+
+
+def _entries_with_results(node):
+    """Every {'params': …, 'metrics': …} record in `dvc exp show --json`, whatever its nesting."""
+    if isinstance(node, dict):
+        if isinstance(node.get("params"), dict) and isinstance(node.get("metrics"), dict) and node["metrics"]:
+            yield node
+        for value in node.values():
+            yield from _entries_with_results(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _entries_with_results(value)
