@@ -52,29 +52,36 @@ def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_st
     assert {"history.csv", "checkpoint", "config.json"} <= artifacts
 
 
-def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_cache, tmp_path, mlflow_store):
-    import torch
+def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_cache, tmp_path, mlflow_store, monkeypatch):
+    import cxr14.training.engine as engine
 
-    def params(epochs):
-        return config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": epochs}))
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
+    straight = train_model(cfg, "cnn", tiny_cache, tmp_path / "straight")
 
-    straight = train_model(params(3), "cnn", tiny_cache, tmp_path / "straight")
-    # Leave a checkpoint as a kill after epoch 1 of the 3-epoch run would: not finished,
-    # same fingerprint (the subprocess kill -9 version of this belongs to the training-engine issue).
-    killed_dir = tmp_path / "killed"
-    train_model(params(1), "cnn", tiny_cache, killed_dir)
-    killed = torch.load(killed_dir / "last.pt", weights_only=False)
-    finished = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
-    killed.update(finished=False, fingerprint=finished["fingerprint"])
-    torch.save(killed, killed_dir / "last.pt")
+    # Crash in the middle of epoch 2 (after its training steps, before its checkpoint), as a
+    # kill would; the subprocess kill -9 version belongs to the training-engine issue.
+    real_validate, calls = engine._validate, []
 
-    resumed = train_model(params(3), "cnn", tiny_cache, killed_dir)
+    def crash_on_second_validation(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_validate", crash_on_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, "cnn", tiny_cache, tmp_path / "killed")
+    monkeypatch.setattr(engine, "_validate", real_validate)
+
+    resumed = train_model(cfg, "cnn", tiny_cache, tmp_path / "killed")
     assert resumed.epochs_run == 3
-    assert resumed.run_id == killed["state"]["run_id"]  # the MLflow run is continued, not duplicated
     assert [row["val_loss"] for row in resumed.history] == pytest.approx(
         [row["val_loss"] for row in straight.history], rel=1e-5
     )
     client = mlflow.tracking.MlflowClient(mlflow_store)
+    # one run for the straight model, one (continued, not duplicated) for the interrupted one
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 2
     assert [m.step for m in client.get_metric_history(resumed.run_id, "val_macro_auroc")] == [1, 2, 3]
 
 

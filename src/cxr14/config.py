@@ -77,6 +77,17 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class TrainOverride:
+    """Per-model replacements for `train.*` (unset = inherit), e.g. a higher lr for a ResNet."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    image_size: int | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
@@ -85,6 +96,9 @@ class TrainConfig:
     weight_decay: float = 1e-6
     # Epochs without a better validation macro AUROC before stopping (best weights restored).
     patience: int = 3
+    # Per-step learning-rate schedule: cosine decays to 0 by the last epoch, which settles the
+    # weights in short CPU runs; none keeps the seed's constant rate.
+    scheduler: Literal["none", "cosine"] = "cosine"
     # Resolution the models see; the loader resizes the cache on the device when smaller.
     image_size: int = 224
     # Caps batches per epoch (0 = all); for smoke tests and quick experiments.
@@ -94,6 +108,8 @@ class TrainConfig:
     # timm models: load pretrained weights (needs internet or a local cache).
     pretrained: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # model name -> replacements; train@<model> uses cfg.train_for(model).
+    overrides: dict[str, TrainOverride] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,14 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     models: tuple[str, ...] = ("cnn", "vit_v1")
 
+    def train_for(self, model_name: str) -> TrainConfig:
+        """The training settings of one model: `train.*` with its overrides applied."""
+        override = self.train.overrides.get(model_name)
+        changes = {} if override is None else {
+            name: value for name, value in dataclasses.asdict(override).items() if value is not None
+        }
+        return dataclasses.replace(self.train, overrides={}, **changes)
+
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
     """Coerce/validate one leaf against its annotation; raise ConfigError naming `key`."""
@@ -127,6 +151,11 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
             return None
         inner = [option for option in options if option is not type(None)][0]
         return _check_value(key, value, inner)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        item_type = typing.get_args(annotation)[1]
+        return {str(name): _build(item_type, item, f"{key}.{name}") for name, item in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -197,6 +226,16 @@ def _validate(cfg: Config) -> None:
     fractions = cfg.split.val_fraction + cfg.split.test_fraction
     if not (0 < cfg.split.val_fraction < 1 and 0 < cfg.split.test_fraction < 1 and fractions < 1):
         problems.append("split.val_fraction and split.test_fraction must be in (0, 1) and sum below 1")
+    for model_name in cfg.train.overrides:
+        train = cfg.train_for(model_name)
+        problems += [
+            f"train.overrides.{model_name}.{key} must be > 0, got {value}"
+            for key, value in (("epochs", train.epochs), ("batch_size", train.batch_size), ("lr", train.lr),
+                               ("image_size", train.image_size))
+            if value <= 0
+        ]
+        if train.image_size > cfg.preprocess.size:
+            problems.append(f"train.overrides.{model_name}.image_size exceeds preprocess.size ({cfg.preprocess.size})")
     positive = {
         "data.phantom.n_patients": cfg.data.phantom.n_patients,
         "data.phantom.image_size": cfg.data.phantom.image_size,

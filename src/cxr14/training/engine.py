@@ -13,6 +13,8 @@ remaining epochs exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import hashlib
 import io
 import json
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr14 import tracking
-from cxr14.config import Config, config_to_dict, flatten
+from cxr14.config import Config, TrainConfig, config_to_dict, flatten
 from cxr14.data.cache import open_split, split_labels
 from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.evaluation.metrics import macro_auroc
@@ -57,8 +59,8 @@ def select_device(name: str) -> torch.device:
 
 
 def training_fingerprint(cfg: Config, model_name: str) -> str:
-    """What must match for a checkpoint to be resumed: the params this stage reads."""
-    relevant = {"seed": cfg.seed, "train": config_to_dict(cfg)["train"], "model": model_name}
+    """What must match for a checkpoint to be resumed: this model's resolved training params."""
+    relevant = {"seed": cfg.seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -87,16 +89,25 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def _validate(bundle, images, labels, cfg, device) -> tuple[float, float]:
-    scores = predict(bundle, images, labels, cfg.train.batch_size, cfg.train.image_size, device, desc="validate")
+def _validate(bundle, images, labels, train: TrainConfig, device) -> tuple[float, float]:
+    scores = predict(bundle, images, labels, train.batch_size, train.image_size, device, desc="validate")
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
     return loss, macro_auroc(labels, scores)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
+    """Per-step learning-rate schedule (`train.scheduler`)."""
+    if train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
 def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) -> TrainResult:
     """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`."""
-    train = cfg.train
+    train = cfg.train_for(model_name)
     device = select_device(train.device)
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
@@ -116,6 +127,10 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
+    if train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
+    scheduler = make_scheduler(optimizer, train, total_steps=steps_per_epoch * train.epochs)
 
     state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "run_id": None,
              "train_seconds": 0.0}
@@ -125,6 +140,7 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
         if checkpoint.get("fingerprint") == fingerprint and not checkpoint.get("finished"):
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
             state = checkpoint["state"]
             log.info("resuming %s from %s after epoch %d", model_name, last_path, state["epoch"])
         else:
@@ -140,7 +156,8 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
     with tracking.model_run(model_name, run_id=state["run_id"], tags=tags) as run:
         if state["run_id"] is None:
             state["run_id"] = run.info.run_id
-            tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
+            resolved_for_model = {**resolved, "train": dataclasses.asdict(train)}
+            tracking.log_params({**flatten({k: v for k, v in resolved_for_model.items() if k != "models"}),
                                  "model": model_name, "params_total": n_params})
             tracking.log_artifact(out_dir / "config.json")
         atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
@@ -167,12 +184,13 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 loss_sum += loss.item() * len(targets)
                 seen += len(targets)
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
             train_seconds = time.perf_counter() - started
-            val_loss, val_auroc = _validate(bundle, val_images, val_labels, cfg, device)
+            val_loss, val_auroc = _validate(bundle, val_images, val_labels, train, device)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
                    "val_macro_auroc": val_auroc, "lr": optimizer.param_groups[0]["lr"],
                    "images_per_second": seen / max(train_seconds, 1e-9)}
@@ -196,7 +214,7 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
                 state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= train.patience or epoch == train.epochs
             save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "state": state, "fingerprint": fingerprint, "finished": stop})
+                                        "scheduler": scheduler.state_dict(), "state": state, "fingerprint": fingerprint, "finished": stop})
             if stop:
                 if epoch < train.epochs:
                     log.info("%s: early stop after epoch %d (best epoch %d)", model_name, epoch, state["best_epoch"])
