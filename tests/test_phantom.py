@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr14.data import phantom
-from cxr14.data.phantom import generate_phantom, make_anatomy, render_image, sample_labels
+from cxr14.data import phantom, phantom_labels
+from cxr14.data.phantom import generate_phantom, make_anatomy, render_image
+from cxr14.data.phantom_labels import sample_labels
 from cxr14.labels import LABELS, NO_FINDING
 
 NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -88,7 +89,7 @@ def test_different_seeds_give_different_images(tmp_path: Path) -> None:
 def test_label_sampling_matches_nih_prevalence_and_cardinality() -> None:
     draws = sample_labels(np.random.default_rng(123), 20000)
     counts = Counter(name for labels in draws for name in labels)
-    expected = {**phantom.PREVALENCE, NO_FINDING: 0.538}
+    expected = {**phantom_labels.PREVALENCE, NO_FINDING: 0.538}
     for name, p in expected.items():
         observed = counts[name] / len(draws)
         tolerance = 0.01 if p >= 0.02 else 0.4 * p  # absolute for big classes, relative for rare ones
@@ -100,14 +101,14 @@ def test_label_sampling_matches_nih_prevalence_and_cardinality() -> None:
 
 def test_patient_chain_keeps_marginals_and_chronic_findings_persist() -> None:
     rng = np.random.default_rng(7)
-    series = [phantom.sample_patient_labels(rng, 4) for _ in range(4000)]
+    series = [phantom_labels.sample_patient_labels(rng, 4) for _ in range(4000)]
     flat = [labels for patient in series for labels in patient]
     counts = Counter(name for labels in flat for name in labels)
     for name in (NO_FINDING, "Infiltration", "Effusion", "Atelectasis"):
-        assert abs(counts[name] / len(flat) - {**phantom.PREVALENCE, NO_FINDING: 0.538}[name]) <= 0.015, name
+        assert abs(counts[name] / len(flat) - {**phantom_labels.PREVALENCE, NO_FINDING: 0.538}[name]) <= 0.015, name
     had = [p for p in series if "Cardiomegaly" in p[0]]
     again = sum("Cardiomegaly" in p[1] for p in had) / len(had)
-    assert again > 10 * phantom.PREVALENCE["Cardiomegaly"]  # persists far above its base rate
+    assert again > 10 * phantom_labels.PREVALENCE["Cardiomegaly"]  # persists far above its base rate
 
 
 def test_patient_metadata_statistics() -> None:
