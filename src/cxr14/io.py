@@ -22,6 +22,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+# mkstemp creates 0600 files; outputs should get the usual mode the umask allows.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write_bytes(path: Path, payload: bytes, durable: bool = True) -> None:
     """Write `payload` to `path` via a temp file in the same folder and os.replace.
@@ -38,6 +43,7 @@ def atomic_write_bytes(path: Path, payload: bytes, durable: bool = True) -> None
             if durable:
                 stream.flush()
                 os.fsync(stream.fileno())
+        os.chmod(temp_name, _FILE_MODE)
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -73,6 +79,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp made it 0700
     if path.exists():
         shutil.rmtree(path)
     os.replace(staging, path)
