@@ -38,3 +38,11 @@ def test_bad_values_name_the_key(dotted, value, message):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="no such params file"):
         load_config(tmp_path / "params.yaml")
+
+
+def test_per_model_override_applies_to_that_model_only():
+    cfg = config_from_dict(tiny_params(**{"train.overrides": {"resnet18": {"lr": 1e-3, "epochs": 4}}}))
+    assert cfg.train_for("resnet18").lr == pytest.approx(1e-3) and cfg.train_for("resnet18").epochs == 4
+    assert cfg.train_for("cnn").lr == pytest.approx(cfg.train.lr) and cfg.train_for("cnn").epochs == cfg.train.epochs
+    with pytest.raises(ConfigError, match=r"unknown key 'train.overrides.cnn.lrr' \(did you mean 'train.overrides.cnn.lr'\?\)"):
+        config_from_dict(tiny_params(**{"train.overrides": {"cnn": {"lrr": 1e-3}}}))

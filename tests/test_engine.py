@@ -33,6 +33,8 @@ def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_st
     for name in ("best.pt", "last.pt", "history.csv", "train.json", "config.json", "mlflow_run.json"):
         assert (out_dir / name).is_file(), name
     assert result.epochs_run == 2 and len(result.history) == 2
+    saved = json.loads((out_dir / "config.json").read_text())
+    assert saved["model"] == "vit_v1" and saved["train"]["lr"] == cfg.train_for("vit_v1").lr
 
     record = evaluate_model(cfg, "vit_v1", tiny_cache, out_dir)
     assert record["metrics"]["n_images"] == len(record["predictions"])

@@ -81,6 +81,8 @@ def compact_metrics(record: dict) -> dict:
         "params_total": record["training"]["params_total"],
         "train_seconds": record["training"]["train_seconds"],
         "auroc": metrics["auroc"],
+        "ap": metrics["ap"],
+        "f1": metrics["f1"],
     }
 
 

@@ -149,16 +149,16 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
     if state["epoch"] and (out_dir / "best.pt").is_file():
         best_weights = torch.load(out_dir / "best.pt", map_location=device, weights_only=False)["model"]
 
-    resolved = config_to_dict(cfg)
-    atomic_write_json(out_dir / "config.json", {**resolved, "model": model_name})
+    # The resolved config as this model sees it (overrides applied), saved beside its outputs.
+    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name}
+    atomic_write_json(out_dir / "config.json", resolved)
     n_params = sum(p.numel() for p in model.parameters())
     tags = {"git_commit": tracking.git_commit(), "device": str(device)}
     with tracking.model_run(model_name, run_id=state["run_id"], tags=tags) as run:
         if state["run_id"] is None:
             state["run_id"] = run.info.run_id
-            resolved_for_model = {**resolved, "train": dataclasses.asdict(train)}
-            tracking.log_params({**flatten({k: v for k, v in resolved_for_model.items() if k != "models"}),
-                                 "model": model_name, "params_total": n_params})
+            tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
+                                 "params_total": n_params})
             tracking.log_artifact(out_dir / "config.json")
         atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
 
