@@ -9,8 +9,6 @@ metrics file uses it, so changing it invalidates all of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 LABELS: tuple[str, ...] = (
@@ -62,12 +60,6 @@ def encode_findings(finding_labels: str, where: str = "") -> np.ndarray:
         location = f" at {where}" if where else ""
         raise UnknownFindingError(f"'No Finding' combined with findings{location}: {finding_labels!r}")
     return vector
-
-
-def encode_many(cells: Iterable[str], where: str = "") -> np.ndarray:
-    """Encode a column of `Finding Labels`; errors name the 0-based row."""
-    rows = [encode_findings(cell, where=f"{where} row {row}") for row, cell in enumerate(cells)]
-    return np.stack(rows) if rows else np.zeros((0, NUM_CLASSES), dtype=np.uint8)
 
 
 def decode_findings(vector: np.ndarray) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr14.labels import encode_findings
+from cxr14.labels import NUM_CLASSES, encode_findings
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,10 @@ def load_metadata(raw_dir: Path, missing_images: str = "error") -> Metadata:
             f"{csv_path} line {first + 2}: image {frame.at[first, 'Image Index']!r} "
             f"appears {int(duplicated.sum())} times in total"
         )
-    labels = np.stack(
-        [
-            encode_findings(cell, where=f"{csv_path} line {row + 2} ({image})")
-            for row, (cell, image) in enumerate(zip(frame["Finding Labels"], frame["Image Index"]))
-        ]
-    ) if len(frame) else np.zeros((0, 15), dtype=np.uint8)
+    labels = np.zeros((len(frame), NUM_CLASSES), dtype=np.uint8)
+    for row, (cell, image) in enumerate(zip(frame["Finding Labels"], frame["Image Index"])):
+        # line = row + 2: the header is line 1, so the message matches what an editor shows
+        labels[row] = encode_findings(cell, where=f"{csv_path} line {row + 2} ({image})")
 
     on_disk = {path.name for path in images_dir.glob("*.png")}
     present = frame["Image Index"].isin(on_disk).to_numpy()
