@@ -1,0 +1,233 @@
+"""Use a local NIH ChestX-ray14 download in place: detect its layout, link it, never copy it.
+
+    layout = detect_layout(Path("/data/ChestX-ray14"))  # official, Kaggle or sample layout
+    n_images = link_raw(layout, Path("data/raw"))        # data/raw/images/*.png -> the user's files
+
+Three layouts are recognised under `data.nih.path`:
+
+- official (NIH Box): `images/*.png` + `Data_Entry_2017_v2020.csv` or `Data_Entry_2017.csv`;
+- Kaggle (nih-chest-xrays/data): `images_001/images/*.png` ... `images_012/images/*.png`
+  + `Data_Entry_2017.csv`;
+- sample (nih-chest-xrays/sample, 5,606 images): `sample/images/*.png` + `sample_labels.csv`,
+  the CSV either next to `sample/` or inside it (both occur, depending on how the archive was
+  unpacked); a folder holding `images/` + `sample_labels.csv` directly is accepted too.
+
+`link_raw` gives the rest of the pipeline the one layout it reads (`images/` + a
+`Data_Entry_2017.csv`) at the cost of 112,120 symlinks instead of 42 GB of copies. The metadata
+CSV is copied, because it is small and the pipeline must be able to trust it not to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr14.data.metadata import METADATA_NAMES
+from cxr14.io import atomic_directory, progress
+
+log = logging.getLogger(__name__)
+
+LAYOUT_KINDS = ("official", "kaggle", "sample")
+KAGGLE_METADATA = "Data_Entry_2017.csv"
+SAMPLE_METADATA = "sample_labels.csv"
+# The name the rest of the pipeline reads (cxr14.data.metadata.find_metadata_csv accepts it).
+RAW_METADATA = "Data_Entry_2017.csv"
+_KAGGLE_FOLDER = re.compile(r"images_\d{3}")
+
+_EXPECTED = (
+    "official: images/*.png + Data_Entry_2017_v2020.csv or Data_Entry_2017.csv; "
+    "Kaggle: images_001/images/*.png ... images_012/images/*.png + Data_Entry_2017.csv; "
+    "sample: sample/images/*.png + sample_labels.csv (or sample/sample_labels.csv)"
+)
+
+
+class NihLayoutError(ValueError):
+    """`data.nih.path` does not hold a usable NIH ChestX-ray14 layout, or linking it failed."""
+
+
+@dataclass(frozen=True)
+class NihLayout:
+    """Where a local NIH download keeps its metadata and images.
+
+    Attributes:
+        kind: "official", "kaggle" or "sample" (see the module docstring).
+        root: the folder the user configured as `data.nih.path`.
+        metadata_csv: the Data_Entry-style CSV (Image Index, Finding Labels, Patient ID, ...).
+        image_dirs: folders whose `*.png` files are the images; several for Kaggle.
+    """
+
+    kind: str
+    root: Path
+    metadata_csv: Path
+    image_dirs: tuple[Path, ...]
+
+    def describe(self, n_images: int | None = None) -> str:
+        """One line for the log, e.g. 'Kaggle layout: 12 image folders, 112,120 PNGs, ...'."""
+        name = {"official": "official", "kaggle": "Kaggle", "sample": "NIH sample"}[self.kind]
+        folders = f"{len(self.image_dirs)} image folder{'s' if len(self.image_dirs) != 1 else ''}"
+        count = f", {n_images:,} PNGs" if n_images is not None else ""
+        return f"{name} layout: {folders}{count}, metadata {self.metadata_csv.name}"
+
+
+def detect_layout(root: Path) -> NihLayout:
+    """Recognise which NIH layout `root` holds, looking only at folder names (no image scan).
+
+    Args:
+        root: the configured `data.nih.path`.
+
+    Raises:
+        NihLayoutError: nothing matches (the message lists what was looked for and what is
+            there), or both the official and the Kaggle layout are present, in which case
+            picking one silently could drop half of the images.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise NihLayoutError(f"data.nih.path: {root} is not a folder; point it at the unpacked NIH ChestX-ray14 "
+                             f"download ({_EXPECTED})")
+    candidates = [layout for layout in (_official(root), _kaggle(root), _sample(root)) if layout is not None]
+    kinds = [layout.kind for layout in candidates]
+    if "official" in kinds and "kaggle" in kinds:
+        raise NihLayoutError(
+            f"data.nih.path: {root} holds both the official layout (images/) and the Kaggle layout "
+            f"(images_001/images/ ...); move one of them away or point data.nih.path at a folder with only one"
+        )
+    if candidates:
+        layout = candidates[0]
+        log.debug("%s: detected %s", root, layout.describe())
+        return layout
+    raise NihLayoutError(
+        f"data.nih.path: {root} holds no NIH ChestX-ray14 layout. Looked for {_EXPECTED}. "
+        f"Found: {_list_folder(root)}"
+    )
+
+
+def link_raw(layout: NihLayout, out_dir: Path) -> int:
+    """Materialise `out_dir/images/<name>.png` as symlinks + `out_dir/Data_Entry_2017.csv` as a copy.
+
+    Symlink targets are absolute, so `out_dir` can be read from any working directory. The
+    folder is built in a staging sibling and renamed into place, so an interrupted run never
+    leaves a half-linked `out_dir`; replacing an old `out_dir` removes only its links
+    (shutil.rmtree does not follow symlinks), never the user's images.
+
+    Args:
+        layout: from :func:`detect_layout`.
+        out_dir: the fetch stage's output, e.g. data/raw.
+
+    Returns:
+        The number of images linked.
+
+    Raises:
+        NihLayoutError: an image folder holds no PNG, two folders hold the same image name
+            (both paths are named), `out_dir` would overwrite the user's data, or the file
+            system refuses symlinks.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(layout, out_dir)
+    sources = _scan_images(layout)
+    log.info("found %s", layout.describe(len(sources)))
+    with atomic_directory(out_dir) as staging:
+        images_dir = staging / "images"
+        images_dir.mkdir()
+        link_prefix = os.path.join(images_dir, "")  # plain strings: no Path object per image
+        with progress(total=len(sources), desc="linking NIH images", unit="img") as bar:
+            for name, target in sources.items():
+                try:
+                    os.symlink(target, link_prefix + name)
+                except OSError as error:
+                    raise NihLayoutError(
+                        f"cannot create symlink {out_dir / 'images' / name} -> {target}: {error}; the file system "
+                        f"of {out_dir.parent} must support symlinks"
+                    ) from error
+                bar.update()
+        shutil.copyfile(layout.metadata_csv, staging / RAW_METADATA)
+    log.info("linked %d images and copied %s to %s", len(sources), layout.metadata_csv.name, out_dir)
+    return len(sources)
+
+
+# ------------------------------------------------------------------------------------ detection
+def _official(root: Path) -> NihLayout | None:
+    images = root / "images"
+    csv = next((root / name for name in METADATA_NAMES if (root / name).is_file()), None)
+    if not images.is_dir() or csv is None:
+        return None
+    return NihLayout("official", root, csv, (images,))
+
+
+def _kaggle(root: Path) -> NihLayout | None:
+    with os.scandir(root) as entries:
+        folders = sorted(entry.name for entry in entries if entry.is_dir() and _KAGGLE_FOLDER.fullmatch(entry.name))
+    if not folders or not (root / KAGGLE_METADATA).is_file():
+        return None
+    missing = [name for name in folders if not (root / name / "images").is_dir()]
+    if missing:
+        raise NihLayoutError(
+            f"data.nih.path: {root} looks like the Kaggle layout but {', '.join(missing)} "
+            f"{'has' if len(missing) == 1 else 'have'} no images/ subfolder; unpack each images_NNN archive "
+            f"so that its PNGs are in images_NNN/images/"
+        )
+    return NihLayout("kaggle", root, root / KAGGLE_METADATA, tuple(root / name / "images" for name in folders))
+
+
+def _sample(root: Path) -> NihLayout | None:
+    # nih-chest-xrays/sample unpacks as sample/images + sample_labels.csv next to or inside sample/;
+    # a user may also point data.nih.path at the inner folder (images/ + sample_labels.csv).
+    for images, csvs in (
+        (root / "sample" / "images", (root / SAMPLE_METADATA, root / "sample" / SAMPLE_METADATA)),
+        (root / "images", (root / SAMPLE_METADATA,)),
+    ):
+        csv = next((path for path in csvs if path.is_file()), None)
+        if images.is_dir() and csv is not None:
+            return NihLayout("sample", root, csv, (images,))
+    return None
+
+
+def _list_folder(root: Path, limit: int = 12) -> str:
+    with os.scandir(root) as entries:
+        names = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in entries)
+    if not names:
+        return "an empty folder"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------------------------- linking
+def _scan_images(layout: NihLayout) -> dict[str, str]:
+    """Image name -> absolute path of every PNG, using only what os.scandir already knows."""
+    sources: dict[str, str] = {}
+    for folder in layout.image_dirs:
+        folder_abs = folder.resolve()  # one resolve per folder, not per file
+        found = 0
+        with os.scandir(folder_abs) as entries:
+            for entry in entries:
+                # is_file() answers from the directory entry's type; it stats only symlinks. Dot files
+                # are skipped: macOS unpacking leaves "._<name>.png" resource forks next to the images.
+                if not entry.name.endswith(".png") or entry.name.startswith(".") or not entry.is_file():
+                    continue
+                previous = sources.setdefault(entry.name, entry.path)
+                if previous != entry.path:
+                    raise NihLayoutError(
+                        f"image {entry.name} is in two folders: {previous} and {entry.path}; NIH image names "
+                        f"are unique, so one of the folders is a duplicate or a different data set -- remove it"
+                    )
+                found += 1
+        if not found:
+            raise NihLayoutError(f"{folder}: no *.png images; the {layout.kind} layout expects the PNGs there")
+    return sources
+
+
+def _check_out_dir(layout: NihLayout, out_dir: Path) -> None:
+    """Refuse an `out_dir` whose replacement would delete the user's download."""
+    out_abs, root_abs = out_dir.resolve(), layout.root.resolve()
+    if out_abs == root_abs or out_abs in root_abs.parents:
+        raise NihLayoutError(
+            f"output folder {out_dir} contains data.nih.path {layout.root}; it is replaced on every fetch, "
+            f"which would delete the download. Keep the NIH download outside the project's data/raw"
+        )
+    for folder in layout.image_dirs:
+        folder_abs = folder.resolve()
+        if out_abs == folder_abs or folder_abs in out_abs.parents:
+            raise NihLayoutError(f"output folder {out_dir} is inside the image folder {folder}; choose another output")
