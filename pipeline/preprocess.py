@@ -15,8 +15,8 @@ from cxr14.data.split import attach_splits
 def main(args) -> None:
     cfg = load_config(args.params)
     metadata = load_metadata(Path(args.raw), missing_images=cfg.data.missing_images)
-    table = attach_splits(metadata, Path(args.splits))
-    build_cache(table, metadata.labels, metadata.images_dir, Path(args.out), cfg.preprocess.size, cfg.preprocess.workers)
+    table, labels = attach_splits(metadata, Path(args.splits))
+    build_cache(table, labels, metadata.images_dir, Path(args.out), cfg.preprocess.size, cfg.preprocess.workers)
 
 
 if __name__ == "__main__":
