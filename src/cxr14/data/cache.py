@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,7 @@ from cxr14.labels import LABELS
 log = logging.getLogger(__name__)
 
 CHUNK = 64  # images per worker task: amortises process overhead, bounds memory per task
+PROGRESS_SAVE_SECONDS = 2.0  # how often resumable progress is recorded (at most this much work is redone)
 
 
 class ImageDecodeError(ValueError):
@@ -61,10 +63,21 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
     return image, converted
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, int]:
-    paths, size = args
-    decoded = [_decode(Path(path), size) for path in paths]
-    return np.stack([image for image, _ in decoded]), sum(converted for _, converted in decoded)
+def _decode_chunk(args: tuple[str, int, list[str], int]) -> int:
+    """Worker: decode a block of PNGs straight into rows [start, start + len) of the array file.
+
+    Writing in the worker (instead of sending 3 MB of pixels back through a pipe) leaves the
+    parent nothing to do but bookkeeping, so every core decodes. Returns the converted count.
+    """
+    array_path, start, paths, size = args
+    array = np.load(array_path, mmap_mode="r+")
+    converted = 0
+    for offset, path in enumerate(paths):
+        array[start + offset], was_converted = _decode(Path(path), size)
+        converted += was_converted
+    array.flush()
+    del array
+    return converted
 
 
 def _bounded_map(pool: ProcessPoolExecutor, function, items: list, window: int) -> Iterator:
@@ -149,20 +162,30 @@ def _build_cache(plan: dict, images_dir: Path, cache_dir: Path, size: int, worke
             array_path = partial / f"{split}.npy"
             done = int(state["done"].get(split, 0))
             shape = (len(rows), size, size)
-            array = np.lib.format.open_memmap(array_path, mode="r+" if done else "w+", dtype=np.uint8, shape=shape)
+            if not done:  # create the file (header + zeros) that the workers fill
+                created = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
+                created.flush()
+                del created
             paths = [str(images_dir / image_id) for image_id in rows["image_id"]]
-            chunks = [(paths[start : start + CHUNK], size) for start in range(done, len(paths), CHUNK)]
+            # Small sets get small blocks so that every worker has work until the end.
+            chunk = max(1, min(CHUNK, -(-(len(paths) - done) // (8 * workers))))
+            chunks = [
+                (str(array_path), start, paths[start : start + chunk], size) for start in range(done, len(paths), chunk)
+            ]
             converted = int(state["converted"].get(split, 0))
+            last_saved = time.monotonic()
             with progress(total=len(paths), initial=done, desc=f"preprocess {split}", unit="img") as bar:
-                for block, block_converted in _bounded_map(pool, _decode_chunk, chunks, window=4 * workers):
-                    array[done : done + len(block)] = block
+                # In order: `done` is always a prefix of rows that workers have written and flushed.
+                for (_, _, block, _), block_converted in zip(
+                    chunks, _bounded_map(pool, _decode_chunk, chunks, window=4 * workers)
+                ):
                     done += len(block)
                     converted += block_converted
-                    array.flush()  # pixels on disk before the progress that claims them
                     state["done"][split], state["converted"][split] = done, converted
-                    atomic_write_json(state_path, state)
+                    if time.monotonic() - last_saved > PROGRESS_SAVE_SECONDS or done == len(paths):
+                        atomic_write_json(state_path, state)
+                        last_saved = time.monotonic()
                     bar.update(len(block))
-            del array
             index = pd.DataFrame({"image_id": rows["image_id"], "patient_id": rows["patient_id"]})
             for column, name in enumerate(LABELS):
                 index[name] = split_labels[:, column]
