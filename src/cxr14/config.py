@@ -54,6 +54,8 @@ class DataConfig:
     source: Literal["phantom", "nih"] = "phantom"
     # What to do with metadata rows whose image file is missing: stop, or drop and count.
     missing_images: Literal["error", "skip"] = "error"
+    # Images with no metadata row: leave them out (counted in metrics/split.json), or stop.
+    orphan_images: Literal["ignore", "error"] = "ignore"
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     nih: NihConfig = field(default_factory=NihConfig)
 
