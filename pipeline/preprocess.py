@@ -14,9 +14,9 @@ from cxr14.data.split import attach_splits
 
 def main(args) -> None:
     cfg = load_config(args.params)
-    metadata = load_metadata(Path(args.raw), missing_images=cfg.data.missing_images)
-    table = attach_splits(metadata, Path(args.splits))
-    build_cache(table, metadata.labels, metadata.images_dir, Path(args.out), cfg.preprocess.size, cfg.preprocess.workers)
+    metadata = load_metadata(Path(args.raw), cfg.data.missing_images, cfg.data.orphan_images)
+    table, labels = attach_splits(metadata, Path(args.splits))
+    build_cache(table, labels, metadata.images_dir, Path(args.out), cfg.preprocess.size, cfg.preprocess.workers)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from cxr14.io import atomic_write_json, atomic_write_text
 
 def main(args) -> None:
     cfg = load_config(args.params)
-    metadata = load_metadata(Path(args.raw), missing_images=cfg.data.missing_images)
-    table, summary = make_splits(metadata, cfg.split, cfg.seed)
+    metadata = load_metadata(Path(args.raw), cfg.data.missing_images, cfg.data.orphan_images)
+    table, summary = make_splits(metadata, cfg.split, cfg.seed, source=cfg.data.source)
     atomic_write_text(Path(args.out), table.to_csv(index=False))
     atomic_write_json(Path(args.summary), summary)
 

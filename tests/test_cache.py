@@ -1,3 +1,5 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -42,8 +44,29 @@ def test_corrupt_png_names_the_file_and_leaves_no_cache(small_nih, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ImageDecodeError, match="00000004_001.png"):
         build(small_nih, tmp_path / "cache")
-    assert not (tmp_path / "cache").exists()
-    assert not list(tmp_path.glob(".cache*"))  # no staging folder left behind
+    assert not (tmp_path / "cache").exists()  # nothing a later stage would trust
+
+
+def test_interrupted_preprocess_resumes_and_gives_the_same_bytes(small_nih, tmp_path, caplog, monkeypatch):
+    import cxr14.data.cache as cache
+
+    monkeypatch.setattr(cache, "CHUNK", 4)  # several blocks per split
+    build(small_nih, tmp_path / "reference")
+    # The last image (by name) breaks: earlier splits/blocks are done when the run stops.
+    last = sorted((small_nih / "images").iterdir())[-1]
+    good = last.read_bytes()
+    last.write_bytes(b"not a png")
+    with pytest.raises(ImageDecodeError):
+        build(small_nih, tmp_path / "cache")
+    progress = json.loads((tmp_path / ".cache.partial" / "progress.json").read_text())
+    assert sum(progress["done"].values()) > 0
+    last.write_bytes(good)  # the user fixes the file and re-runs
+    caplog.set_level("INFO")
+    build(small_nih, tmp_path / "cache")
+    assert "resuming preprocess" in caplog.text
+    assert not (tmp_path / ".cache.partial").exists()
+    for name in ("train.npy", "val.npy", "test.npy", "train.csv", "cache.json"):
+        assert (tmp_path / "cache" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
 
 
 def test_16_bit_and_rgba_become_8_bit_gray(tmp_path):
@@ -55,3 +78,7 @@ def test_16_bit_and_rgba_become_8_bit_gray(tmp_path):
         image = decode_and_resize(tmp_path / name, 32)
         assert image.dtype == np.uint8 and image.shape == (32, 32)
     assert decode_and_resize(tmp_path / "rgba.png", 32).mean() == pytest.approx(200, abs=1)
+    from cxr14.data.cache import _decode
+
+    cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((64, 64), np.uint8))
+    assert [_decode(tmp_path / name, 32)[1] for name in ("deep.png", "rgba.png", "gray.png")] == [True, True, False]

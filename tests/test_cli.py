@@ -44,10 +44,10 @@ def test_unknown_finding_stops_split_naming_row(tmp_path):
     assert not (tmp_path / "splits.csv").exists()
 
 
-def test_nih_source_is_reported_as_not_yet_available(tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump(tiny_params(**{"data.source": "nih", "data.nih.path": str(tmp_path)}))
-    )
+def test_nih_source_without_nih_data_names_the_folder(tmp_path):
+    empty = tmp_path / "nih"
+    empty.mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(**{"data.source": "nih", "data.nih.path": str(empty)})))
     result = run_stage("fetch.py", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "raw"))
-    assert result.returncode == 2 and "data.source: nih" in result.stderr
+    assert result.returncode == 2 and str(empty) in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "raw").exists()

@@ -46,3 +46,12 @@ def test_per_model_override_applies_to_that_model_only():
     assert cfg.train_for("cnn").lr == pytest.approx(cfg.train.lr) and cfg.train_for("cnn").epochs == cfg.train.epochs
     with pytest.raises(ConfigError, match=r"unknown key 'train.overrides.cnn.lrr' \(did you mean 'train.overrides.cnn.lr'\?\)"):
         config_from_dict(tiny_params(**{"train.overrides": {"cnn": {"lrr": 1e-3}}}))
+
+
+def test_official_split_needs_nih_and_views_are_checked():
+    with pytest.raises(ConfigError, match="split.method 'official' needs data.source: nih"):
+        config_from_dict(tiny_params(**{"split.method": "official"}))
+    with pytest.raises(ConfigError, match=r"split.views must be a non-empty subset of \[PA, AP\]"):
+        config_from_dict(tiny_params(**{"split.views": ["LL"]}))
+    cfg = config_from_dict(tiny_params())
+    assert cfg.split.resolved_method("nih") == "official" and cfg.split.resolved_method("phantom") == "patient"

@@ -21,8 +21,8 @@ def tiny_cache(small_nih, tmp_path):
     table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
     splits_csv = tmp_path / "splits.csv"
     table.to_csv(splits_csv, index=False)
-    frame = attach_splits(metadata, splits_csv)
-    build_cache(frame, metadata.labels, metadata.images_dir, tmp_path / "cache", size=32, workers=1)
+    frame, labels = attach_splits(metadata, splits_csv)
+    build_cache(frame, labels, metadata.images_dir, tmp_path / "cache", size=32, workers=1)
     return tmp_path / "cache"
 
 

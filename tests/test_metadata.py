@@ -38,3 +38,13 @@ def test_missing_column_and_duplicates(tmp_path):
     csv.write_text(csv.read_text().replace("Patient ID", "Patient"))
     with pytest.raises(MetadataError, match=r"missing required column\(s\) \['Patient ID'\]"):
         load_metadata(raw)
+
+
+def test_orphan_images_are_counted_or_refused(small_nih):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(small_nih / "images" / "00000099_000.png"), np.zeros((8, 8), np.uint8))
+    assert load_metadata(small_nih).orphan_images == 1
+    with pytest.raises(MetadataError, match=r"1 image\(s\) have no row .*'00000099_000.png'.*orphan_images: ignore"):
+        load_metadata(small_nih, orphan_images="error")

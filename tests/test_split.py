@@ -64,3 +64,41 @@ def test_split_stage_output_is_byte_identical(small_nih):
     assert list(table.columns) == ["Image Index", "Patient ID", "split"]
     assert sum(summary[s]["images"] for s in ("train", "val", "test")) == 30
     assert set(summary["train"]["prevalence"]) >= {"Effusion", "No Finding"}
+
+
+def test_view_filter_marks_rows_excluded_and_preprocess_drops_them(small_nih, tmp_path):
+    from cxr14.data.split import EXCLUDED, attach_splits
+
+    csv = small_nih / "Data_Entry_2017.csv"
+    frame = pd.read_csv(csv, dtype=str)
+    frame.loc[frame.index % 3 == 0, "View Position"] = "AP"
+    frame.to_csv(csv, index=False)
+    metadata = load_metadata(small_nih)
+    table, summary = make_splits(metadata, SplitConfig(views=("PA",)), seed=1)
+    assert (table["split"] == EXCLUDED).sum() == 10 == summary["excluded_images"]
+    splits_csv = tmp_path / "splits.csv"
+    table.to_csv(splits_csv, index=False)
+    kept, labels = attach_splits(metadata, splits_csv)
+    assert len(kept) == len(labels) == 20 and set(kept["view_position"]) == {"PA"}
+    rows = metadata.frame["image_id"].tolist()
+    for image_id, row_labels in zip(kept["image_id"], labels):
+        assert np.array_equal(row_labels, metadata.labels[rows.index(image_id)])
+
+
+def test_official_method_uses_the_nih_test_list(tmp_path):
+    from cxr14.data.official_split import official_test_images
+    from tests.conftest import write_nih_folder
+
+    test_names = sorted(official_test_images())[:6]  # two or more test patients
+    test_patients = {name[:8] for name in test_names}
+    rows = [(name, "Effusion" if i % 2 else "No Finding", str(int(name[:8]))) for i, name in enumerate(test_names)]
+    rows += [(f"{90000000 + p:08d}_{f:03d}.png", "Mass" if p % 3 == 0 else "No Finding", str(90000000 + p))
+             for p in range(40) for f in range(2)]
+    # the list's other images of these patients would be missing: keep only complete test patients
+    raw = write_nih_folder(tmp_path / "raw", rows)
+    metadata = load_metadata(raw)
+    table, summary = make_splits(metadata, SplitConfig(method="official"), seed=0, source="nih")
+    test_rows = table[table["split"] == "test"]
+    assert set(test_rows["Image Index"]) == set(test_names) and summary["method"] == "official"
+    assert not set(table.loc[table["split"] != "test", "Patient ID"].str.zfill(8)) & test_patients
+    assert summary["val"]["images"] > 0 and summary["train"]["images"] > summary["val"]["images"]

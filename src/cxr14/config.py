@@ -38,8 +38,15 @@ class PhantomConfig:
 
 @dataclass(frozen=True)
 class NihConfig:
-    # Folder holding images/*.png and Data_Entry_2017.csv (the official layout).
+    # Folder with the NIH data in the official (images/), Kaggle (images_0NN/images/) or sample
+    # (sample/images/) layout; with `download: true`, where the archives are fetched and unpacked.
     path: str | None = None
+    # Fetch the 12 official archives first (resumable, MD5-verified, ~45 GB; never twice).
+    download: bool = False
+    # Where the archives live, as <base_url>/<id>.gz: set a mirror's URL here.
+    base_url: str = "https://nihcc.box.com/shared/static"
+    # Metadata CSV as a path or URL, when it is not inside `path` (e.g. Data_Entry_2017_v2020.csv).
+    metadata: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,15 +54,32 @@ class DataConfig:
     source: Literal["phantom", "nih"] = "phantom"
     # What to do with metadata rows whose image file is missing: stop, or drop and count.
     missing_images: Literal["error", "skip"] = "error"
+    # Images with no metadata row: leave them out (counted in metrics/split.json), or stop.
+    orphan_images: Literal["ignore", "error"] = "ignore"
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     nih: NihConfig = field(default_factory=NihConfig)
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    # Fractions of patients (not images): a patient's follow-ups never straddle splits.
+    # official: test = NIH's test_list.txt, validation carved by patient from the rest (scores
+    # comparable with published ones); patient: seeded stratified patient-wise split of all
+    # images; auto: official for data.source nih, patient for the phantom.
+    method: Literal["auto", "official", "patient"] = "auto"
+    # Shares of images, assigned by whole patients (follow-ups never straddle splits).
+    # patient: of all images; official: val_fraction of the non-test images (test_fraction unused).
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    # Keep only these views (AP films are mostly bedside films of sicker patients).
+    views: tuple[str, ...] = ("PA", "AP")
+    # Keep one seeded image per patient, so every test case is independent.
+    one_per_patient: bool = False
+
+    def resolved_method(self, source: str) -> str:
+        """`auto` made concrete for a data source."""
+        if self.method != "auto":
+            return self.method
+        return "official" if source == "nih" else "patient"
 
 
 @dataclass(frozen=True)
@@ -255,6 +279,10 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.data.source == "nih" and not cfg.data.nih.path:
         problems.append("data.source is 'nih' but data.nih.path is not set")
+    if cfg.split.method == "official" and cfg.data.source != "nih":
+        problems.append("split.method 'official' needs data.source: nih (the phantom has no official test list)")
+    if not cfg.split.views or not set(cfg.split.views) <= {"PA", "AP"}:
+        problems.append(f"split.views must be a non-empty subset of [PA, AP], got {list(cfg.split.views)}")
     if not cfg.models:
         problems.append("models: the list is empty")
     if len(set(cfg.models)) != len(cfg.models):

@@ -6,13 +6,20 @@
 Each PNG is decoded exactly once, here, in parallel, resized with area interpolation and
 stored as grayscale uint8 in one `<split>.npy` per split (memory-mapped by training), beside
 `<split>.csv` holding the image id, patient id and the 15 multi-hot labels in LABELS order.
-Output is byte-identical for the same inputs and written atomically (staging folder + rename).
+Output is byte-identical for the same inputs and written atomically (staging folder + rename);
+an interrupted run resumes from its staging folder. Memory stays bounded at any scale.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -20,12 +27,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr14.io import atomic_directory, atomic_write_json, progress
+from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import LABELS
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64  # images per worker task: amortises process overhead, bounds memory per task
+PROGRESS_SAVE_SECONDS = 2.0  # how often resumable progress is recorded (at most this much work is redone)
 
 
 class ImageDecodeError(ValueError):
@@ -33,13 +41,16 @@ class ImageDecodeError(ValueError):
 
 
 def decode_and_resize(path: Path, size: int) -> np.ndarray:
-    """Read one radiograph as 8-bit grayscale and resize it to `size` x `size` (area filter).
+    """Read one radiograph as 8-bit grayscale and resize it to `size` x `size` (area filter)."""
+    return _decode(path, size)[0]
 
-    16-bit and RGB(A) PNGs exist in the NIH set; they are reduced to 8-bit gray here.
-    """
+
+def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    """(image, converted): 16-bit and RGB(A) PNGs exist in the NIH set; they become 8-bit gray."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageDecodeError(f"{path}: cannot decode image (corrupt or not a PNG)")
+        raise ImageDecodeError(f"{path}: cannot decode image (corrupt, truncated, or not a PNG)")
+    converted = image.ndim == 3 or image.dtype != np.uint8
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         image = cv2.cvtColor(image, code)
@@ -49,12 +60,35 @@ def decode_and_resize(path: Path, size: int) -> np.ndarray:
         raise ImageDecodeError(f"{path}: unsupported pixel type {image.dtype}")
     if image.shape != (size, size):
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return image
+    return image, converted
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
-    paths, size = args
-    return np.stack([decode_and_resize(Path(path), size) for path in paths])
+def _decode_chunk(args: tuple[str, int, list[str], int]) -> int:
+    """Worker: decode a block of PNGs straight into rows [start, start + len) of the array file.
+
+    Writing in the worker (instead of sending 3 MB of pixels back through a pipe) leaves the
+    parent nothing to do but bookkeeping, so every core decodes. Returns the converted count.
+    """
+    array_path, start, paths, size = args
+    array = np.load(array_path, mmap_mode="r+")
+    converted = 0
+    for offset, path in enumerate(paths):
+        array[start + offset], was_converted = _decode(Path(path), size)
+        converted += was_converted
+    array.flush()
+    del array
+    return converted
+
+
+def _bounded_map(pool: ProcessPoolExecutor, function, items: list, window: int) -> Iterator:
+    """pool.map in order, but with at most `window` tasks in flight, so memory stays bounded."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def build_cache(
@@ -67,6 +101,11 @@ def build_cache(
 ) -> dict:
     """Write one memory-mapped array and one index per split into `cache_dir`.
 
+    Work happens in `.<cache_dir>.partial/` beside it, which becomes `cache_dir` only when every
+    split is complete. Progress is recorded there after each flushed block, so an interrupted
+    run (kill, corrupt PNG fixed afterwards) resumes where it stopped when the inputs are the
+    same. Memory stays bounded: blocks go straight into the memory-mapped arrays.
+
     Args:
         metadata: rows with image_id, patient_id, split.
         labels: uint8 [N, 15] aligned with `metadata`.
@@ -76,49 +115,92 @@ def build_cache(
         workers: processes (0 = all cores).
 
     Returns:
-        A summary (images per split, size) also written to `cache_dir/cache.json`.
+        A summary (images per split, size, converted images) also written to `cache_dir/cache.json`.
     """
     workers = workers or os.cpu_count() or 1
-    summary: dict = {"size": size, "splits": {}}
+    plan = {}
+    for split in ("train", "val", "test"):
+        mask = (metadata["split"] == split).to_numpy()
+        rows = metadata.loc[mask].reset_index(drop=True)
+        # Sorted image ids give the same cache bytes whatever order the CSV had.
+        order = np.argsort(rows["image_id"].to_numpy(), kind="stable")
+        plan[split] = (rows.iloc[order].reset_index(drop=True), labels[mask][order])
     # One decode per process, the pool gives the parallelism. Threading is switched off in the
     # parent before the fork: calling cv2.setNumThreads inside a forked child can deadlock.
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(0)
     try:
-        _build_cache(metadata, labels, images_dir, cache_dir, size, workers, summary)
+        return _build_cache(plan, Path(images_dir), Path(cache_dir), size, workers)
     finally:
         cv2.setNumThreads(cv2_threads)
-    return summary
 
 
-def _build_cache(metadata, labels, images_dir, cache_dir, size, workers, summary) -> None:
-    with atomic_directory(cache_dir) as staging, ProcessPoolExecutor(max_workers=workers) as pool:
-        for split in ("train", "val", "test"):
-            mask = (metadata["split"] == split).to_numpy()
-            rows = metadata.loc[mask].reset_index(drop=True)
-            # Sorted image ids give the same cache bytes whatever order the CSV had.
-            order = np.argsort(rows["image_id"].to_numpy(), kind="stable")
-            rows = rows.iloc[order].reset_index(drop=True)
-            split_labels = labels[mask][order]
-            array = np.lib.format.open_memmap(
-                staging / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(rows), size, size)
-            )
+def _fingerprint(plan: dict, images_dir: Path, size: int) -> str:
+    digest = hashlib.sha256(f"{images_dir}|{size}".encode())
+    for split, (rows, _) in plan.items():
+        digest.update(f"|{split}:".encode() + "\n".join(rows["image_id"]).encode())
+    return digest.hexdigest()
+
+
+def _build_cache(plan: dict, images_dir: Path, cache_dir: Path, size: int, workers: int) -> dict:
+    partial = cache_dir.parent / f".{cache_dir.name}.partial"
+    state_path = partial / "progress.json"
+    fingerprint = _fingerprint(plan, images_dir, size)
+    state = {"fingerprint": fingerprint, "done": {}, "converted": {}}
+    if state_path.is_file():
+        previous = json.loads(state_path.read_text(encoding="utf-8"))
+        if previous.get("fingerprint") == fingerprint:
+            state = previous
+            log.info("resuming preprocess from %s (%s)", partial, state["done"])
+    if state["done"] == {} and partial.exists():
+        shutil.rmtree(partial)  # stale work for other inputs
+    partial.mkdir(parents=True, exist_ok=True)
+
+    summary: dict = {"size": size, "splits": {}, "converted_to_8bit_gray": 0}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for split, (rows, split_labels) in plan.items():
+            array_path = partial / f"{split}.npy"
+            done = int(state["done"].get(split, 0))
+            shape = (len(rows), size, size)
+            if not done:  # create the file (header + zeros) that the workers fill
+                created = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
+                created.flush()
+                del created
             paths = [str(images_dir / image_id) for image_id in rows["image_id"]]
-            chunks = [(paths[start : start + CHUNK], size) for start in range(0, len(paths), CHUNK)]
-            with progress(total=len(paths), desc=f"preprocess {split}", unit="img") as bar:
-                for number, block in enumerate(pool.map(_decode_chunk, chunks)):
-                    start = number * CHUNK
-                    array[start : start + len(block)] = block
+            # Small sets get small blocks so that every worker has work until the end.
+            chunk = max(1, min(CHUNK, -(-(len(paths) - done) // (8 * workers))))
+            chunks = [
+                (str(array_path), start, paths[start : start + chunk], size) for start in range(done, len(paths), chunk)
+            ]
+            converted = int(state["converted"].get(split, 0))
+            last_saved = time.monotonic()
+            with progress(total=len(paths), initial=done, desc=f"preprocess {split}", unit="img") as bar:
+                # In order: `done` is always a prefix of rows that workers have written and flushed.
+                for (_, _, block, _), block_converted in zip(
+                    chunks, _bounded_map(pool, _decode_chunk, chunks, window=4 * workers)
+                ):
+                    done += len(block)
+                    converted += block_converted
+                    state["done"][split], state["converted"][split] = done, converted
+                    if time.monotonic() - last_saved > PROGRESS_SAVE_SECONDS or done == len(paths):
+                        atomic_write_json(state_path, state)
+                        last_saved = time.monotonic()
                     bar.update(len(block))
-            array.flush()
-            del array
             index = pd.DataFrame({"image_id": rows["image_id"], "patient_id": rows["patient_id"]})
             for column, name in enumerate(LABELS):
                 index[name] = split_labels[:, column]
-            index.to_csv(staging / f"{split}.csv", index=False)
+            atomic_write_text(partial / f"{split}.csv", index.to_csv(index=False))
             summary["splits"][split] = len(rows)
+            summary["converted_to_8bit_gray"] += converted
             log.info("cache %s: %d images at %d px", split, len(rows), size)
-        atomic_write_json(staging / "cache.json", summary)
+    if summary["converted_to_8bit_gray"]:
+        log.info("%d RGB(A) or 16-bit image(s) converted to 8-bit gray", summary["converted_to_8bit_gray"])
+    atomic_write_json(partial / "cache.json", summary)
+    state_path.unlink()
+    if cache_dir.exists():
+        shutil.rmtree(cache_dir)
+    os.replace(partial, cache_dir)
+    return summary
 
 
 def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:

@@ -38,6 +38,7 @@ class Metadata:
     images_dir: Path
     source_csv: Path
     dropped_missing: int
+    orphan_images: int = 0
 
 
 def find_metadata_csv(raw_dir: Path) -> Path:
@@ -47,13 +48,15 @@ def find_metadata_csv(raw_dir: Path) -> Path:
     raise MetadataError(f"{raw_dir}: no metadata file (expected one of {', '.join(METADATA_NAMES)})")
 
 
-def load_metadata(raw_dir: Path, missing_images: str = "error") -> Metadata:
+def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: str = "ignore") -> Metadata:
     """Load `raw_dir/Data_Entry_2017.csv` and check it against `raw_dir/images/`.
 
     Args:
         raw_dir: folder in the NIH layout (images/ + metadata CSV).
         missing_images: "error" stops at the first row whose image is absent; "skip" drops
             such rows and logs how many.
+        orphan_images: images without a metadata row: "ignore" counts and logs them, "error"
+            stops (a metadata file that does not match its images).
     """
     raw_dir = Path(raw_dir)
     csv_path = find_metadata_csv(raw_dir)
@@ -89,6 +92,12 @@ def load_metadata(raw_dir: Path, missing_images: str = "error") -> Metadata:
     if dropped:
         log.warning("dropped %d metadata row(s) whose image is missing from %s", dropped, images_dir)
     orphans = len(on_disk) - int(present.sum())
+    if orphans and orphan_images == "error":
+        example = sorted(on_disk - set(frame["Image Index"]))[0]
+        raise MetadataError(
+            f"{images_dir}: {orphans} image(s) have no row in {csv_path}, e.g. {example!r} "
+            "(set data.orphan_images: ignore to leave them out)"
+        )
     if orphans:
         log.info("%d image(s) in %s have no metadata row and are ignored", orphans, images_dir)
 
@@ -102,4 +111,4 @@ def load_metadata(raw_dir: Path, missing_images: str = "error") -> Metadata:
         }
     )
     log.info("metadata: %d images, %d patients from %s", len(table), table["patient_id"].nunique(), csv_path)
-    return Metadata(table, labels[present], images_dir, csv_path, dropped)
+    return Metadata(table, labels[present], images_dir, csv_path, dropped, orphans)

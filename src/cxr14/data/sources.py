@@ -2,12 +2,15 @@
 
     fetch(cfg, Path("data/raw"))    # writes data/raw/images/*.png + Data_Entry_2017.csv
 
-The output folder is staged and renamed into place, so an interrupted fetch never leaves a
-half-populated data/raw for the split stage to trust.
+Phantom: generated into a staging folder renamed into place. NIH: the user's folder (official,
+Kaggle or sample layout; optionally downloaded first) is linked in place, image by image, so
+the ~42 GB of PNGs are never copied (and dvc.yaml marks data/raw `cache: false`, so DVC only
+hashes them). Either way, an interrupted fetch never leaves a half-populated data/raw.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,9 +19,7 @@ from cxr14.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
-
-class SourceNotAvailableError(RuntimeError):
-    """The configured data source cannot be used (yet)."""
+METADATA_NAME = "Data_Entry_2017.csv"
 
 
 def fetch(cfg: Config, out_dir: Path) -> None:
@@ -29,7 +30,29 @@ def fetch(cfg: Config, out_dir: Path) -> None:
         with atomic_directory(out_dir) as staging:
             generate_phantom(staging, n_patients=phantom.n_patients, image_size=phantom.image_size, seed=cfg.seed)
         return
-    raise SourceNotAvailableError(
-        "data.source: nih -- ingesting the real NIH ChestX-ray14 (local layouts, download, official "
-        "split) is not implemented yet (tracked in issue 3); use data.source: phantom for now"
-    )
+    fetch_nih(cfg, out_dir)
+
+
+def fetch_nih(cfg: Config, out_dir: Path) -> None:
+    """Download (when asked) and link the NIH data set into `out_dir` in the NIH layout."""
+    from cxr14.data.nih_download import download_nih, fetch_metadata, official_archives
+    from cxr14.data.nih_layout import detect_layout, link_raw
+
+    nih = cfg.data.nih
+    root = Path(nih.path).expanduser().resolve()
+    if nih.download:
+        root.mkdir(parents=True, exist_ok=True)
+        download_nih(official_archives(nih.base_url), download_dir=root / "archives", extract_dir=root)
+    elif not root.is_dir():
+        raise FileNotFoundError(
+            f"data.nih.path {root} is not a folder; point it at the NIH images or set data.nih.download: true"
+        )
+    layout_metadata = None
+    if nih.metadata:
+        # A CSV given by path or URL is stored beside the images, where the layout is read.
+        layout_metadata = fetch_metadata(nih.metadata, root / METADATA_NAME)
+    layout = detect_layout(root)
+    if layout_metadata is not None:
+        layout = dataclasses.replace(layout, metadata_csv=layout_metadata)
+    count = link_raw(layout, out_dir)
+    log.info("data/raw: %d NIH images linked from %s (%s layout)", count, root, layout.kind)

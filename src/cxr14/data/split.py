@@ -20,6 +20,7 @@ from cxr14.labels import LABELS
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+EXCLUDED = "excluded"  # rows dropped by split.views / split.one_per_patient, kept visible in splits.csv
 
 
 class LeakageError(AssertionError):
@@ -74,7 +75,8 @@ def split_patients(
 
 
 def check_patient_disjoint(frame: pd.DataFrame) -> None:
-    """Raise LeakageError naming a patient found in two splits."""
+    """Raise LeakageError naming a patient found in two splits (excluded rows do not count)."""
+    frame = frame[frame["split"] != EXCLUDED]
     splits_per_patient = frame.groupby("patient_id")["split"].nunique()
     leaked = splits_per_patient[splits_per_patient > 1]
     if len(leaked):
@@ -99,16 +101,34 @@ def split_summary(frame: pd.DataFrame, labels: np.ndarray) -> dict:
     return summary
 
 
-def make_splits(metadata, split_cfg, seed: int) -> tuple[pd.DataFrame, dict]:
-    """The split stage: (table for data/splits.csv sorted by image, summary for split.json)."""
-    frame = metadata.frame
-    assignment = split_patients(
-        frame["patient_id"].to_numpy(), metadata.labels, split_cfg.val_fraction, split_cfg.test_fraction, seed
-    )
+def make_splits(metadata, split_cfg, seed: int, source: str = "phantom") -> tuple[pd.DataFrame, dict]:
+    """The split stage: (table for data/splits.csv sorted by image, summary for split.json).
+
+    Rows removed by the view filter or one-image-per-patient stay in the table as "excluded",
+    so every metadata row is accounted for and preprocess can tell a filter from a bug.
+    """
+    from cxr14.data.official_split import filter_views, official_split, one_image_per_patient
+
+    frame, labels = metadata.frame, metadata.labels
+    kept_frame, kept_labels = frame, labels
+    if tuple(sorted(split_cfg.views)) != ("AP", "PA"):
+        kept_frame, kept_labels = filter_views(kept_frame, kept_labels, split_cfg.views)
+    if split_cfg.one_per_patient:
+        kept_frame, kept_labels = one_image_per_patient(kept_frame, kept_labels, seed)
+    method = split_cfg.resolved_method(source)
+    if method == "official":
+        kept_assignment = official_split(kept_frame, kept_labels, split_cfg.val_fraction, seed)
+    else:
+        kept_assignment = split_patients(
+            kept_frame["patient_id"].to_numpy(), kept_labels, split_cfg.val_fraction, split_cfg.test_fraction, seed
+        )
+    lookup = dict(zip(kept_frame["image_id"], kept_assignment))
+    assignment = frame["image_id"].map(lookup).fillna(EXCLUDED).to_numpy()
     table = pd.DataFrame({"image_id": frame["image_id"], "patient_id": frame["patient_id"], "split": assignment})
     check_patient_disjoint(table)
-    summary = split_summary(table, metadata.labels)
-    summary["dropped_missing_images"] = metadata.dropped_missing
+    summary = split_summary(table, labels)
+    summary.update(method=method, excluded_images=int((assignment == EXCLUDED).sum()),
+                   dropped_missing_images=metadata.dropped_missing, orphan_images=metadata.orphan_images)
     order = np.argsort(table["image_id"].to_numpy(), kind="stable")
     table = table.iloc[order].reset_index(drop=True)
     for split in SPLITS:
@@ -117,8 +137,12 @@ def make_splits(metadata, split_cfg, seed: int) -> tuple[pd.DataFrame, dict]:
     return output, summary
 
 
-def attach_splits(metadata, splits_csv) -> pd.DataFrame:
-    """Metadata rows with their split column, checking the split table covers every image."""
+def attach_splits(metadata, splits_csv) -> tuple[pd.DataFrame, np.ndarray]:
+    """Metadata rows with their split column, and their labels, without the excluded rows.
+
+    Raises:
+        ValueError: an image has no row in the split table (the split is stale: re-run it).
+    """
     splits = pd.read_csv(splits_csv, dtype={"Image Index": str, "Patient ID": str})
     lookup = dict(zip(splits["Image Index"], splits["split"]))
     frame = metadata.frame.copy()
@@ -130,4 +154,7 @@ def attach_splits(metadata, splits_csv) -> pd.DataFrame:
             f"{frame.loc[unassigned, 'image_id'].iloc[0]!r}; re-run the split stage"
         )
     check_patient_disjoint(frame)
-    return frame
+    excluded = frame["split"] == EXCLUDED
+    if excluded.any():
+        log.info("preprocess skips %d image(s) excluded by the split stage's filters", int(excluded.sum()))
+    return frame.loc[~excluded].reset_index(drop=True), metadata.labels[~excluded.to_numpy()]
