@@ -55,3 +55,33 @@ def test_official_split_needs_nih_and_views_are_checked():
         config_from_dict(tiny_params(**{"split.views": ["LL"]}))
     cfg = config_from_dict(tiny_params())
     assert cfg.split.resolved_method("nih") == "official" and cfg.split.resolved_method("phantom") == "patient"
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_pretrained_accepts_auto_or_a_boolean(value):
+    assert config_from_dict(tiny_params(**{"train.pretrained": value})).train.pretrained == value
+
+
+def test_zoo_overrides_choose_optimizer_weights_and_freezing():
+    overrides = {"vit_v2": {"optimizer": "sgd", "momentum": 0.8},
+                 "resnet50": {"freeze_backbone": True, "pretrained_path": "/weights/resnet50.pth", "pretrained": True}}
+    cfg = config_from_dict(tiny_params(**{"train.overrides": overrides}))
+    vit_v2, resnet50, cnn = cfg.train_for("vit_v2"), cfg.train_for("resnet50"), cfg.train_for("cnn")
+    assert (vit_v2.optimizer, vit_v2.momentum) == ("sgd", pytest.approx(0.8))
+    assert resnet50.freeze_backbone and resnet50.pretrained is True and resnet50.pretrained_path == "/weights/resnet50.pth"
+    assert (cnn.optimizer, cnn.freeze_backbone, cnn.pretrained_path) == ("adamw", False, None)
+    with pytest.raises(ConfigError, match=r"train.overrides.vit_v2.optimizer: 'lamb' is not one of"):
+        config_from_dict(tiny_params(**{"train.overrides": {"vit_v2": {"optimizer": "lamb"}}}))
+
+
+def test_override_larger_than_the_cache_fails_only_for_a_listed_model():
+    overrides = {"efficientnet_b4": {"image_size": 380}}
+    config_from_dict(tiny_params(**{"train.overrides": overrides}))  # not in models: fine
+    with pytest.raises(ConfigError, match=r"efficientnet_b4.image_size \(380\) exceeds preprocess.size \(64\): "
+                                          r"raise preprocess.size to at least 380"):
+        config_from_dict(tiny_params(**{"train.overrides": overrides, "models": ["efficientnet_b4"]}))
+
+
+def test_profile_counts_are_checked():
+    with pytest.raises(ConfigError, match="profile.repeats must be >= 1, got 0"):
+        config_from_dict(tiny_params(**{"profile.repeats": 0}))

@@ -93,3 +93,53 @@ def test_unreachable_tracking_server_fails_before_training(tiny_cache, tmp_path,
     with pytest.raises(TrackingUnavailableError, match=r"http://127.0.0.1:9 is unreachable"):
         train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn")
     assert not (tmp_path / "models" / "cnn" / "last.pt").exists()
+
+
+def test_frozen_pretrained_backbone_stays_exactly_as_loaded(tiny_cache, tmp_path, mlflow_store):
+    """The seed's transfer recipe: weights from a local file, backbone frozen (BN statistics too), head trained."""
+    import timm
+    import torch
+
+    torch.manual_seed(7)
+    source = timm.create_model("mobilenetv2_100", num_classes=0, global_pool="")
+    weights_file = tmp_path / "mobilenetv2_100.pth"
+    torch.save(source.state_dict(), weights_file)
+    overrides = {"mobilenetv2_100": {"pretrained_path": str(weights_file), "freeze_backbone": True, "lr": 1e-2}}
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1,
+                                          "train.overrides": overrides}))
+    out_dir = tmp_path / "models" / "mobilenetv2_100"
+    train_model(cfg, "mobilenetv2_100", tiny_cache, out_dir)
+
+    trained = torch.load(out_dir / "best.pt", weights_only=False)["model"]
+    for key, value in source.state_dict().items():
+        assert torch.equal(trained[f"backbone.{key}"], value), key  # incl. BatchNorm running statistics
+    summary = json.loads((out_dir / "train.json").read_text())
+    assert summary["weights"] == str(weights_file)
+    assert 0 < summary["params_trainable"] < summary["params_total"]
+    head = [value for key, value in trained.items() if key.startswith("head.")]
+    assert head and sum(value.numel() for value in head) == summary["params_trainable"]
+
+
+def test_freezing_a_randomly_initialised_backbone_is_refused(tiny_cache, tmp_path, mlflow_store):
+    overrides = {"mobilenetv2_100": {"pretrained": False, "freeze_backbone": True}}
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32,
+                                          "train.overrides": overrides}))
+    with pytest.raises(ValueError, match="freeze_backbone is true but the backbone has no pretrained weights"):
+        train_model(cfg, "mobilenetv2_100", tiny_cache, tmp_path / "out")
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adamw", "AdamW"), ("adam", "Adam"), ("sgd", "SGD")])
+def test_optimizer_choice_covers_trainable_parameters_only(name, kind):
+    import torch
+
+    from cxr14.training.engine import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    train = config_from_dict(tiny_params(**{"train.optimizer": name})).train
+    optimizer = make_optimizer(model, train)
+    assert type(optimizer).__name__ == kind
+    assert [p for group in optimizer.param_groups for p in group["params"]] == list(model[1].parameters())
+    if name == "sgd":
+        assert optimizer.param_groups[0]["momentum"] == pytest.approx(train.momentum)

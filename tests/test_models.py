@@ -1,42 +1,256 @@
+"""The model registry: every architecture runs, has its designed size, and loads weights as documented.
+
+Nothing here downloads: pretrained weights are either saved to a temp file by the test, or the
+Hugging Face hub is switched offline to exercise the failure message.
+"""
+
+import time
+
+import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from cxr14.models import available_models, build_model
-from cxr14.models.registry import UnknownModelError
+from cxr14.models import (
+    PretrainedWeightsError,
+    UnknownModelError,
+    available_models,
+    build_model,
+    describe_model,
+    resolve_pretrained,
+    set_train_mode,
+)
 
-ALL_MODELS = [*available_models(), "resnet34", "timm:resnet18"]
+NUM_CLASSES = 15
+ALL_MODELS = [*available_models(), "convnextv2_atto", "timm:resnet18"]
+# 32 px is the smallest size every model accepts (five 2x poolings, 32 px ViT patches) and keeps
+# the parametrised test fast on CPU; spatial layouts at larger sizes are checked separately.
+IMAGE_SIZE = 32
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_forward_backward(name):
     torch.manual_seed(0)
-    bundle = build_model(name, num_classes=15, image_size=64)
-    images = torch.randn(2, bundle.in_chans, 64, 64)
+    bundle = build_model(name, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, pretrained=False)
+    assert bundle.in_chans == 3 and bundle.weights is None
+    images = torch.randn(2, bundle.in_chans, IMAGE_SIZE, IMAGE_SIZE)
     logits = bundle.model(images)
-    assert logits.shape == (2, 15)
+    assert logits.shape == (2, NUM_CLASSES)
     assert torch.isfinite(logits).all()
     logits.sum().backward()
-    grads = [p.grad for p in bundle.model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    trainable = [(key, p) for key, p in bundle.model.named_parameters() if p.requires_grad]
+    assert trainable
+    for key, parameter in trainable:
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), key
 
 
 def test_seed_cnn_parameter_count_is_exact():
-    model = build_model("cnn", num_classes=15, image_size=224).model
-    assert sum(p.numel() for p in model.parameters()) == 95_579_087
+    model = build_model("cnn", num_classes=NUM_CLASSES, image_size=224).model
+    assert count_parameters(model) == 95_579_087
 
 
-def test_vit_v1_shape_of_the_seed():
-    model = build_model("vit_v1", num_classes=15, image_size=224).model
-    assert model.position.shape == (1, 49, 64)
-    assert len(model.blocks) == 8 and model.blocks[0].attention.num_heads == 4
+def test_convnextv2_seed_parameter_count_matches_the_layer_list():
+    def layer_norm(channels):
+        return 2 * channels
+
+    def block(dim):
+        depthwise = dim * 7 * 7 + dim
+        expand = dim * 4 * dim + 4 * dim
+        response_norm = 2 * 4 * dim  # gamma and beta per expanded channel
+        project = 4 * dim * dim + dim
+        return depthwise + layer_norm(dim) + expand + response_norm + project
+
+    def downsample(dim_in, dim_out):
+        return layer_norm(dim_in) + dim_in * dim_out * 2 * 2 + dim_out
+
+    stem = 3 * 25 * 4 * 4 + 25 + layer_norm(25)
+    head = layer_norm(100) + (100 * 128 + 128) + (128 * NUM_CLASSES + NUM_CLASSES)
+    by_hand = stem + block(25) + downsample(25, 50) + block(50) + downsample(50, 100) + block(100) + head
+    assert by_hand == 158_013  # the figure in convnext_seed's docstring
+    model = build_model("convnextv2_seed", num_classes=NUM_CLASSES, image_size=224).model
+    assert count_parameters(model) == by_hand
+
+
+def test_grn_starts_as_identity():
+    from cxr14.models.convnext_seed import GlobalResponseNorm
+
+    features = torch.randn(2, 5, 5, 8)
+    assert torch.equal(GlobalResponseNorm(8)(features), features)
+
+
+def test_resmobilenet_parameter_counts_and_their_difference():
+    v1 = build_model("resmobilenet_v1", num_classes=NUM_CLASSES, image_size=224).model
+    v2 = build_model("resmobilenet_v2", num_classes=NUM_CLASSES, image_size=224).model
+    assert count_parameters(v1) == 3_073_663
+    assert count_parameters(v2) == 3_083_791
+    batch_norm = 2  # weight and bias per channel
+    mobilenet_stem = 3 * 16 * 3 * 3 + 16 * batch_norm
+    resnet_stem = 3 * 64 * 7 * 7 + 64 * batch_norm
+    # First inverted residual, expansion 16 -> depthwise 3x3 -> project to 16. With 16 input
+    # channels (v1) there is no expansion conv; with 64 (v2) a 1x1 conv 64 -> 16 is added.
+    depthwise_and_project = (16 * 3 * 3 + 16 * batch_norm) + (16 * 16 + 16 * batch_norm)
+    first_block_v1 = depthwise_and_project
+    first_block_v2 = (64 * 16 + 16 * batch_norm) + depthwise_and_project
+    difference = (resnet_stem + first_block_v2) - (mobilenet_stem + first_block_v1)
+    assert difference == 10_128
+    assert count_parameters(v2) - count_parameters(v1) == difference
+
+
+def test_resmobilenet_variants_agree_after_block_two_and_embed_on_the_unit_sphere():
+    images = torch.randn(2, 3, 64, 64)
+    shapes = {}
+    for name in ("resmobilenet_v1", "resmobilenet_v2"):
+        model = build_model(name, num_classes=NUM_CLASSES, image_size=64).model.eval()
+        shapes[name] = model.blocks[:2](model.stem(images)).shape
+        assert model.forward_features(images).shape == (2, 160, 2, 2)
+        embedding = model.forward_embedding(images)
+        assert embedding.shape == (2, 512)
+        assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
+        assert model.classifier is model.head.classifier
+    assert shapes["resmobilenet_v1"] == shapes["resmobilenet_v2"] == (2, 24, 16, 16)
+
+
+def test_vit_v1_shape_of_the_seed_and_v2_regularisation():
+    v1 = build_model("vit_v1", num_classes=NUM_CLASSES, image_size=224).model
+    assert v1.position.shape == (1, 49, 64)
+    assert len(v1.blocks) == 8 and v1.blocks[0].attention.num_heads == 4
+    v2 = build_model("vit_v2", num_classes=NUM_CLASSES, image_size=224).model
+    assert count_parameters(v2) == count_parameters(v1)
+    assert v2.blocks[0].attention.dropout == 0.2 and v1.blocks[0].attention.dropout == 0.1
+    assert {m.p for m in v2.head if isinstance(m, nn.Dropout)} == {0.5}
+
+
+def test_transfer_head_sits_on_the_backbone_features():
+    bundle = build_model("vgg16", num_classes=NUM_CLASSES, image_size=32, pretrained=False)
+    backbone_parameters = count_parameters(bundle.model.backbone)
+    assert backbone_parameters == 14_714_688  # VGG16 convolutions only, as Keras include_top=False
+    assert bundle.model.head[3].in_features == 512
+    assert bundle.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_timm_normalisation_comes_from_timm():
-    bundle = build_model("resnet34", num_classes=15, image_size=64)
+    bundle = build_model("resnet34", num_classes=NUM_CLASSES, image_size=64)
     assert bundle.mean == pytest.approx((0.485, 0.456, 0.406))
-    assert sum(p.numel() for p in bundle.model.parameters()) == pytest.approx(21.3e6, rel=0.01)
+    assert count_parameters(bundle.model) == pytest.approx(21.3e6, rel=0.01)
+    assert build_model("vit_b16", NUM_CLASSES, 32, pretrained=False).mean == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_freeze_backbone_trains_only_the_head():
+    bundle = build_model("mobilenetv2_100", NUM_CLASSES, IMAGE_SIZE, pretrained=False, freeze_backbone=True)
+    model = bundle.model
+    trainable = [key for key, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(key.startswith("head.") for key in trainable)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count_parameters(model.head)
+    set_train_mode(model)
+    batch_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert batch_norms and not any(m.training for m in batch_norms)
+    assert model.head.training and model.training
+
+
+def test_freeze_backbone_needs_a_head():
+    with pytest.raises(ValueError, match="cnn.*train.freeze_backbone: false"):
+        build_model("cnn", NUM_CLASSES, IMAGE_SIZE, freeze_backbone=True)
+
+
+def test_pretrained_path_feeds_a_plain_timm_state_dict_to_the_backbone(tmp_path):
+    import timm
+
+    torch.manual_seed(123)
+    source = timm.create_model("mobilenetv2_100")  # 1000-class head: timm drops it on load
+    weights_file = tmp_path / "mobilenetv2_100.pth"
+    torch.save(source.state_dict(), weights_file)
+
+    torch.manual_seed(0)
+    bundle = build_model("mobilenetv2_100", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(weights_file))
+    assert bundle.weights == str(weights_file)
+    saved = source.state_dict()
+    loaded = bundle.model.backbone.state_dict()
+    assert all(torch.equal(tensor, saved[key]) for key, tensor in loaded.items())
+    torch.manual_seed(0)
+    random_init = build_model("mobilenetv2_100", NUM_CLASSES, IMAGE_SIZE, pretrained=False).model.backbone.state_dict()
+    assert not torch.equal(random_init["conv_stem.weight"], loaded["conv_stem.weight"])
+
+
+def test_pretrained_path_accepts_our_own_checkpoint_head_included(tmp_path):
+    torch.manual_seed(5)
+    trained = build_model("mobilenetv2_100", NUM_CLASSES, IMAGE_SIZE, pretrained=False).model
+    checkpoint = tmp_path / "best.pt"
+    # Our best.pt also stores a numpy metric next to the weights.
+    torch.save({"model": trained.state_dict(), "val_macro_auroc": np.float64(0.8)}, checkpoint)
+    reloaded = build_model("mobilenetv2_100", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(checkpoint)).model
+    for key, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, trained.state_dict()[key]), key
+
+
+def test_pretrained_path_loads_a_scratch_model_strictly(tmp_path):
+    torch.manual_seed(7)
+    trained = build_model("cnn_gap", NUM_CLASSES, IMAGE_SIZE).model
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": trained.state_dict(), "epoch": 3}, checkpoint)
+    bundle = build_model("cnn_gap", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(checkpoint))
+    assert bundle.weights == str(checkpoint)
+    for key, tensor in bundle.model.state_dict().items():
+        assert torch.equal(tensor, trained.state_dict()[key]), key
+    with pytest.raises(PretrainedWeightsError, match=r"do not fit.*missing keys.*unexpected"):
+        build_model("convnextv2_seed", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(checkpoint))
+
+
+def test_missing_weights_file_names_the_path_and_the_key(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(PretrainedWeightsError, match=rf"{missing}.*pretrained_path"):
+        build_model("densenet121", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(missing))
+
+
+def test_scratch_model_has_no_published_weights():
+    with pytest.raises(PretrainedWeightsError, match="no published weights exist for cnn_gap"):
+        build_model("cnn_gap", NUM_CLASSES, IMAGE_SIZE, pretrained=True)
+
+
+def test_offline_fetch_fails_fast_and_says_how_to_provide_weights(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    started = time.perf_counter()
+    with pytest.raises(PretrainedWeightsError) as failure:
+        build_model("mobilenetv2_100", NUM_CLASSES, IMAGE_SIZE, pretrained=True)
+    assert time.perf_counter() - started < 5
+    message = str(failure.value)
+    assert "mobilenetv2_100" in message and "HF_HOME" in message
+    assert "train.overrides.mobilenetv2_100.pretrained_path" in message and "train.pretrained: false" in message
+    assert failure.value.__cause__ is not None
+
+
+def test_auto_resolves_to_the_design_default():
+    assert resolve_pretrained("densenet121", "auto") is True
+    assert resolve_pretrained("vit_b16", "auto") is True
+    assert resolve_pretrained("cnn", "auto") is False
+    assert resolve_pretrained("resnet34", "auto") is False
+    assert resolve_pretrained("resnet18", "auto") is False
+    assert resolve_pretrained("cnn", True) is True
+    with pytest.raises(ValueError, match="'yes'"):
+        resolve_pretrained("cnn", "yes")
+    with pytest.raises(ValueError, match="train.pretrained"):
+        build_model("cnn_gap", NUM_CLASSES, IMAGE_SIZE, pretrained="yes")
+
+
+def test_published_weights_are_recorded_by_tag():
+    import timm
+
+    from cxr14.models.registry import _published_tag
+
+    assert _published_tag(timm.create_model("resnet18")) == "timm:resnet18.a1_in1k"
+
+
+def test_every_registered_model_is_described():
+    assert all(describe_model(name) for name in available_models())
 
 
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UnknownModelError, match=r"unknown model 'resnet_9000'.*cnn.*vit_v1"):
-        build_model("resnet_9000", num_classes=15, image_size=64)
+        build_model("resnet_9000", num_classes=NUM_CLASSES, image_size=64)

@@ -95,6 +95,24 @@ def test_repro_builds_report_for_every_model(repo):
     assert split["train"]["images"] > split["val"]["images"] > 0
 
 
+def test_repro_profiles_every_model_into_report_and_workbook(repo):
+    import pandas as pd
+
+    work, _, _ = repo
+    report = (work / "metrics" / "report.md").read_text()
+    assert "## Efficiency" in report
+    sheets = pd.read_excel(work / "metrics" / "structure.xlsx", sheet_name=None)
+    for model in MODELS:
+        figures = json.loads((work / "metrics" / "efficiency" / f"{model}.json").read_text())
+        assert figures["params_total"] == figures["params_trainable"] > 0
+        assert figures["flops_per_image"] > 0 and figures["latency_ms"] > 0 and figures["throughput_img_s"] > 0
+        assert figures["input_size"] == "3x64x64"
+        table = pd.read_csv(work / "metrics" / "structure" / f"{model}.csv")
+        assert table["parameters"].sum() == figures["params_total"]
+        assert len(sheets[model]) == len(table)
+        assert f"| `{model}` | 3x64x64 | {figures['params_total']:,} |" in report
+
+
 def test_patients_never_cross_splits(repo):
     work, _, _ = repo
     import pandas as pd
@@ -111,6 +129,8 @@ def test_one_mlflow_run_per_model_with_epoch_auroc(repo):
     for r in runs:
         assert len(client.get_metric_history(r.info.run_id, "val_macro_auroc")) == 2
         assert "test_macro_f1" in r.data.metrics
+        assert r.data.metrics["efficiency_latency_ms"] > 0
+        assert r.data.tags["weights"] == "random init"
 
 
 def test_second_repro_is_up_to_date_and_dvc_views_work(repo):

@@ -109,6 +109,12 @@ class TrainOverride:
     lr: float | None = None
     weight_decay: float | None = None
     image_size: int | None = None
+    optimizer: Literal["adamw", "adam", "sgd"] | None = None
+    momentum: float | None = None
+    scheduler: Literal["none", "cosine"] | None = None
+    pretrained: bool | Literal["auto"] | None = None
+    pretrained_path: str | None = None
+    freeze_backbone: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,9 @@ class TrainConfig:
     weight_decay: float = 1e-6
     # Epochs without a better validation macro AUROC before stopping (best weights restored).
     patience: int = 3
+    # adamw (the seed's) | adam | sgd (with `momentum`; its weight_decay is plain L2, as ViT-v2's).
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = 0.9
     # Per-step learning-rate schedule: cosine decays to 0 by the last epoch, which settles the
     # weights in short CPU runs; none keeps the seed's constant rate.
     scheduler: Literal["none", "cosine"] = "cosine"
@@ -129,8 +138,14 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     num_workers: int = 0
     device: str = "auto"
-    # timm models: load pretrained weights (needs internet or a local cache).
-    pretrained: bool = False
+    # auto: each model's design (ImageNet weights for the transfer models, vit_b16 and
+    # densenet121; from scratch for the seed architectures and plain timm names) | true | false.
+    # Weights come from timm's download cache (needs internet once) or `pretrained_path`.
+    pretrained: bool | Literal["auto"] = "auto"
+    # A local weights file (timm/torchvision state dict or one of our best.pt); usually per model.
+    pretrained_path: str | None = None
+    # Train only the head on top of a pretrained backbone (the seed froze its transfer backbones).
+    freeze_backbone: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # model name -> replacements; train@<model> uses cfg.train_for(model).
     overrides: dict[str, TrainOverride] = field(default_factory=dict)
@@ -142,6 +157,19 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """Efficiency measurement of each trained model (stage profile@<model>)."""
+
+    # Timed forward passes are preceded by `warmup` untimed ones (allocator, cudnn autotune);
+    # the median of `repeats` resists the odd slow pass on a shared machine.
+    warmup: int = 3
+    repeats: int = 10
+    throughput_batch: int = 32
+    throughput_repeats: int = 3
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     # The one seed every random choice derives from (split, init, augmentation, order).
     seed: int = 42
@@ -150,6 +178,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     models: tuple[str, ...] = ("cnn", "vit_v1")
 
     def train_for(self, model_name: str) -> TrainConfig:
@@ -173,8 +202,14 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
-        inner = [option for option in options if option is not type(None)][0]
-        return _check_value(key, value, inner)
+        inner = [option for option in options if option is not type(None)]
+        errors = []
+        for option in inner:  # e.g. `bool | Literal["auto"]`: the first option that accepts it
+            try:
+                return _check_value(key, value, option)
+            except ConfigError as error:
+                errors.append(str(error).removeprefix(f"{key}: "))
+        raise ConfigError(f"{key}: {' or '.join(errors)}")
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -258,8 +293,15 @@ def _validate(cfg: Config) -> None:
                                ("image_size", train.image_size))
             if value <= 0
         ]
-        if train.image_size > cfg.preprocess.size:
-            problems.append(f"train.overrides.{model_name}.image_size exceeds preprocess.size ({cfg.preprocess.size})")
+        # Only models that will be trained must fit the cache: the default params keep e.g.
+        # efficientnet_b4's native 380 px ready for a user who raises preprocess.size.
+        if model_name in cfg.models and train.image_size > cfg.preprocess.size:
+            problems.append(
+                f"train.overrides.{model_name}.image_size ({train.image_size}) exceeds preprocess.size "
+                f"({cfg.preprocess.size}): raise preprocess.size to at least {train.image_size} or lower the override"
+            )
+        if train.momentum < 0 or train.momentum >= 1:
+            problems.append(f"train.overrides.{model_name}.momentum must be in [0, 1), got {train.momentum}")
     positive = {
         "data.phantom.n_patients": cfg.data.phantom.n_patients,
         "data.phantom.image_size": cfg.data.phantom.image_size,
@@ -272,6 +314,13 @@ def _validate(cfg: Config) -> None:
     problems += [f"{key} must be > 0, got {value}" for key, value in positive.items() if value <= 0]
     if cfg.train.lr <= 0:
         problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
+    if not 0 <= cfg.train.momentum < 1:
+        problems.append(f"train.momentum must be in [0, 1), got {cfg.train.momentum}")
+    profile_counts = {"profile.warmup": (cfg.profile.warmup, 0), "profile.repeats": (cfg.profile.repeats, 1),
+                      "profile.throughput_batch": (cfg.profile.throughput_batch, 1),
+                      "profile.throughput_repeats": (cfg.profile.throughput_repeats, 1)}
+    problems += [f"{key} must be >= {minimum}, got {value}" for key, (value, minimum) in profile_counts.items()
+                 if value < minimum]
     if cfg.train.image_size > cfg.preprocess.size:
         problems.append(
             f"train.image_size ({cfg.train.image_size}) exceeds preprocess.size "

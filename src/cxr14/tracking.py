@@ -12,6 +12,7 @@ current. The default store is a SQLite file next to params.yaml, so `mlflow ui
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import urllib.error
@@ -90,6 +91,14 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def recorded_run_id(run_file: Path) -> str:
+    """The run id that train@<model> wrote to models/<model>/mlflow_run.json."""
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{run_file}: no MLflow run recorded; run the train stage first")
+    with run_file.open(encoding="utf-8") as handle:
+        return json.load(handle)["run_id"]
 
 
 def git_commit() -> str:

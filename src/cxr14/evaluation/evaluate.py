@@ -27,13 +27,18 @@ from cxr14.training.engine import predict, select_device
 log = logging.getLogger(__name__)
 
 
-def load_trained(model_dir: Path, model_name: str, device: torch.device):
-    """Rebuild the architecture and load `best.pt` (the early-stopping choice)."""
+def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_backbone: bool = False):
+    """Rebuild the architecture and load `best.pt` (the early-stopping choice).
+
+    `freeze_backbone` only restores which parameters were trainable (for the layer table).
+    """
     checkpoint_path = model_dir / "best.pt"
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"{checkpoint_path}: no trained checkpoint; run `dvc repro train@{model_name}`")
     checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    bundle = build_model(model_name, NUM_CLASSES, checkpoint["image_size"])
+    # The checkpoint holds every weight: never fetch pretrained ones here.
+    bundle = build_model(model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False,
+                         freeze_backbone=freeze_backbone)
     bundle.model.load_state_dict(checkpoint["model"])
     bundle.model.to(device)
     return bundle, checkpoint["image_size"]
@@ -88,8 +93,7 @@ def compact_metrics(record: dict) -> dict:
 
 def log_to_run(record: dict, run_file: Path) -> None:
     """Add the test metrics to the model's training run (recorded in mlflow_run.json)."""
-    with run_file.open(encoding="utf-8") as handle:
-        run_id = json.load(handle)["run_id"]
+    run_id = tracking.recorded_run_id(run_file)
     metrics = record["metrics"]
     flat = {f"test_{key}": value for key, value in metrics.items() if isinstance(value, float)}
     flat.update({f"test_auroc_{name}": value for name, value in metrics["auroc"].items() if value is not None})

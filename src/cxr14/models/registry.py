@@ -1,100 +1,428 @@
 """One registry for every model: project builders by name, anything else through timm.
 
-    bundle = build_model("vit_v1", num_classes=15, image_size=224)
-    bundle.model, bundle.in_chans, bundle.mean, bundle.std
+    bundle = build_model("densenet121", num_classes=15, image_size=224, pretrained="auto")
+    bundle.model, bundle.in_chans, bundle.mean, bundle.std, bundle.weights
 
-Project architectures register with ``@register("name")``. Any other name (or ``timm:<name>``)
-goes to ``timm.create_model``; its normalisation comes from timm's pretrained config, never a
-hard-coded constant. An unknown name fails with the list of valid names.
+    bundle = build_model("efficientnet_b4", 15, 380, pretrained_path="/data/b4.safetensors",
+                         freeze_backbone=True)
+    set_train_mode(bundle.model)  # instead of model.train(): frozen BatchNorms keep their statistics
+
+A project architecture is one decorated builder::
+
+    @register("cnn_gap", description="seed CNN with global average pooling")
+    def cnn_gap(num_classes: int, image_size: int) -> nn.Module: ...
+
+A builder registered with ``timm_weights=True`` instead takes
+``(num_classes, image_size, pretrained, pretrained_file)`` and lets timm fetch or read its
+weights. Any other name, or ``timm:<name>`` (which always bypasses the registry), goes straight to
+``timm.create_model``. Normalisation is either declared at registration (``mean``/``std`` in
+[0, 1] pixel units) or, with ``mean=None``, read from ``timm.data.resolve_model_data_config``,
+never a hard-coded ImageNet constant.
+
+Where weights come from (``ModelBundle.weights`` records it; None means random init):
+
+* ``pretrained_path`` given: that file, for any model. A checkpoint of this very model (our
+  ``best.pt`` is ``{"model": state_dict, ...}``) is loaded strictly, head included; for
+  timm-backed models any other file goes to timm, which drops a classifier of the wrong size and
+  adapts position embeddings.
+* otherwise ``pretrained`` (true, false or "auto" = what the design calls for, see
+  :func:`resolve_pretrained`): timm's published weights, from its Hugging Face cache or the
+  network. Project models trained from scratch have none to fetch.
+
+Every model takes 3 input channels although the images are grayscale; the loader expands the
+1-channel cache on the device. A gray image expanded to R=G=B and normalised per channel is
+exactly what the ImageNet stems were trained on, the published weights stay untouched (so results
+remain comparable with other work), and the exported model takes ordinary 3-channel input. The
+price is a first convolution over 3 channels instead of 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+log = logging.getLogger(__name__)
 
 ModelBuilder = Callable[..., nn.Module]
+
+# timm raises these when weights cannot be fetched (no network, offline hub, no weights published).
+_FETCH_ERRORS = (OSError, RuntimeError, ValueError)
+# Our checkpoints store metrics such as a numpy float next to the weights; allowing the numpy
+# scalar types keeps torch.load in its safe weights_only mode for them.
+_NUMPY_SCALAR_GLOBALS = [
+    np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
+    np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.BoolDType,
+]
+# Prefixes that wrappers add to parameter names: DataParallel/DDP and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a registered builder wants its input."""
+    """How a registered builder is called and how it wants its input."""
 
     builder: ModelBuilder
     in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    pretrained: bool
+    timm_weights: bool
+    description: str
 
 
 @dataclass
 class ModelBundle:
-    """A built model plus what the loader needs to feed it (channels and normalisation)."""
+    """A built model plus what the loader needs to feed it (channels and normalisation).
+
+    Attributes:
+        weights: where the loaded weights came from (``"timm:<architecture>.<tag>"`` or a file
+            path); None when the model is randomly initialised.
+    """
 
     name: str
     model: nn.Module
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    weights: str | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 class UnknownModelError(KeyError):
+    """The name is neither registered nor a timm architecture."""
+
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
 
-def register(
-    name: str, in_chans: int = 3, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,)
-) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a builder ``fn(num_classes, image_size) -> nn.Module`` under `name`.
+class PretrainedWeightsError(RuntimeError):
+    """Requested weights could not be fetched or loaded; the message says how to provide them."""
 
-    `mean`/`std` are in [0, 1] pixel units; the default (0, 1) is the seed's rescale-by-1/255.
+
+def register(
+    name: str,
+    *,
+    in_chans: int = 3,
+    mean: tuple[float, ...] | None = (0.0,),
+    std: tuple[float, ...] | None = (1.0,),
+    pretrained: bool = False,
+    timm_weights: bool = False,
+    description: str = "",
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a model builder under `name`.
+
+    Args:
+        name: the name used in params.yaml ``models`` and on the command line.
+        in_chans: input channels the model expects.
+        mean: per-channel mean in [0, 1] pixel units; the default (0, 1) is the seed's plain
+            rescale by 1/255. None takes mean and std from timm's pretrained config of the model.
+        std: per-channel standard deviation, as `mean`.
+        pretrained: the design is ImageNet-pretrained, so ``pretrained: auto`` fetches weights.
+        timm_weights: the builder is ``fn(num_classes, image_size, pretrained, pretrained_file)``
+            and loads weights through timm; otherwise it is ``fn(num_classes, image_size)``.
+        description: one line for ``--help``; defaults to the builder's docstring summary.
     """
+    if (mean is None) != (std is None):
+        raise ValueError(f"register({name!r}): give both mean and std, or neither (None = from timm)")
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelSpec(builder, in_chans, mean, std)
+        summary = description or (builder.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = ModelSpec(builder, in_chans, mean, std, pretrained, timm_weights, summary)
         return builder
 
     return decorate
 
 
 def available_models() -> list[str]:
-    """Project model names (timm names are accepted too, see build_model)."""
+    """Registered model names, sorted (timm names are accepted too, see build_model)."""
     return sorted(_REGISTRY)
 
 
-def _timm_names() -> set[str]:
-    import timm
+def describe_model(name: str) -> str:
+    """The one-line description of registered model `name`."""
+    return _spec_for(name).description
 
-    return set(timm.list_models())
 
+def resolve_pretrained(name: str, pretrained: bool | str) -> bool:
+    """Whether `name` should start from published weights.
 
-def build_model(name: str, num_classes: int, image_size: int, pretrained: bool = False) -> ModelBundle:
-    """Build `name`: a registered project model, or a timm architecture (``timm:`` optional).
+    Args:
+        name: a registered or timm model name.
+        pretrained: True, False, or "auto" for the design default (registered ``pretrained``;
+            False for plain timm names, which are trained from scratch unless asked).
 
     Raises:
-        UnknownModelError: neither registered nor known to timm; lists the valid names.
+        ValueError: `pretrained` is anything else.
     """
+    if pretrained is True or pretrained is False:
+        return pretrained
+    if pretrained == "auto":
+        spec = _REGISTRY.get(name)
+        return spec.pretrained if spec is not None else False
+    raise ValueError(f"train.pretrained must be true, false or 'auto', got {pretrained!r}")
+
+
+def _create_plain_timm(
+    architecture: str, num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None
+) -> nn.Module:
+    from cxr14.models.transfer import create_timm_model  # transfer imports this module
+
+    return create_timm_model(architecture, pretrained, pretrained_file, num_classes=num_classes)
+
+
+def _spec_for(name: str) -> ModelSpec:
     if name in _REGISTRY:
-        spec = _REGISTRY[name]
-        model = spec.builder(num_classes=num_classes, image_size=image_size)
-        return ModelBundle(name, model, spec.in_chans, spec.mean, spec.std)
-    timm_name = name.removeprefix("timm:")
-    if timm_name not in _timm_names():
+        return _REGISTRY[name]
+    import timm
+
+    architecture = name.removeprefix("timm:")
+    if not timm.is_model(architecture):
         raise UnknownModelError(
             f"unknown model {name!r}: use one of {', '.join(available_models())} "
             "or a timm architecture name (see timm.list_models(), e.g. 'resnet34')"
         )
-    import timm
+    return ModelSpec(
+        partial(_create_plain_timm, architecture), in_chans=3, mean=None, std=None, pretrained=False,
+        timm_weights=True, description=f"timm architecture {architecture}",
+    )
 
-    # Three input channels keep pretrained stems intact; the grayscale cache is expanded
-    # 1 -> 3 on the device, which costs nothing next to the first convolution.
-    model = timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=3)
-    data_config = timm.data.resolve_model_data_config(model)
-    return ModelBundle(name, model, 3, tuple(data_config["mean"]), tuple(data_config["std"]))
+
+def build_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool | str = "auto",
+    pretrained_path: str | None = None,
+    freeze_backbone: bool = False,
+) -> ModelBundle:
+    """Build `name`: a registered project model, or a timm architecture (``timm:`` optional).
+
+    Args:
+        name: registered name, timm architecture, or ``timm:<architecture>``.
+        num_classes: logits the model outputs.
+        image_size: square input side in pixels.
+        pretrained: True, False or "auto" (see :func:`resolve_pretrained`).
+        pretrained_path: weights file to start from; takes precedence over `pretrained`.
+        freeze_backbone: train only the classifier head (see :func:`freeze_all_but_head`).
+
+    Raises:
+        UnknownModelError: neither registered nor known to timm; lists the valid names.
+        ValueError: `pretrained` is not True, False or "auto".
+        PretrainedWeightsError: the weights file is missing or does not fit, or published weights
+            cannot be fetched; the message says how to provide them.
+    """
+    spec = _spec_for(name)
+    want_published = resolve_pretrained(name, pretrained)
+    weights_file = None
+    if pretrained_path is not None:
+        weights_file = Path(pretrained_path)
+        if not weights_file.is_file():
+            raise PretrainedWeightsError(
+                f"{name}: pretrained weights file {str(weights_file)!r} does not exist "
+                "(check train.pretrained_path, or its train.overrides.<model>.pretrained_path)"
+            )
+    if spec.timm_weights:
+        model, weights = _build_timm_backed(name, spec, num_classes, image_size, want_published, weights_file)
+    else:
+        model, weights = _build_from_scratch(name, spec, num_classes, image_size, want_published, weights_file)
+    if freeze_backbone:
+        freeze_all_but_head(model, name)
+    mean, std = spec.mean, spec.std
+    if mean is None or std is None:
+        import timm
+
+        data_config = timm.data.resolve_model_data_config(model)
+        mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    return ModelBundle(name, model, spec.in_chans, tuple(mean), tuple(std), weights)
+
+
+def _build_from_scratch(
+    name: str, spec: ModelSpec, num_classes: int, image_size: int, want_published: bool, weights_file: Path | None
+) -> tuple[nn.Module, str | None]:
+    if weights_file is None and want_published:
+        raise PretrainedWeightsError(
+            f"no published weights exist for {name}; give train.pretrained_path or set train.pretrained: false"
+        )
+    model = spec.builder(num_classes=num_classes, image_size=image_size)
+    if weights_file is None:
+        return model, None
+    _load_exactly(model, read_state_dict(weights_file), name, weights_file)
+    return model, str(weights_file)
+
+
+def _build_timm_backed(
+    name: str, spec: ModelSpec, num_classes: int, image_size: int, want_published: bool, weights_file: Path | None
+) -> tuple[nn.Module, str | None]:
+    build = partial(spec.builder, num_classes=num_classes, image_size=image_size)
+    if weights_file is not None:
+        state_dict = read_state_dict(weights_file)
+        model = build(pretrained=False, pretrained_file=None)
+        if _fits_exactly(model, state_dict):
+            # A checkpoint of this very model (e.g. an earlier run's best.pt): keep its head too.
+            model.load_state_dict(state_dict)
+            return model, str(weights_file)
+        try:
+            model = build(pretrained=True, pretrained_file=str(weights_file))
+        except _FETCH_ERRORS as error:
+            raise PretrainedWeightsError(
+                f"{name}: timm could not load {str(weights_file)!r} ({error}); the file must hold "
+                f"weights of the {name} architecture (train.pretrained_path)"
+            ) from error
+        _warn_if_nothing_matched(model, state_dict, name, weights_file)
+        return model, str(weights_file)
+    if not want_published:
+        return build(pretrained=False, pretrained_file=None), None
+    try:
+        model = build(pretrained=True, pretrained_file=None)
+    except _FETCH_ERRORS as error:
+        raise PretrainedWeightsError(
+            f"{name}: could not fetch its pretrained weights through timm ({type(error).__name__}: {error}). "
+            "Provide them in one of three ways: (1) run once on a machine with internet so timm caches "
+            "them in the Hugging Face cache (HF_HOME, default ~/.cache/huggingface) and copy that cache "
+            f"here; (2) set train.overrides.{name}.pretrained_path: /path/to/weights.(pth|safetensors); "
+            "(3) set train.pretrained: false to train from scratch."
+        ) from error
+    return model, _published_tag(model)
+
+
+def _published_tag(model: nn.Module) -> str:
+    config = getattr(model, "pretrained_cfg", None) or {}
+    architecture = config.get("architecture", type(model).__name__)
+    tag = config.get("tag")
+    return f"timm:{architecture}.{tag}" if tag else f"timm:{architecture}"
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights in `path`: a raw state dict, or a checkpoint holding one under "model"/"state_dict".
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load`` in
+    weights-only mode. Wrapper prefixes ("module.", "_orig_mod.") are stripped.
+
+    Raises:
+        PretrainedWeightsError: the file cannot be read safely or holds no state dict.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path))
+        else:
+            with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        raise PretrainedWeightsError(
+            f"cannot read weights from {str(path)!r} ({type(error).__name__}: {error}); save them with "
+            "torch.save(model.state_dict(), path) or as .safetensors (train.pretrained_path)"
+        ) from error
+    if isinstance(checkpoint, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise PretrainedWeightsError(
+            f"{str(path)!r} holds no state dict (expected name -> tensor, possibly under 'model' or "
+            "'state_dict'); check train.pretrained_path"
+        )
+    state_dict = {}
+    for key, tensor in checkpoint.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        state_dict[key] = tensor
+    return state_dict
+
+
+def _key_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [
+        f"{key} {tuple(state_dict[key].shape)} vs {tuple(tensor.shape)}"
+        for key, tensor in expected.items()
+        if key in state_dict and state_dict[key].shape != tensor.shape
+    ]
+    return missing, unexpected, wrong_shape
+
+
+def _fits_exactly(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return not any(_key_mismatch(model, state_dict))
+
+
+def _load_exactly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str, path: Path) -> None:
+    missing, unexpected, wrong_shape = _key_mismatch(model, state_dict)
+    if missing or unexpected or wrong_shape:
+        shown = 4
+        raise PretrainedWeightsError(
+            f"{name}: weights in {str(path)!r} do not fit the model ({len(missing)} missing keys, e.g. "
+            f"{missing[:shown]}; {len(unexpected)} unexpected, e.g. {unexpected[:shown]}; {len(wrong_shape)} "
+            f"of the wrong shape, e.g. {wrong_shape[:shown]}). train.pretrained_path must come from the same "
+            "architecture, built with the same image_size and number of classes"
+        )
+    model.load_state_dict(state_dict)
+
+
+def _warn_if_nothing_matched(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str, path: Path) -> None:
+    # timm loads non-strictly once it has dropped a classifier, so a file of another
+    # architecture would silently leave the random init in place. Converted foreign formats can
+    # legitimately share no names, hence a warning rather than an error.
+    backbone = getattr(model, "backbone", model)
+    if not set(backbone.state_dict()) & set(state_dict):
+        log.warning("%s: no parameter name in %s matches the model; check that it holds %s weights",
+                    name, path, name)
+
+
+def _head_of(model: nn.Module, name: str) -> nn.Module:
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        return head
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
+        return get_classifier()
+    raise ValueError(
+        f"{name}: freeze_backbone needs a classifier head (model.head or timm's get_classifier()) and "
+        f"{type(model).__name__} has neither; set train.freeze_backbone: false for this model"
+    )
+
+
+def freeze_all_but_head(model: nn.Module, name: str) -> None:
+    """Set ``requires_grad=False`` on every parameter outside the head.
+
+    The head is ``model.head`` when it is a module, else timm's ``model.get_classifier()``.
+
+    Raises:
+        ValueError: the model has no recognisable head.
+    """
+    head_parameters = {id(parameter) for parameter in _head_of(model, name).parameters()}
+    for parameter in model.parameters():
+        if id(parameter) not in head_parameters:
+            parameter.requires_grad_(False)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except that BatchNorms whose parameters are all frozen stay in eval mode.
+
+    A frozen BatchNorm then normalises with its stored running statistics, as Keras does for
+    non-trainable layers; updating those statistics from X-ray batches would shift the features
+    the frozen layers after it were trained on. BatchNorms without affine parameters cannot be
+    told apart and stay in train mode.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            parameters = list(module.parameters())
+            if parameters and not any(parameter.requires_grad for parameter in parameters):
+                module.eval()

@@ -1,11 +1,20 @@
 """The seed project's own architectures (design note 001), ported to PyTorch.
 
-    cnn     Conv 32 3x3 ReLU, MaxPool 2, Conv 64 3x3 ReLU, MaxPool 2, Flatten, Dense 512 ReLU,
-            Dense 15 -- 95,579,087 parameters at 224 px with 3 input channels, as in Keras.
-    vit_v1  32 px patches -> 64-d projection + learned positions, 8 pre-LN encoder blocks
-            (4 heads, MLP 64->128->64), LN, Flatten, Dropout .5, MLP head 2048 -> 1024, out.
+    build_model("cnn_gap", num_classes=15, image_size=224).model
 
-Both take 3-channel input (the seed fed RGB-converted PNGs); the loader expands grayscale.
+    cnn      Conv 32 3x3 ReLU, MaxPool 2, Conv 64 3x3 ReLU, MaxPool 2, Flatten, Dense 512 ReLU,
+             Dense 15 -- 95,579,087 parameters at 224 px with 3 input channels, as in Keras.
+    cnn_gap  the seed's own fix of that CNN: five Conv 3x3 (no bias) -> BN -> ReLU -> MaxPool 2
+             blocks of 32..512 channels, global average pooling, Dropout .5, Dense 15
+             (1,577,263 parameters at any size >= 32 px). Pooling instead of Flatten removes
+             the Dense layer whose 95 M weights grow with the image size.
+    vit_v1   32 px patches -> 64-d projection + learned positions, 8 pre-LN encoder blocks
+             (4 heads, MLP 64->128->64), LN, Flatten, Dropout .5, MLP head 2048 -> 1024, out.
+    vit_v2   the same network with dropout .2 inside the blocks (head dropout stays .5); the
+             rest of the seed's second ViT run (SGD with momentum, weight decay) is training
+             regime, set under train.overrides.vit_v2 in params.yaml rather than here.
+
+All take 3-channel input (the seed fed RGB-converted PNGs); the loader expands grayscale.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from torch import nn
 from cxr14.models.registry import register
 
 
-@register("cnn")
+@register("cnn", description="seed CNN: 2 convs, Flatten, Dense 512 (95.6 M params at 224 px)")
 def cnn(num_classes: int, image_size: int) -> nn.Module:
     """The seed CNN; its Flatten makes the Dense layer depend on `image_size`."""
     side = ((image_size - 2) // 2 - 2) // 2  # two valid 3x3 convs, each followed by 2x2 pooling
@@ -98,6 +107,31 @@ class SeedViT(nn.Module):
         return self.head(self.norm(self.blocks(tokens)))
 
 
-@register("vit_v1")
+@register("cnn_gap", description="seed CNN fixed: 5 conv-BN blocks, global average pooling (1.6 M params)")
+def cnn_gap(num_classes: int, image_size: int) -> nn.Module:
+    """Five Conv-BN-ReLU-MaxPool blocks, then global pooling: the size only needs to be >= 32."""
+    if image_size < 32:
+        raise ValueError(f"cnn_gap: image_size {image_size} is below 32 (five 2x2 poolings need 32 px)")
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for width in (32, 64, 128, 256, 512):
+        # No conv bias: the BatchNorm right after it has its own shift.
+        layers += [
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+        in_channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(in_channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+@register("vit_v1", description="seed ViT: 32 px patches, 8 blocks of width 64, flattened MLP head")
 def vit_v1(num_classes: int, image_size: int) -> nn.Module:
     return SeedViT(num_classes=num_classes, image_size=image_size)
+
+
+@register("vit_v2", description="seed ViT, second run: dropout .2 in the blocks, .5 in the head")
+def vit_v2(num_classes: int, image_size: int) -> nn.Module:
+    return SeedViT(num_classes=num_classes, image_size=image_size, dropout=0.2, head_dropout=0.5)

@@ -1,6 +1,9 @@
-"""Build metrics/report.md from the per-model evaluation records.
+"""Build metrics/report.md from the per-model evaluation and profile records.
 
-    markdown, summary = build_report(details_dir=Path("metrics/details"), split_file=Path("metrics/split.json"))
+    records = load_records(Path("metrics/details"), ["cnn", "vit_v1"])
+    efficiency = load_efficiency(Path("metrics/efficiency"), ["cnn", "vit_v1"])
+    tables = load_layer_tables(Path("metrics/structure"), ["cnn", "vit_v1"])
+    markdown, summary = build_report(records, split_summary, efficiency, tables)
 
 One row per model, best macro AUROC first; every number is read from a file under metrics/,
 so the report can always be traced back (and regenerated with `dvc repro report`).
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pandas as pd
 
 from cxr14.labels import LABELS
 
@@ -43,7 +48,73 @@ def load_records(details_dir: Path, models: list[str] | None = None) -> list[dic
     return list(records.values())
 
 
-def build_report(records: list[dict], split_summary: dict | None) -> tuple[str, dict]:
+def load_efficiency(efficiency_dir: Path, models: list[str]) -> dict[str, dict]:
+    """Read metrics/efficiency/<model>.json for every model (missing = error)."""
+    figures = {}
+    for name in models:
+        path = Path(efficiency_dir) / f"{name}.json"
+        if not path.is_file():
+            raise ReportError(f"{path}: no efficiency figures for {name!r}; run `dvc repro profile@{name}`")
+        with path.open(encoding="utf-8") as handle:
+            figures[name] = json.load(handle)
+    return figures
+
+
+def load_layer_tables(structure_dir: Path, models: list[str]) -> dict[str, pd.DataFrame]:
+    """Read metrics/structure/<model>.csv for every model (missing = error)."""
+    tables = {}
+    for name in models:
+        path = Path(structure_dir) / f"{name}.csv"
+        if not path.is_file():
+            raise ReportError(f"{path}: no layer table for {name!r}; run `dvc repro profile@{name}`")
+        tables[name] = pd.read_csv(path)
+    return tables
+
+
+def _efficiency_lines(ranked: list[dict], efficiency: dict[str, dict], tables: dict[str, pd.DataFrame]) -> list[str]:
+    any_figures = next(iter(efficiency.values()))
+    lines = [
+        "",
+        "## Efficiency",
+        "",
+        f"Measured by `profile@<model>` on `{any_figures['device']}` at each model's training resolution: FLOPs = "
+        "2 × multiply-accumulates per image (convolutions and matrix products); size = the saved state dict; "
+        "latency = median batch-1 forward pass after warm-up; throughput at the batch shown. "
+        "Source: `metrics/efficiency/<model>.json`; layer tables: `metrics/structure/<model>.csv` and "
+        "`metrics/structure.xlsx` (one sheet per model).",
+        "",
+        "| model | input | params | trainable | GFLOPs | size (MB) | latency (ms) | throughput (img/s) | batch | layers |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record in ranked:
+        name = record["model"]
+        e = efficiency[name]
+        lines.append(
+            f"| `{name}` | {e['input_size']} | {e['params_total']:,} | {e['params_trainable']:,} | "
+            f"{e['flops_per_image'] / 1e9:.3f} | {e['size_mb']:.1f} | {e['latency_ms']:.2f} | "
+            f"{e['throughput_img_s']:.0f} | {e['batch_size_throughput']} | "
+            f"[{len(tables[name])}](structure/{name}.csv) |"
+        )
+    return lines
+
+
+def _layer_table_lines(ranked: list[dict], tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Per model: where its layer table is and what it is made of (most frequent layer types)."""
+    lines = ["", "## Layer tables", "",
+             "One row per layer: name, type, input/output shape, params, trainable, kernel, stride, padding, "
+             "activation, dropout, bias. All models: `metrics/structure.xlsx`.", "",
+             "| model | table | layers | most frequent layer types |", "|---|---|---:|---|"]
+    for record in ranked:
+        name = record["model"]
+        table = tables[name]
+        counts = table["layer_type"].value_counts().head(5)
+        kinds = ", ".join(f"{kind} ×{count}" for kind, count in counts.items())
+        lines.append(f"| `{name}` | [`structure/{name}.csv`](structure/{name}.csv) | {len(table)} | {kinds} |")
+    return lines
+
+
+def build_report(records: list[dict], split_summary: dict | None, efficiency: dict[str, dict] | None = None,
+                 tables: dict[str, pd.DataFrame] | None = None) -> tuple[str, dict]:
     """Return the markdown text and a machine-readable summary."""
     ranked = sorted(records, key=_rank_key)
     lines = ["# cxr14 — model comparison", ""]
@@ -67,6 +138,10 @@ def build_report(records: list[dict], split_summary: dict | None) -> tuple[str, 
             f"{_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} | {t['best_epoch']} | {t['train_seconds']:.0f} | "
             f"{m['classes_in_macro_auroc']} |"
         )
+    if efficiency:
+        lines += _efficiency_lines(ranked, efficiency, tables or {})
+    if tables:
+        lines += _layer_table_lines(ranked, tables)
     lines += ["", "## Per-class test AUROC", ""]
     header = "| finding | " + " | ".join(f"`{r['model']}`" for r in ranked) + " |"
     lines += [header, "|---|" + "---:|" * len(ranked)]
@@ -79,7 +154,8 @@ def build_report(records: list[dict], split_summary: dict | None) -> tuple[str, 
         "ranking": [r["model"] for r in ranked],
         "models": {
             r["model"]: {"macro_auroc": r["metrics"]["macro_auroc"], "macro_f1": r["metrics"]["macro_f1"],
-                         "params_total": r["training"]["params_total"], "train_seconds": r["training"]["train_seconds"]}
+                         "params_total": r["training"]["params_total"], "train_seconds": r["training"]["train_seconds"],
+                         **({"efficiency": efficiency[r["model"]]} if efficiency else {})}
             for r in ranked
         },
     }

@@ -35,7 +35,7 @@ from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.evaluation.metrics import macro_auroc
 from cxr14.io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
-from cxr14.models import ModelBundle, build_model
+from cxr14.models import ModelBundle, build_model, set_train_mode
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,30 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """`train.optimizer` over the trainable parameters only (a frozen backbone is left out)."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (check train.freeze_backbone)")
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(trainable, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
+    """The model with the weights and freezing `train` asks for; fails before any training."""
+    bundle = build_model(model_name, NUM_CLASSES, train.image_size, pretrained=train.pretrained,
+                         pretrained_path=train.pretrained_path, freeze_backbone=train.freeze_backbone)
+    if train.freeze_backbone and bundle.weights is None:
+        raise ValueError(
+            f"{model_name}: train.freeze_backbone is true but the backbone has no pretrained weights "
+            "(set train.pretrained: true or train.overrides.<model>.pretrained_path)"
+        )
+    return bundle
+
+
 def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) -> TrainResult:
     """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`."""
     train = cfg.train_for(model_name)
@@ -121,12 +145,12 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
         raise ValueError(f"{cache_dir}: the train and val splits must not be empty")
 
     torch.manual_seed(cfg.seed)
-    bundle = build_model(model_name, NUM_CLASSES, train.image_size, pretrained=train.pretrained)
+    bundle = build_for_training(model_name, train)
     model = bundle.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = make_optimizer(model, train)
     steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
     if train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
@@ -153,12 +177,13 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
     resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name}
     atomic_write_json(out_dir / "config.json", resolved)
     n_params = sum(p.numel() for p in model.parameters())
-    tags = {"git_commit": tracking.git_commit(), "device": str(device)}
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tags = {"git_commit": tracking.git_commit(), "device": str(device), "weights": bundle.weights or "random init"}
     with tracking.model_run(model_name, run_id=state["run_id"], tags=tags) as run:
         if state["run_id"] is None:
             state["run_id"] = run.info.run_id
             tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
-                                 "params_total": n_params})
+                                 "params_total": n_params, "params_trainable": n_trainable})
             tracking.log_artifact(out_dir / "config.json")
         atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
 
@@ -169,7 +194,7 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
             loader = make_loader(train_images, train_labels, train.batch_size, shuffle=True, seed=cfg.seed,
                                  epoch=epoch, num_workers=train.num_workers, pin_memory=device.type == "cuda",
                                  max_batches=train.max_steps_per_epoch)
-            model.train()
+            set_train_mode(model)  # frozen BatchNorm layers keep their running statistics
             loss_sum, seen = 0.0, 0
             bar = progress(loader, desc=f"{model_name} epoch {epoch}/{train.epochs}", unit="batch", leave=False)
             for pixels, targets in bar:
@@ -224,7 +249,8 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
             model.load_state_dict(best_weights)  # early stopping restores the best weights
         history = pd.DataFrame(state["history"])
         atomic_write_text(out_dir / "history.csv", history.to_csv(index=False))
-        summary = {"model": model_name, "params_total": n_params, "best_epoch": state["best_epoch"],
+        summary = {"model": model_name, "params_total": n_params, "params_trainable": n_trainable,
+                   "weights": bundle.weights, "image_size": train.image_size, "best_epoch": state["best_epoch"],
                    "best_val_macro_auroc": state["best_auroc"], "epochs_run": state["epoch"],
                    "train_seconds": round(state["train_seconds"], 2), "run_id": state["run_id"]}
         atomic_write_json(out_dir / "train.json", summary)

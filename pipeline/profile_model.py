@@ -1,0 +1,36 @@
+"""Stage `profile@<model>`: layer table and efficiency figures of one trained model.
+
+    python pipeline/profile_model.py cnn --model-dir models/cnn \
+        --structure metrics/structure/cnn.csv --efficiency metrics/efficiency/cnn.json
+
+The layer table has one row per layer (name, type, input/output shape, params, trainable,
+kernel, stride, padding, activation, dropout, bias), like the design notes' Keras export;
+the report gathers every table into metrics/structure.xlsx. Efficiency: params, FLOPs per
+image, size on disk, batch-1 latency and batched throughput on `profile.device`.
+"""
+
+from pathlib import Path
+
+from cxr14.cli import run_stage, stage_parser
+from cxr14.config import load_config
+from cxr14.evaluation.profiling import log_profile, profile_model
+from cxr14.io import atomic_write_json
+from cxr14.models.structure import write_layer_csv
+
+
+def main(args) -> None:
+    cfg = load_config(args.params)
+    model_dir = Path(args.model_dir or f"models/{args.model}")
+    table, figures = profile_model(cfg, args.model, model_dir)
+    write_layer_csv(table, Path(args.structure))
+    atomic_write_json(Path(args.efficiency), figures)
+    log_profile(figures, Path(args.structure), model_dir / "mlflow_run.json")
+
+
+if __name__ == "__main__":
+    parser = stage_parser("Write the layer table and efficiency figures of one trained model.", __doc__)
+    parser.add_argument("model", help="model name (as in params.yaml models:)")
+    parser.add_argument("--model-dir", default=None, help="checkpoint folder (default: models/<model>)")
+    parser.add_argument("--structure", required=True, help="layer table CSV")
+    parser.add_argument("--efficiency", required=True, help="efficiency figures JSON (for dvc metrics)")
+    run_stage(main, parser)
