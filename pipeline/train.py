@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
-from cxr14.models import available_models
+from cxr14.models import available_models, describe_model
 from cxr14.training.engine import train_model
 
 
@@ -19,8 +19,10 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    parser = stage_parser("Train one model.", __doc__)
-    parser.add_argument("model", help=f"registered name ({', '.join(available_models())}) or a timm name")
+    catalogue = "\n".join(f"  {name:<17} {describe_model(name)}" for name in available_models())
+    epilog = f"{__doc__}\nregistered models (any other timm name works too, e.g. timm:convnext_tiny):\n{catalogue}"
+    parser = stage_parser("Train one model.", epilog)
+    parser.add_argument("model", help="a registered name (listed below) or a timm name")
     parser.add_argument("--cache", default="data/cache", help="cache folder (default: %(default)s)")
     parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<model>)")
     run_stage(main, parser)

@@ -133,3 +133,12 @@ def test_bad_arguments_name_the_argument(argument, value):
 def test_bad_input_size_is_rejected(bad_size):
     with pytest.raises(ValueError, match="input_size"):
         measure_efficiency(conv_net(4), bad_size, CPU, **FAST)
+
+
+def test_resnet_stem_costs_resmobilenet_v2_more_flops_than_v1():
+    """Design note 002: V2's 7x7/64 ResNet stem is the heavier one, at the same feature-map sizes."""
+    from cxr14.models import build_model
+
+    flops = {name: count_flops(build_model(name, 15, 224).model, (3, 224, 224), torch.device("cpu"))
+             for name in ("resmobilenet_v1", "resmobilenet_v2")}
+    assert flops["resmobilenet_v2"] > flops["resmobilenet_v1"] > 0

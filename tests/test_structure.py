@@ -249,3 +249,9 @@ def test_workbook_summary_counts_trainable_parameters(tmp_path):
 def test_empty_workbook_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="no tables"):
         write_structure_workbook({}, tmp_path / "structure.xlsx")
+
+
+def test_identity_placeholders_are_not_layers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU())
+    table = layer_table(model, (3, 8, 8), "with_identity")
+    assert list(table["layer_type"]) == ["Conv2d", "ReLU"]

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cxr14.data.parallel import opencv_single_threaded
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import LABELS
 
@@ -125,14 +126,8 @@ def build_cache(
         # Sorted image ids give the same cache bytes whatever order the CSV had.
         order = np.argsort(rows["image_id"].to_numpy(), kind="stable")
         plan[split] = (rows.iloc[order].reset_index(drop=True), labels[mask][order])
-    # One decode per process, the pool gives the parallelism. Threading is switched off in the
-    # parent before the fork: calling cv2.setNumThreads inside a forked child can deadlock.
-    cv2_threads = cv2.getNumThreads()
-    cv2.setNumThreads(0)
-    try:
+    with opencv_single_threaded():  # one decode per process; the pool gives the parallelism
         return _build_cache(plan, Path(images_dir), Path(cache_dir), size, workers)
-    finally:
-        cv2.setNumThreads(cv2_threads)
 
 
 def _fingerprint(plan: dict, images_dir: Path, size: int) -> str:
@@ -158,7 +153,7 @@ def _build_cache(plan: dict, images_dir: Path, cache_dir: Path, size: int, worke
 
     summary: dict = {"size": size, "splits": {}, "converted_to_8bit_gray": 0}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for split, (rows, split_labels) in plan.items():
+        for split, (rows, label_matrix) in plan.items():
             array_path = partial / f"{split}.npy"
             done = int(state["done"].get(split, 0))
             shape = (len(rows), size, size)
@@ -188,7 +183,7 @@ def _build_cache(plan: dict, images_dir: Path, cache_dir: Path, size: int, worke
                     bar.update(len(block))
             index = pd.DataFrame({"image_id": rows["image_id"], "patient_id": rows["patient_id"]})
             for column, name in enumerate(LABELS):
-                index[name] = split_labels[:, column]
+                index[name] = label_matrix[:, column]
             atomic_write_text(partial / f"{split}.csv", index.to_csv(index=False))
             summary["splits"][split] = len(rows)
             summary["converted_to_8bit_gray"] += converted

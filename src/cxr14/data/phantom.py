@@ -32,6 +32,7 @@ import pandas as pd
 
 from cxr14.io import atomic_write_bytes, progress as progress_bar
 from cxr14.data.phantom_labels import FINDINGS, sample_patient_labels
+from cxr14.data.parallel import opencv_single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -480,19 +481,12 @@ def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, see
             for task in tasks:
                 bar.update(_render_task(task))
         else:  # tasks are in patient order, so chunks mostly reuse the cached anatomy
-            # fork (works from unguarded scripts, starts fast); children inherit OpenCV threading
-            # switched off: one process per core already, and calling cv2.setNumThreads inside a
-            # forked child can deadlock on the parent's thread pool.
+            # fork: works from unguarded scripts and starts fast.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            cv2_threads = cv2.getNumThreads()
-            cv2.setNumThreads(0)
-            try:
-                with multiprocessing.get_context(method).Pool(workers) as pool:
-                    chunk = max(1, min(16, len(tasks) // (4 * workers)))
-                    for done in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
-                        bar.update(done)
-            finally:
-                cv2.setNumThreads(cv2_threads)
+            with opencv_single_threaded(), multiprocessing.get_context(method).Pool(workers) as pool:
+                chunk = max(1, min(16, len(tasks) // (4 * workers)))
+                for done in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
+                    bar.update(done)
     frame = pd.DataFrame(rows, columns=HEADER)
     atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
     prevalence = frame["Finding Labels"].str.get_dummies(sep="|").mean().sort_values(ascending=False)

@@ -5,7 +5,8 @@
     write_structure_workbook({"resnet18": table, "timm:convnext_tiny": other}, Path("reports/structure.xlsx"))
 
 A table has one row per module that is a leaf or holds parameters of its own (for example a
-class token registered directly on the model), in `named_modules()` order. Shapes come from
+class token registered directly on the model), in `named_modules()` order; parameter-free
+nn.Identity placeholders are left out. Shapes come from
 forward hooks during a single forward pass of a zero batch of one image and are written the
 way Keras summaries write them, with the batch dimension as None: `(None, 64, 56, 56)`.
 Because the first dimension is always written as None, a module whose input is not
@@ -56,7 +57,7 @@ _MAX_COLUMN_WIDTH = 60
 
 
 def layer_table(model: nn.Module, input_size: Sequence[int], model_name: str) -> pd.DataFrame:
-    """One row per leaf module or module with its own parameters, with shapes from a forward pass.
+    """One row per leaf module or module with its own parameters (nn.Identity placeholders skipped).
 
     Args:
         model: The network; it is run once in eval mode without gradients, and every module's
@@ -81,6 +82,10 @@ def layer_table(model: nn.Module, input_size: Sequence[int], model_name: str) ->
         own_parameters = list(module.parameters(recurse=False))
         is_leaf = next(module.children(), None) is None
         if not (is_leaf or own_parameters):
+            continue
+        # Placeholders (timm puts nn.Identity where an optional norm/drop-path is switched off)
+        # compute nothing; listing them would bury the real layers.
+        if isinstance(module, nn.Identity) and not own_parameters:
             continue
         # A tied parameter belongs to the first module that owns it; later owners show 0.
         new_parameters = [p for p in own_parameters if id(p) not in counted_parameter_ids]

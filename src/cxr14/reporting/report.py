@@ -78,7 +78,7 @@ def _efficiency_lines(ranked: list[dict], efficiency: dict[str, dict], tables: d
         "## Efficiency",
         "",
         f"Measured by `profile@<model>` on `{any_figures['device']}` at each model's training resolution: FLOPs = "
-        "2 × multiply-accumulates per image (convolutions and matrix products); size = the saved state dict; "
+        "2 × multiply-accumulates per image (convolutions, matrix products, attention); size = the saved state dict; "
         "latency = median batch-1 forward pass after warm-up; throughput at the batch shown. "
         "Source: `metrics/efficiency/<model>.json`; layer tables: `metrics/structure/<model>.csv` and "
         "`metrics/structure.xlsx` (one sheet per model).",
