@@ -16,7 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxr14.config import config_from_dict
+from cxr14.config import SplitConfig, config_from_dict
+from cxr14.data.cache import build_cache
+from cxr14.data.metadata import load_metadata
+from cxr14.data.split import attach_splits, make_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NIH_COLUMNS = [
@@ -89,3 +92,15 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 def _quiet_progress(monkeypatch):
     monkeypatch.setenv("CXR14_NO_PROGRESS", "1")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture
+def tiny_cache(small_nih, tmp_path):
+    """A 32 px cache of `small_nih` (30 images, 10 patients) split 40/30/30 by patient."""
+    metadata = load_metadata(small_nih)
+    table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
+    splits_csv = tmp_path / "splits.csv"
+    table.to_csv(splits_csv, index=False)
+    frame, labels = attach_splits(metadata, splits_csv)
+    build_cache(frame, labels, metadata.images_dir, tmp_path / "cache", size=32, workers=1)
+    return tmp_path / "cache"

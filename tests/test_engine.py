@@ -5,25 +5,11 @@ import json
 import mlflow
 import pytest
 
-from cxr14.config import SplitConfig, config_from_dict
-from cxr14.data.cache import build_cache
-from cxr14.data.metadata import load_metadata
-from cxr14.data.split import attach_splits, make_splits
+from cxr14.config import config_from_dict
 from cxr14.evaluation.evaluate import evaluate_model, log_to_run
 from cxr14.tracking import EXPERIMENT, TrackingUnavailableError
 from cxr14.training.engine import train_model
 from tests.conftest import tiny_params
-
-
-@pytest.fixture
-def tiny_cache(small_nih, tmp_path):
-    metadata = load_metadata(small_nih)
-    table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
-    splits_csv = tmp_path / "splits.csv"
-    table.to_csv(splits_csv, index=False)
-    frame, labels = attach_splits(metadata, splits_csv)
-    build_cache(frame, labels, metadata.images_dir, tmp_path / "cache", size=32, workers=1)
-    return tmp_path / "cache"
 
 
 def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_store):

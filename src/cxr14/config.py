@@ -98,6 +98,9 @@ class AugmentConfig:
     shift_x: float = 0.1
     shift_y: float = 0.05
     zoom: float = 0.15
+    # The seed's shear_range=0.1, which Keras reads as degrees: a shear of at most 0.1 degrees
+    # is nearly a no-op, kept only so the augmentation matches the seed's.
+    shear_deg: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,9 @@ class TrainOverride:
     image_size: int | None = None
     optimizer: Literal["adamw", "adam", "sgd"] | None = None
     momentum: float | None = None
-    scheduler: Literal["none", "cosine"] | None = None
+    scheduler: Literal["none", "cosine", "plateau", "step"] | None = None
+    loss: Literal["bce", "weighted_bce", "focal"] | None = None
+    grad_accum_steps: int | None = None
     pretrained: bool | Literal["auto"] | None = None
     pretrained_path: str | None = None
     freeze_backbone: bool | None = None
@@ -131,7 +136,30 @@ class TrainConfig:
     momentum: float = 0.9
     # Per-step learning-rate schedule: cosine decays to 0 by the last epoch, which settles the
     # weights in short CPU runs; none keeps the seed's constant rate.
-    scheduler: Literal["none", "cosine"] = "cosine"
+    # plateau: lr / 10 when validation macro AUROC stalls (CheXNet); step: lr * step_gamma
+    # every step_epochs epochs.
+    scheduler: Literal["none", "cosine", "plateau", "step"] = "cosine"
+    # Linear warm-up from lr/100 over this many epochs (fractions allowed), before any schedule.
+    warmup_epochs: float = 0.0
+    step_epochs: int = 3
+    step_gamma: float = 0.1
+    plateau_patience: int = 1
+    # bce | weighted_bce (pos_weight = negatives/positives of the train split) | focal.
+    loss: Literal["bce", "weighted_bce", "focal"] = "bce"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # Binary label smoothing: targets t -> t(1-e) + e/2 (the labels are NLP-mined, ~90% right).
+    label_smoothing: float = 0.0
+    # uniform | findings: the seed's sampling, weight = number of findings + 0.04.
+    sampling: Literal["uniform", "findings"] = "uniform"
+    # Clip the global gradient norm (0 = off); accumulate gradients over N batches per step.
+    grad_clip: float = 0.0
+    grad_accum_steps: int = 1
+    # Also checkpoint last.pt every N optimizer steps inside an epoch (0 = at epoch ends only),
+    # so a killed run loses at most N steps.
+    checkpoint_every_steps: int = 0
+    # torch.compile the model (CUDA; first epoch pays the compilation).
+    compile: bool = False
     # Resolution the models see; the loader resizes the cache on the device when smaller.
     image_size: int = 224
     # Caps batches per epoch (0 = all); for smoke tests and quick experiments.
@@ -314,6 +342,18 @@ def _validate(cfg: Config) -> None:
     problems += [f"{key} must be > 0, got {value}" for key, value in positive.items() if value <= 0]
     if cfg.train.lr <= 0:
         problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
+    for key in ("grad_accum_steps", "step_epochs", "plateau_patience"):
+        if getattr(cfg.train, key) < 1:
+            problems.append(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    for key in ("warmup_epochs", "grad_clip", "checkpoint_every_steps", "focal_gamma"):
+        if getattr(cfg.train, key) < 0:
+            problems.append(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+    if not 0 <= cfg.train.label_smoothing < 0.5:
+        problems.append(f"train.label_smoothing must be in [0, 0.5), got {cfg.train.label_smoothing}")
+    if not 0 <= cfg.train.focal_alpha <= 1:
+        problems.append(f"train.focal_alpha must be in [0, 1], got {cfg.train.focal_alpha}")
+    if not 0 < cfg.train.step_gamma <= 1:
+        problems.append(f"train.step_gamma must be in (0, 1], got {cfg.train.step_gamma}")
     if not 0 <= cfg.train.momentum < 1:
         problems.append(f"train.momentum must be in [0, 1), got {cfg.train.momentum}")
     profile_counts = {"profile.warmup": (cfg.profile.warmup, 0), "profile.repeats": (cfg.profile.repeats, 1),

@@ -2,7 +2,8 @@
 
     uri = tracking_uri()                 # $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     check_reachable(uri)                 # fails before training if a server is down
-    with model_run("cnn", run_id=None, params=flat_params) as run: ...
+    tags = run_tags("cnn", cache_dir, "cuda:0", weights=None)   # what the run was trained on
+    with model_run("cnn", run_id=None, tags=tags) as run: ...
 
 MLflow is the lab notebook (every run, including abandoned experiments); DVC decides what is
 current. The default store is a SQLite file next to params.yaml, so `mlflow ui
@@ -12,6 +13,7 @@ current. The default store is a SQLite file next to params.yaml, so `mlflow ui
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +27,12 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "cxr14"
 DEFAULT_STORE = "mlflow.db"
+# `dvc exp run` (workspace, --temp and queued runs alike) exports the experiment's name to every
+# stage command; plain `dvc repro` does not (dvc/repo/experiments/queue/base.py, dvc/env.py).
+DVC_EXPERIMENT_VARIABLE = "DVC_EXP_NAME"
+# The cache's small files: one index per split and the summary. They pin the arrays' content
+# (sorted image ids, labels, size), so hashing them avoids reading gigabytes of pixels.
+FINGERPRINT_FILES = ("*.csv", "cache.json")
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -111,3 +119,42 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def dvc_experiment_name() -> str | None:
+    """The name of the DVC experiment running this stage, or None outside `dvc exp run`."""
+    return os.environ.get(DVC_EXPERIMENT_VARIABLE) or None
+
+
+def data_fingerprint(cache_dir: Path) -> str:
+    """12 hex characters identifying the training data: a hash of the cache's indexes and summary."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise FileNotFoundError(f"{cache_dir}: cache folder missing; run the preprocess stage (dvc repro preprocess)")
+    files = sorted({path for pattern in FINGERPRINT_FILES for path in cache_dir.glob(pattern) if path.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{cache_dir}: no <split>.csv or cache.json to fingerprint; rerun the preprocess stage")
+    digest = hashlib.sha256()
+    for path in files:
+        content = path.read_bytes()
+        # Name and length delimit each file, so moving bytes between files changes the hash.
+        digest.update(f"{path.name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()[:12]
+
+
+def run_tags(model_name: str, cache_dir: Path, device: str, weights: str | None) -> dict[str, str]:
+    """The tags that say what a run trained, on which data and code, and where.
+
+    Args:
+        model_name: registered model name.
+        cache_dir: the cache the model trains on (fingerprinted, not read in full).
+        device: where training ran, e.g. "cpu" or "cuda:0".
+        weights: where the starting weights came from; None for a random initialisation.
+    """
+    tags = {"model": model_name, "git_commit": git_commit()}
+    experiment = dvc_experiment_name()
+    if experiment:
+        tags["dvc_experiment"] = experiment
+    tags.update(data_fingerprint=data_fingerprint(cache_dir), device=device, weights=weights or "random init")
+    return tags

@@ -1,24 +1,26 @@
-"""Train one registered model on the cache, with validation, early stopping and resume.
+"""Train one registered model on the cache: validation, early stopping, resume, DDP.
 
     result = train_model(cfg, "cnn", cache_dir=Path("data/cache"), out_dir=Path("models/cnn"))
+    torchrun --nproc_per_node=4 pipeline/train.py resnet50      # data-parallel, same outputs
 
 Every epoch ends with validation (loss, macro AUROC) and an atomic `last.pt` holding model,
-optimizer, epoch, early-stopping state and the MLflow run id; an improvement also writes
-`best.pt`. A stage killed mid-run resumes from `last.pt` when re-run with the same config,
-continuing the same MLflow run; a finished or differently-configured `last.pt` is ignored.
-Randomness is reseeded from (seed, epoch) at each epoch start, so a resumed run replays the
-remaining epochs exactly as an uninterrupted one would.
+optimizer, schedule, random states, epoch/step and early-stopping state (also every
+`train.checkpoint_every_steps` optimizer steps); an improvement also writes `best.pt`. A run
+killed at any point resumes from `last.pt` when re-run with the same params, skipping the
+batches already trained and restoring the random states, so it ends exactly where an
+uninterrupted run would (on the CPU: identical metrics), in the same MLflow run. Under
+torchrun every process trains its shard of each epoch; only rank 0 validates and writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import math
 import hashlib
-import io
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +28,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from cxr14 import tracking
 from cxr14.config import Config, TrainConfig, config_to_dict, flatten
 from cxr14.data.cache import open_split, split_labels
 from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.evaluation.metrics import macro_auroc
-from cxr14.io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress
+from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
+from cxr14.training.checkpoint import capture_rng, restore_rng, save_checkpoint
+from cxr14.training.distributed import (
+    DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed, sum_across,
+)
+from cxr14.training.losses import make_loss
+from cxr14.training.sampling import finding_weights, weighted_batches
+from cxr14.training.schedule import LearningRateSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "train_model", "predict", "select_device", "make_optimizer", "save_checkpoint"]
 
 
 @dataclass
@@ -58,16 +68,12 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def training_fingerprint(cfg: Config, model_name: str) -> str:
-    """What must match for a checkpoint to be resumed: this model's resolved training params."""
-    relevant = {"seed": cfg.seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
+def training_fingerprint(cfg: Config, model_name: str, world_size: int) -> str:
+    """What must match for a checkpoint to be resumed: this model's resolved params and the
+    number of processes (which decides how each epoch's batches are sharded)."""
+    relevant = {"seed": cfg.seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name,
+                "world_size": world_size}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 @torch.no_grad()
@@ -75,17 +81,19 @@ def predict(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_s
             device: torch.device, desc: str = "predict") -> np.ndarray:
     """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation)."""
     bundle.model.eval()
-    loader = make_loader(images, labels, batch_size, shuffle=False, seed=0)
+    loader = make_loader(images, labels, batch_size, shuffle=False, seed=0, pin_memory=device.type == "cuda")
     outputs = []
     for pixels, _ in progress(loader, desc=desc, unit="batch", leave=False):
-        inputs = prepare_batch(pixels.to(device), bundle.in_chans, bundle.mean, bundle.std, image_size)
+        inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std,
+                               image_size)
         with _autocast(device):
             outputs.append(torch.sigmoid(bundle.model(inputs).float()).cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
 
 def _autocast(device: torch.device):
-    # bf16 on CUDA needs no loss scaler; on the CPU autocast would only slow the seed models.
+    # bf16 on CUDA keeps fp32's range, so no loss scaler is needed; on the CPU autocast would
+    # only slow the seed models down.
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
@@ -94,27 +102,6 @@ def _validate(bundle, images, labels, train: TrainConfig, device) -> tuple[float
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
     return loss, macro_auroc(labels, scores)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
-    """Per-step learning-rate schedule (`train.scheduler`)."""
-    if train.scheduler == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-
-
-def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """`train.optimizer` over the trainable parameters only (a frozen backbone is left out)."""
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    if not trainable:
-        raise ValueError("the model has no trainable parameters (check train.freeze_backbone)")
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    if train.optimizer == "adam":
-        return torch.optim.Adam(trainable, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
@@ -129,14 +116,38 @@ def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
     return bundle
 
 
+def epoch_batches(train: TrainConfig, images: np.ndarray, labels: np.ndarray, seed: int, epoch: int,
+                  context: DistributedContext) -> list[list[int]]:
+    """This process's row batches for `epoch`: a function of (seed, epoch, rank) only, so a
+    resumed run can skip exactly the batches it already trained."""
+    if train.sampling == "findings":
+        batches = weighted_batches(finding_weights(labels), train.batch_size, seed, epoch,
+                                   rank=context.rank, world_size=context.world_size)
+    else:
+        loader = make_loader(images, labels, train.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                             rank=context.rank, world_size=context.world_size)
+        batches = [list(map(int, batch)) for batch in loader.sampler]
+    return batches[: train.max_steps_per_epoch] if train.max_steps_per_epoch else batches
+
+
 def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) -> TrainResult:
     """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`."""
     train = cfg.train_for(model_name)
-    device = select_device(train.device)
+    context = init_distributed(train.device)
+    try:
+        return _train(cfg, model_name, train, context, cache_dir, out_dir)
+    finally:
+        close_distributed(context)
+
+
+def _train(cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path,
+           out_dir: Path) -> TrainResult:
+    device, main = context.device, context.is_main
     uri = tracking.tracking_uri()
-    tracking.check_reachable(uri)
+    if main:
+        tracking.check_reachable(uri)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = training_fingerprint(cfg, model_name)
+    fingerprint = training_fingerprint(cfg, model_name, context.world_size)
 
     train_images, train_index = open_split(cache_dir, "train")
     val_images, val_index = open_split(cache_dir, "val")
@@ -151,111 +162,171 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = make_optimizer(model, train)
-    steps_per_epoch = math.ceil(len(train_images) / train.batch_size)
-    if train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
-    scheduler = make_scheduler(optimizer, train, total_steps=steps_per_epoch * train.epochs)
+    batches_per_epoch = len(epoch_batches(train, train_images, train_labels, cfg.seed, 1, context))
+    steps_per_epoch = math.ceil(batches_per_epoch / train.grad_accum_steps)
+    schedule = LearningRateSchedule(optimizer, train, steps_per_epoch)
+    loss_fn = make_loss(train.loss, train_labels=train_labels, focal_alpha=train.focal_alpha,
+                        focal_gamma=train.focal_gamma, label_smoothing=train.label_smoothing).to(device)
 
     state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "run_id": None,
-             "train_seconds": 0.0}
+             "train_seconds": 0.0, "partial": None}
     last_path = out_dir / "last.pt"
+    resume_rng = None
     if last_path.is_file():
         checkpoint = torch.load(last_path, map_location=device, weights_only=False)
         if checkpoint.get("fingerprint") == fingerprint and not checkpoint.get("finished"):
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
+            schedule.load_state_dict(checkpoint["schedule"])
             state = checkpoint["state"]
-            log.info("resuming %s from %s after epoch %d", model_name, last_path, state["epoch"])
-        else:
+            if state["partial"] is not None:
+                resume_rng = checkpoint["rng"][context.rank]
+            if main:
+                where = f"epoch {state['epoch'] + 1}, batch {state['partial']['batches']}" if state["partial"] \
+                    else f"the end of epoch {state['epoch']}"
+                log.info("resuming %s from %s at %s", model_name, last_path, where)
+        elif main:
             log.info("ignoring %s (finished, or trained with other params)", last_path)
     best_weights = None
-    if state["epoch"] and (out_dir / "best.pt").is_file():
+    if main and state["epoch"] and (out_dir / "best.pt").is_file():
         best_weights = torch.load(out_dir / "best.pt", map_location=device, weights_only=False)["model"]
 
-    # The resolved config as this model sees it (overrides applied), saved beside its outputs.
-    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name}
-    atomic_write_json(out_dir / "config.json", resolved)
+    network: torch.nn.Module = model
+    if context.enabled:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if train.compile:
+        network = torch.compile(network)
+
+    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name,
+                "world_size": context.world_size}
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tags = {"git_commit": tracking.git_commit(), "device": str(device), "weights": bundle.weights or "random init"}
-    with tracking.model_run(model_name, run_id=state["run_id"], tags=tags) as run:
-        if state["run_id"] is None:
+    run_context = contextlib.nullcontext()
+    if main:
+        # The resolved config as this model sees it (overrides applied), saved beside its outputs.
+        atomic_write_json(out_dir / "config.json", resolved)
+        tags = tracking.run_tags(model_name, cache_dir, str(device), bundle.weights)
+        run_context = tracking.model_run(model_name, run_id=state["run_id"], tags=tags)
+    with run_context as run:
+        if main and state["run_id"] is None:
             state["run_id"] = run.info.run_id
             tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
                                  "params_total": n_params, "params_trainable": n_trainable})
             tracking.log_artifact(out_dir / "config.json")
-        atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
+        if main:
+            atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
 
         for epoch in range(state["epoch"] + 1, train.epochs + 1):
             started = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout etc.: same per epoch on resume
-            generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
-            loader = make_loader(train_images, train_labels, train.batch_size, shuffle=True, seed=cfg.seed,
-                                 epoch=epoch, num_workers=train.num_workers, pin_memory=device.type == "cuda",
-                                 max_batches=train.max_steps_per_epoch)
+            # Per (seed, epoch, rank): a resumed or sharded run draws what an uninterrupted one would.
+            torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * context.rank)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch + 7919 * context.rank)
+            partial = state["partial"] or {"batches": 0, "steps": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+            state["partial"] = None
+            if resume_rng is not None:
+                restore_rng(resume_rng, generator)
+                resume_rng = None
+            batches = epoch_batches(train, train_images, train_labels, cfg.seed, epoch, context)
+            done = partial["batches"]
+            loader = make_loader(train_images, train_labels, train.batch_size, shuffle=False, seed=cfg.seed,
+                                 num_workers=train.num_workers, pin_memory=device.type == "cuda",
+                                 batches=batches[done:])
             set_train_mode(model)  # frozen BatchNorm layers keep their running statistics
-            loss_sum, seen = 0.0, 0
-            bar = progress(loader, desc=f"{model_name} epoch {epoch}/{train.epochs}", unit="batch", leave=False)
-            for pixels, targets in bar:
+            loss_sum, seen, steps = partial["loss_sum"], partial["seen"], partial["steps"]
+            seen_before, seconds_before = seen, partial["seconds"]
+            bar = progress(loader, desc=f"{model_name} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
+                           total=len(batches) - done, disable_bar=not main)
+            for index, (pixels, targets) in enumerate(bar, start=done):
+                group_start = index - index % train.grad_accum_steps
+                group_size = min(train.grad_accum_steps, len(batches) - group_start)
+                boundary = index + 1 == group_start + group_size
                 inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean,
                                        bundle.std, train.image_size, train.augment, generator)
                 targets = targets.to(device, non_blocking=True)
-                with _autocast(device):
-                    logits = model(inputs)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{model_name}: loss became {loss.item()} at epoch {epoch}; lower train.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                no_sync = network.no_sync() if context.enabled and not boundary else contextlib.nullcontext()
+                with no_sync:
+                    with _autocast(device):
+                        logits = network(inputs)
+                    loss = loss_fn(logits.float(), targets)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{model_name}: loss became {loss.item()} at epoch {epoch}; lower train.lr")
+                    (loss / group_size).backward()
                 loss_sum += loss.item() * len(targets)
                 seen += len(targets)
+                if boundary:
+                    if train.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(
+                            [p for p in model.parameters() if p.requires_grad], train.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    schedule.after_step()
+                    steps += 1
+                    every = train.checkpoint_every_steps
+                    if every and steps % every == 0 and index + 1 < len(batches):
+                        partial = {"batches": index + 1, "steps": steps, "loss_sum": loss_sum, "seen": seen,
+                                   "seconds": seconds_before + time.perf_counter() - started}
+                        rng_states = gather_to_all(context, capture_rng(generator))
+                        if main:
+                            save_checkpoint(last_path, {
+                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "schedule": schedule.state_dict(), "rng": rng_states,
+                                "state": {**state, "partial": partial}, "fingerprint": fingerprint,
+                                "finished": False})
                 elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
-            train_seconds = time.perf_counter() - started
-            val_loss, val_auroc = _validate(bundle, val_images, val_labels, train, device)
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                                img_s=f"{(seen - seen_before) / max(elapsed, 1e-9):.0f}", refresh=False)
+            train_seconds = seconds_before + time.perf_counter() - started
+            loss_sum, seen = sum_across(context, loss_sum, seen)
+            validation = _validate(bundle, val_images, val_labels, train, device) if main else None
+            val_loss, val_auroc = from_main(context, validation)
+            schedule.after_epoch(val_auroc)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
                    "val_macro_auroc": val_auroc, "lr": optimizer.param_groups[0]["lr"],
                    "images_per_second": seen / max(train_seconds, 1e-9)}
             state["history"].append(row)
-            state["train_seconds"] += time.perf_counter() - started
-            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s",
-                     model_name, epoch, row["train_loss"], val_loss, val_auroc, row["images_per_second"])
-
+            state["train_seconds"] += train_seconds
             state["epoch"] = epoch
-            if not np.isfinite(val_auroc):
-                log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val)",
-                            model_name, epoch)
-            if state["best_epoch"] == 0 or val_auroc > state["best_auroc"]:
+            improved = state["best_epoch"] == 0 or val_auroc > state["best_auroc"]
+            if improved:
                 state.update(best_auroc=val_auroc, best_epoch=epoch, bad_epochs=0)
-                best_weights = copy.deepcopy(model.state_dict())
-                save_checkpoint(out_dir / "best.pt", {"model": best_weights, "model_name": model_name,
-                                                      "epoch": epoch, "val_macro_auroc": val_auroc,
-                                                      "image_size": train.image_size})
             else:
                 state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= train.patience or epoch == train.epochs
-            save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "state": state, "fingerprint": fingerprint, "finished": stop})
+            if main:
+                tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s",
+                         model_name, epoch, row["train_loss"], val_loss, val_auroc, row["images_per_second"])
+                if not np.isfinite(val_auroc):
+                    log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val)",
+                                model_name, epoch)
+                if improved:
+                    best_weights = copy.deepcopy(model.state_dict())
+                    save_checkpoint(out_dir / "best.pt", {"model": best_weights, "model_name": model_name,
+                                                          "epoch": epoch, "val_macro_auroc": float(val_auroc),
+                                                          "image_size": train.image_size})
+                save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "schedule": schedule.state_dict(), "state": state,
+                                            "fingerprint": fingerprint, "finished": stop})
             if stop:
-                if epoch < train.epochs:
+                if epoch < train.epochs and main:
                     log.info("%s: early stop after epoch %d (best epoch %d)", model_name, epoch, state["best_epoch"])
                 break
 
-        if best_weights is not None:
-            model.load_state_dict(best_weights)  # early stopping restores the best weights
-        history = pd.DataFrame(state["history"])
-        atomic_write_text(out_dir / "history.csv", history.to_csv(index=False))
-        summary = {"model": model_name, "params_total": n_params, "params_trainable": n_trainable,
-                   "weights": bundle.weights, "image_size": train.image_size, "best_epoch": state["best_epoch"],
-                   "best_val_macro_auroc": state["best_auroc"], "epochs_run": state["epoch"],
-                   "train_seconds": round(state["train_seconds"], 2), "run_id": state["run_id"]}
-        atomic_write_json(out_dir / "train.json", summary)
-        tracking.log_metrics({"best_val_macro_auroc": state["best_auroc"], "train_seconds": state["train_seconds"]})
-        tracking.log_artifact(out_dir / "history.csv")
-        tracking.log_artifact(out_dir / "best.pt", artifact_path="checkpoint")
+        if main:
+            if best_weights is not None:
+                model.load_state_dict(best_weights)  # early stopping restores the best weights
+            atomic_write_text(out_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False))
+            summary = {"model": model_name, "params_total": n_params, "params_trainable": n_trainable,
+                       "weights": bundle.weights, "image_size": train.image_size, "world_size": context.world_size,
+                       "best_epoch": state["best_epoch"], "best_val_macro_auroc": state["best_auroc"],
+                       "epochs_run": state["epoch"], "train_seconds": round(state["train_seconds"], 2),
+                       "run_id": state["run_id"]}
+            atomic_write_json(out_dir / "train.json", summary)
+            tracking.log_metrics({"best_val_macro_auroc": state["best_auroc"], "train_seconds": state["train_seconds"]})
+            tracking.log_artifact(out_dir / "history.csv")
+            tracking.log_artifact(out_dir / "best.pt", artifact_path="checkpoint")
+    barrier(context)
     return TrainResult(state["best_epoch"], state["best_auroc"], state["epoch"], state["train_seconds"],
-                       state["run_id"], state["history"])
+                       state["run_id"] or "", state["history"])
