@@ -201,6 +201,9 @@ class ProfileConfig:
 class Config:
     # The one seed every random choice derives from (split, init, augmentation, order).
     seed: int = 42
+    # How train@<model> starts: "python", or e.g. "torchrun --standalone --nproc_per_node=4"
+    # for data-parallel training on 4 GPUs (dvc.yaml puts it in front of pipeline/train.py).
+    launcher: str = "python"
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -372,6 +375,8 @@ def _validate(cfg: Config) -> None:
         problems.append("split.method 'official' needs data.source: nih (the phantom has no official test list)")
     if not cfg.split.views or not set(cfg.split.views) <= {"PA", "AP"}:
         problems.append(f"split.views must be a non-empty subset of [PA, AP], got {list(cfg.split.views)}")
+    if not cfg.launcher.strip():
+        problems.append("launcher must not be empty (use python, or torchrun ... for DDP)")
     if not cfg.models:
         problems.append("models: the list is empty")
     if len(set(cfg.models)) != len(cfg.models):
