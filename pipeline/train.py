@@ -2,7 +2,9 @@
 
     python pipeline/train.py cnn --cache data/cache --out models/cnn
 
-Re-running after an interruption resumes from models/<model>/last.pt.
+Re-running after an interruption resumes from models/<model>/last.pt. Data-parallel on 4 GPUs:
+
+    torchrun --standalone --nproc_per_node=4 pipeline/train.py densenet121
 """
 
 from pathlib import Path

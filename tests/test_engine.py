@@ -151,3 +151,15 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlf
     torch.manual_seed(big.seed)  # the engine's initialisation: the step really moved the weights
     initial = build_model("cnn", 15, 32, pretrained=False).model.state_dict()
     assert not all(torch.allclose(initial[key], value) for key, value in big_weights.items())
+
+
+def test_focal_loss_weighted_sampling_and_plateau_schedule_train_end_to_end(tiny_cache, tmp_path, mlflow_store):
+    settings = {"train.image_size": 32, "preprocess.size": 32, "train.loss": "focal", "train.sampling": "findings",
+                "train.scheduler": "plateau", "train.warmup_epochs": 0.5, "train.grad_clip": 1.0,
+                "train.label_smoothing": 0.1}
+    cfg = config_from_dict(tiny_params(**settings))
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    assert result.epochs_run == 2
+    assert all(row["train_loss"] > 0 and row["lr"] > 0 for row in result.history)
+    saved = json.loads((tmp_path / "cnn" / "config.json").read_text())
+    assert (saved["train"]["loss"], saved["train"]["sampling"]) == ("focal", "findings")
