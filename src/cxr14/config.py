@@ -182,6 +182,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 64
+    # Percentile bootstrap over test PATIENTS (their follow-up images are correlated).
+    bootstrap_resamples: int = 1000
+    # Second operating point: per class, the highest threshold reaching this validation sensitivity.
+    sensitivity_target: float = 0.9
+    calibration_bins: int = 10
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,12 @@ def _validate(cfg: Config) -> None:
         problems.append(f"train.step_gamma must be in (0, 1], got {cfg.train.step_gamma}")
     if not 0 <= cfg.train.momentum < 1:
         problems.append(f"train.momentum must be in [0, 1), got {cfg.train.momentum}")
+    if cfg.evaluate.bootstrap_resamples < 100:
+        problems.append(f"evaluate.bootstrap_resamples must be >= 100, got {cfg.evaluate.bootstrap_resamples}")
+    if not 0 < cfg.evaluate.sensitivity_target < 1:
+        problems.append(f"evaluate.sensitivity_target must be in (0, 1), got {cfg.evaluate.sensitivity_target}")
+    if cfg.evaluate.calibration_bins < 2:
+        problems.append(f"evaluate.calibration_bins must be >= 2, got {cfg.evaluate.calibration_bins}")
     profile_counts = {"profile.warmup": (cfg.profile.warmup, 0), "profile.repeats": (cfg.profile.repeats, 1),
                       "profile.throughput_batch": (cfg.profile.throughput_batch, 1),
                       "profile.throughput_repeats": (cfg.profile.throughput_repeats, 1)}

@@ -20,6 +20,9 @@ from cxr14 import tracking
 from cxr14.config import Config
 from cxr14.data.cache import open_split, split_labels
 from cxr14.evaluation.metrics import max_f1_thresholds, micro_roc_points, test_metrics
+from cxr14.evaluation.statistics import (
+    bootstrap_intervals, calibration, seed_accuracy, sensitivity_thresholds, threshold_metrics,
+)
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import build_model
 from cxr14.training.engine import predict, select_device
@@ -58,11 +61,27 @@ def evaluate_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Pat
 
     thresholds = max_f1_thresholds(val_targets, val_scores)
     metrics = test_metrics(test_targets, test_scores, thresholds)
+    settings = cfg.evaluate
+    patient_ids = test_index["patient_id"].astype(str).to_numpy()
+    sensitivity_cut = sensitivity_thresholds(val_targets, val_scores, target=settings.sensitivity_target)
+    metrics.update(
+        intervals=bootstrap_intervals(test_targets, test_scores, patient_ids, resamples=settings.bootstrap_resamples,
+                                      seed=cfg.seed),
+        at_max_f1=threshold_metrics(test_targets, test_scores, thresholds),
+        at_sensitivity=threshold_metrics(test_targets, test_scores, sensitivity_cut),
+        sensitivity_target=settings.sensitivity_target,
+        sensitivity_thresholds=sensitivity_cut,
+        seed_accuracy=seed_accuracy(test_targets, test_scores),
+        calibration=calibration(test_targets, test_scores, bins=settings.calibration_bins),
+    )
     with (model_dir / "train.json").open(encoding="utf-8") as handle:
         training = json.load(handle)
     history = pd.read_csv(model_dir / "history.csv")
     predictions = pd.DataFrame(test_scores, columns=list(LABELS))
     predictions.insert(0, "image_id", test_index["image_id"])
+    predictions.insert(1, "patient_id", test_index["patient_id"].astype(str))
+    for column, name in enumerate(LABELS):  # the truth beside the scores, for paired comparisons
+        predictions[f"true_{name}"] = test_targets[:, column].astype(int)
     log.info("%s: test macro AUROC %.4f over %d classes, %d images",
              model_name, metrics["macro_auroc"], metrics["classes_in_macro_auroc"], len(test_targets))
     return {
@@ -80,8 +99,12 @@ def compact_metrics(record: dict) -> dict:
     metrics = record["metrics"]
     return {
         "macro_auroc": metrics["macro_auroc"],
+        "macro_auroc_ci_low": metrics["intervals"]["macro_auroc"][0],
+        "macro_auroc_ci_high": metrics["intervals"]["macro_auroc"][1],
         "micro_auroc": metrics["micro_auroc"],
         "macro_ap": metrics["macro_ap"],
+        "seed_accuracy": metrics["seed_accuracy"],
+        "ece": metrics["calibration"]["ece"],
         "macro_f1": metrics["macro_f1"],
         "params_total": record["training"]["params_total"],
         "train_seconds": record["training"]["train_seconds"],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr14.labels import LABELS
+from cxr14.reporting.comparison import chexnet_lines, comparison_lines
 
 
 class ReportError(ValueError):
@@ -27,10 +28,52 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _interval(metrics: dict) -> str:
+    """"[low, high]" of the patient-level bootstrap, when the record has one."""
+    low, high = (metrics.get("intervals") or {}).get("macro_auroc") or (None, None)
+    return "" if low is None else f"[{_fmt(low)}, {_fmt(high)}]"
+
+
+def _mean_defined(values: dict) -> float | None:
+    defined = [value for value in values.values() if value is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+def _operating_point_lines(ranked: list[dict]) -> list[str]:
+    """Macro sensitivity/specificity/PPV/F1 at both validation-chosen thresholds, accuracy, calibration."""
+    with_points = [r for r in ranked if "at_max_f1" in r["metrics"]]
+    if not with_points:
+        return []
+    target = with_points[0]["metrics"]["sensitivity_target"]
+    lines = ["", "## Operating points and calibration", "",
+             "Per-class thresholds chosen on validation only: max-F1, and the highest threshold reaching "
+             f"{target:.0%} validation sensitivity; values are test-split macro averages over the classes where "
+             "they are defined. Accuracy is the seed's (Keras binary accuracy over all 15 × N entries at 0.5): "
+             "with mostly-negative labels it is high for any model and says little. ECE: expected calibration "
+             "error over all entries.", "",
+             "| model | sens @maxF1 | spec @maxF1 | PPV @maxF1 | F1 @maxF1 | sens @target | spec @target | "
+             "PPV @target | seed accuracy | ECE |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for record in with_points:
+        m = record["metrics"]
+        cells = []
+        for point in ("at_max_f1", "at_sensitivity"):
+            keys = ("sensitivity", "specificity", "ppv", "f1") if point == "at_max_f1" else ("sensitivity", "specificity", "ppv")
+            for key in keys:
+                cells.append(_fmt(_mean_defined({name: row[key] for name, row in m[point].items()})))
+        lines.append(f"| `{record['model']}` | " + " | ".join(cells) +
+                     f" | {_fmt(m['seed_accuracy'])} | {_fmt(m['calibration']['ece'])} |")
+    return lines
+
+
 def _rank_key(record: dict) -> float:
     """Best macro AUROC first; a model without one (NaN) goes last."""
     value = record["metrics"]["macro_auroc"]
     return -value if value == value else float("inf")
+
+
+def rank_records(records: list[dict]) -> list[dict]:
+    """Best macro AUROC first (the order of the report's tables and of the comparisons)."""
+    return sorted(records, key=_rank_key)
 
 
 def load_records(details_dir: Path, models: list[str] | None = None) -> list[dict]:
@@ -114,7 +157,8 @@ def _layer_table_lines(ranked: list[dict], tables: dict[str, pd.DataFrame]) -> l
 
 
 def build_report(records: list[dict], split_summary: dict | None, efficiency: dict[str, dict] | None = None,
-                 tables: dict[str, pd.DataFrame] | None = None) -> tuple[str, dict]:
+                 tables: dict[str, pd.DataFrame] | None = None, comparisons: list[dict] | None = None,
+                 resamples: int = 0, chexnet_reference: bool = False) -> tuple[str, dict]:
     """Return the markdown text and a machine-readable summary."""
     ranked = sorted(records, key=_rank_key)
     lines = ["# cxr14 — model comparison", ""]
@@ -128,16 +172,21 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
         "Test split, thresholds for F1 tuned per class on validation. Macro AUROC averages the classes "
         "with positives in the test split (count in the last column). Source: `metrics/details/<model>.json`.",
         "",
-        "| rank | model | params | macro AUROC | micro AUROC | macro AP | macro F1 | best epoch | train time (s) | classes |",
+        "| rank | model | params | macro AUROC (95 % CI) | micro AUROC | macro AP | macro F1 | best epoch | train time (s) | classes |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rank, record in enumerate(ranked, 1):
         m, t = record["metrics"], record["training"]
         lines.append(
-            f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_fmt(m['macro_auroc'])} | {_fmt(m['micro_auroc'])} | "
+            f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_fmt(m['macro_auroc'])} {_interval(m)} | "
+            f"{_fmt(m['micro_auroc'])} | "
             f"{_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} | {t['best_epoch']} | {t['train_seconds']:.0f} | "
             f"{m['classes_in_macro_auroc']} |"
         )
+    lines += comparison_lines(comparisons or [], resamples)
+    if chexnet_reference and ranked:
+        lines += chexnet_lines(ranked[0])
+    lines += _operating_point_lines(ranked)
     if efficiency:
         lines += _efficiency_lines(ranked, efficiency, tables or {})
     if tables:
@@ -158,5 +207,6 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
                          **({"efficiency": efficiency[r["model"]]} if efficiency else {})}
             for r in ranked
         },
+        "comparisons": comparisons or [],
     }
     return "\n".join(lines) + "\n", summary

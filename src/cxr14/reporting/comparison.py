@@ -1,0 +1,87 @@
+"""Which differences between models are real, and how ours compare with published numbers.
+
+    predictions = load_predictions(Path("metrics/predictions"), ["cnn", "resnet18"])
+    rows = paired_comparisons(predictions, ranking=["resnet18", "cnn"], resamples=1000, seed=42)
+
+Every model is compared with the best one on the same test images, resampling patients
+(their follow-up images are correlated), so the interval and p-value of the macro-AUROC
+difference account for both models' errors moving together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr14.evaluation.statistics import paired_bootstrap
+from cxr14.labels import LABELS
+
+# Rajpurkar et al. 2017 (CheXNet), Table 1: per-class test AUROC of DenseNet-121 on NIH
+# ChestX-ray14 with a random patient split of their own, so a reference, not a like-for-like.
+CHEXNET_AUROC = {
+    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345, "Mass": 0.8676,
+    "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887, "Consolidation": 0.7901, "Edema": 0.8878,
+    "Emphysema": 0.9371, "Fibrosis": 0.8047, "Pleural_Thickening": 0.8062, "Hernia": 0.9164,
+}
+
+
+class ComparisonError(ValueError):
+    """Prediction files that cannot be compared (missing, or over different test images)."""
+
+
+def load_predictions(predictions_dir: Path, models: list[str]) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for name in models:
+        path = Path(predictions_dir) / f"{name}.csv"
+        if not path.is_file():
+            raise ComparisonError(f"{path}: no test predictions for {name!r}; run `dvc repro evaluate@{name}`")
+        frames[name] = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
+    return frames
+
+
+def paired_comparisons(predictions: dict[str, pd.DataFrame], ranking: list[str], resamples: int,
+                       seed: int) -> list[dict]:
+    """Best model (ranking[0]) minus each other model: macro AUROC difference, 95 % CI, p."""
+    best = ranking[0]
+    reference = predictions[best]
+    targets = reference[[f"true_{name}" for name in LABELS]].to_numpy()
+    patients = reference["patient_id"].to_numpy()
+    rows = []
+    for name in ranking[1:]:
+        other = predictions[name]
+        if not np.array_equal(other["image_id"].to_numpy(), reference["image_id"].to_numpy()):
+            raise ComparisonError(f"{name} and {best} were scored on different test images; re-run evaluate")
+        result = paired_bootstrap(targets, reference[list(LABELS)].to_numpy(), other[list(LABELS)].to_numpy(),
+                                  patients, resamples=resamples, seed=seed)
+        rows.append({"better": best, "worse": name, **result})
+    return rows
+
+
+def comparison_lines(rows: list[dict], resamples: int) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Are the differences real?", "",
+             f"Paired bootstrap over test patients ({resamples} resamples, both models on the same resampled images): "
+             "macro AUROC of the best model minus each other model, its 95 % interval and a two-sided p-value. "
+             "An interval that contains 0 means this test set cannot tell the two apart.", "",
+             "| comparison | Δ macro AUROC | 95 % CI | p |", "|---|---:|---:|---:|"]
+    for row in rows:
+        low, high = row["ci"]
+        lines.append(f"| `{row['better']}` − `{row['worse']}` | {row['difference']:+.3f} | "
+                     f"[{low:+.3f}, {high:+.3f}] | {row['p_value']:.3f} |")
+    return lines
+
+
+def chexnet_lines(best: dict) -> list[str]:
+    """Our best model's per-class AUROC beside CheXNet's published numbers (NIH data only)."""
+    lines = ["", "## Reference: CheXNet (published, different split)", "",
+             "CheXNet's per-class test AUROC (Rajpurkar et al. 2017, DenseNet-121, their own random patient split), "
+             f"shown beside `{best['model']}` for orientation only: the test sets differ, so this is not a paired "
+             "comparison.", "",
+             f"| finding | `{best['model']}` | CheXNet |", "|---|---:|---:|"]
+    for name, published in CHEXNET_AUROC.items():
+        ours = best["metrics"]["auroc"].get(name)
+        lines.append(f"| {name} | {'–' if ours is None else f'{ours:.3f}'} | {published:.4f} |")
+    return lines
