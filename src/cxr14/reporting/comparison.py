@@ -69,8 +69,10 @@ def comparison_lines(rows: list[dict], resamples: int) -> list[str]:
              "| comparison | Δ macro AUROC | 95 % CI | p |", "|---|---:|---:|---:|"]
     for row in rows:
         low, high = row["ci"]
+        # A bootstrap cannot resolve p below 1/resamples: say so rather than print 0.000.
+        p_text = f"< {1 / resamples:.3g}" if row["p_value"] < 1 / resamples else f"{row['p_value']:.3f}"
         lines.append(f"| `{row['better']}` − `{row['worse']}` | {row['difference']:+.3f} | "
-                     f"[{low:+.3f}, {high:+.3f}] | {row['p_value']:.3f} |")
+                     f"[{low:+.3f}, {high:+.3f}] | {p_text} |")
     return lines
 
 
