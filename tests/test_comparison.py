@@ -44,3 +44,11 @@ def test_chexnet_reference_lists_the_fourteen_published_values():
     record = {"model": "densenet121", "metrics": {"auroc": {name: 0.5 for name in LABELS}}}
     text = "\n".join(chexnet_lines(record))
     assert len(CHEXNET_AUROC) == 14 and "| Hernia | 0.500 | 0.9164 |" in text and "different split" in text
+
+
+def test_missing_predictions_name_the_stage_to_run(tmp_path):
+    from cxr14.reporting.comparison import load_predictions
+    from cxr14.reporting.files import ReportError
+
+    with pytest.raises(ReportError, match=r"cnn.csv: no output of evaluate@cnn; run `dvc repro evaluate@cnn`"):
+        load_predictions(tmp_path, ["cnn"])

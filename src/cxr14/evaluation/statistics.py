@@ -35,38 +35,36 @@ def _check_level(level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level!r} (e.g. 0.95 for a 95% interval)")
 
 
-def _check_matrices(targets: np.ndarray, *score_matrices: np.ndarray) -> tuple[np.ndarray, ...]:
+def _checked_targets(targets: np.ndarray, ndim: int, shape_hint: str) -> np.ndarray:
     targets = np.asarray(targets)
-    if targets.ndim != 2 or targets.shape[1] != NUM_CLASSES:
-        raise ValueError(f"targets must have shape [N, {NUM_CLASSES}] in LABELS order, got {targets.shape}")
+    if targets.ndim != ndim or (ndim == 2 and targets.shape[1] != NUM_CLASSES):
+        raise ValueError(f"targets must have shape {shape_hint}, got {targets.shape}")
     if not np.isin(targets, (0, 1)).all():
         raise ValueError("targets must contain only 0 and 1")
-    checked = [targets > 0]
-    for scores in score_matrices:
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != targets.shape:
-            raise ValueError(f"scores shape {scores.shape} differs from targets shape {targets.shape}")
-        if not np.isfinite(scores).all():
-            raise ValueError("scores contain NaN or infinite values")
-        checked.append(scores)
-    return tuple(checked)
+    return targets > 0
+
+
+def _checked_like(targets: np.ndarray, arrays: tuple[np.ndarray, ...], what: str) -> list[np.ndarray]:
+    """Each array as float64, of the targets' shape and finite."""
+    checked = []
+    for array in arrays:
+        array = np.asarray(array, dtype=np.float64)
+        if array.shape != targets.shape:
+            raise ValueError(f"{what} shape {array.shape} differs from targets shape {targets.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what} contain NaN or infinite values")
+        checked.append(array)
+    return checked
+
+
+def _check_matrices(targets: np.ndarray, *score_matrices: np.ndarray) -> tuple[np.ndarray, ...]:
+    positives = _checked_targets(targets, 2, f"[N, {NUM_CLASSES}] in LABELS order")
+    return (positives, *_checked_like(positives, score_matrices, "scores"))
 
 
 def _check_vectors(targets: np.ndarray, *vectors: np.ndarray) -> tuple[np.ndarray, ...]:
-    targets = np.asarray(targets)
-    if targets.ndim != 1:
-        raise ValueError(f"targets must be one-dimensional (one class), got shape {targets.shape}")
-    if not np.isin(targets, (0, 1)).all():
-        raise ValueError("targets must contain only 0 and 1")
-    checked = [targets > 0]
-    for vector in vectors:
-        vector = np.asarray(vector, dtype=np.float64)
-        if vector.shape != targets.shape:
-            raise ValueError(f"shape {vector.shape} differs from targets shape {targets.shape}")
-        if not np.isfinite(vector).all():
-            raise ValueError("scores/weights contain NaN or infinite values")
-        checked.append(vector)
-    return tuple(checked)
+    positives = _checked_targets(targets, 1, "[N] (one class)")
+    return (positives, *_checked_like(positives, vectors, "scores/weights"))
 
 
 # ------------------------------------------------------------- weighted ranking metrics

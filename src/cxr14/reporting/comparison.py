@@ -17,6 +17,7 @@ import pandas as pd
 
 from cxr14.evaluation.statistics import paired_bootstrap
 from cxr14.labels import LABELS
+from cxr14.reporting.files import per_model_files
 
 # Rajpurkar et al. 2017 (CheXNet), Table 1: per-class test AUROC of DenseNet-121 on NIH
 # ChestX-ray14 with a random patient split of their own, so a reference, not a like-for-like.
@@ -28,17 +29,13 @@ CHEXNET_AUROC = {
 
 
 class ComparisonError(ValueError):
-    """Prediction files that cannot be compared (missing, or over different test images)."""
+    """Prediction files that cannot be compared (scored on different test images)."""
 
 
 def load_predictions(predictions_dir: Path, models: list[str]) -> dict[str, pd.DataFrame]:
-    frames = {}
-    for name in models:
-        path = Path(predictions_dir) / f"{name}.csv"
-        if not path.is_file():
-            raise ComparisonError(f"{path}: no test predictions for {name!r}; run `dvc repro evaluate@{name}`")
-        frames[name] = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
-    return frames
+    """metrics/predictions/<model>.csv for every model (missing = ReportError naming the stage)."""
+    paths = per_model_files(predictions_dir, models, ".csv", "evaluate")
+    return {name: pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) for name, path in paths.items()}
 
 
 def paired_comparisons(predictions: dict[str, pd.DataFrame], ranking: list[str], resamples: int,

@@ -18,10 +18,7 @@ import pandas as pd
 
 from cxr14.labels import LABELS
 from cxr14.reporting.comparison import chexnet_lines, comparison_lines
-
-
-class ReportError(ValueError):
-    """The report inputs are missing or inconsistent."""
+from cxr14.reporting.files import ReportError, per_model_files
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -94,10 +91,7 @@ def load_records(details_dir: Path, models: list[str] | None = None) -> list[dic
 def load_efficiency(efficiency_dir: Path, models: list[str]) -> dict[str, dict]:
     """Read metrics/efficiency/<model>.json for every model (missing = error)."""
     figures = {}
-    for name in models:
-        path = Path(efficiency_dir) / f"{name}.json"
-        if not path.is_file():
-            raise ReportError(f"{path}: no efficiency figures for {name!r}; run `dvc repro profile@{name}`")
+    for name, path in per_model_files(efficiency_dir, models, ".json", "profile").items():
         with path.open(encoding="utf-8") as handle:
             figures[name] = json.load(handle)
     return figures
@@ -105,13 +99,7 @@ def load_efficiency(efficiency_dir: Path, models: list[str]) -> dict[str, dict]:
 
 def load_layer_tables(structure_dir: Path, models: list[str]) -> dict[str, pd.DataFrame]:
     """Read metrics/structure/<model>.csv for every model (missing = error)."""
-    tables = {}
-    for name in models:
-        path = Path(structure_dir) / f"{name}.csv"
-        if not path.is_file():
-            raise ReportError(f"{path}: no layer table for {name!r}; run `dvc repro profile@{name}`")
-        tables[name] = pd.read_csv(path)
-    return tables
+    return {name: pd.read_csv(path) for name, path in per_model_files(structure_dir, models, ".csv", "profile").items()}
 
 
 def _efficiency_lines(ranked: list[dict], efficiency: dict[str, dict], tables: dict[str, pd.DataFrame]) -> list[str]:
