@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (see README "Quick start"):
 #   make repro   create .venv, install the pinned project, run the whole DVC pipeline
-#   make test    create .venv, install the pinned project + pytest, run the test suite
+#   make test    create .venv, install the pinned project + pytest, install Debian's chromium
+#                if missing (apt-get, sudo when not root; CXR14_SKIP_BROWSER_TESTS=1 skips
+#                that and the browser tests), run the test suite
 # The venv's bin/ goes first on PATH so that dvc's stage commands (`python pipeline/...`)
 # run with the project's interpreter.
 
@@ -23,6 +25,7 @@ repro: install
 	@echo "report: metrics/report.md"
 
 test: install
+	scripts/ensure-chromium
 	python -m pytest
 
 mlflow-ui: install

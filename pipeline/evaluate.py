@@ -2,7 +2,8 @@
 
     python pipeline/evaluate.py cnn --cache data/cache --model-dir models/cnn \
         --metrics metrics/cnn.json --details metrics/details/cnn.json \
-        --roc metrics/roc/cnn.csv --curves metrics/curves/cnn.csv
+        --roc metrics/roc/cnn.csv --curves metrics/curves/cnn.csv \
+        --predictions metrics/predictions/cnn.csv --figures metrics/figures/cnn
 """
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
-from cxr14.evaluation.evaluate import compact_metrics, evaluate_model, log_to_run
+from cxr14.evaluation.evaluate import compact_metrics, evaluate_model, log_to_run, write_figures
 from cxr14.io import atomic_write_json, atomic_write_text
 
 
@@ -26,7 +27,8 @@ def main(args) -> None:
     atomic_write_text(Path(args.curves), record["history"].to_csv(index=False))
     if args.predictions:
         atomic_write_text(Path(args.predictions), record["predictions"].to_csv(index=False, float_format="%.5f"))
-    log_to_run(record, model_dir / "mlflow_run.json")
+    figures = write_figures(record, Path(args.figures)) if args.figures else []
+    log_to_run(record, model_dir / "mlflow_run.json", figures)
 
 
 if __name__ == "__main__":
@@ -39,4 +41,6 @@ if __name__ == "__main__":
     parser.add_argument("--roc", required=True, help="micro-averaged ROC points CSV (for dvc plots)")
     parser.add_argument("--curves", required=True, help="training curves CSV (for dvc plots)")
     parser.add_argument("--predictions", default=None, help="optional test scores CSV")
+    parser.add_argument("--figures", default=None,
+                        help="optional folder for roc_pr.png, reliability.png, training.png (also logged to MLflow)")
     run_stage(main, parser)

@@ -1,9 +1,12 @@
 """Stage `report`: the side-by-side comparison of every model in params.yaml `models:`.
 
     python pipeline/report.py --details metrics/details --predictions metrics/predictions \
-        --efficiency metrics/efficiency \
-        --structure metrics/structure --split metrics/split.json \
-        --out metrics/report.md --summary metrics/summary.json --workbook metrics/structure.xlsx
+        --curves metrics/curves --efficiency metrics/efficiency --structure metrics/structure \
+        --explain metrics/explain --figures metrics/figures --split metrics/split.json \
+        --figures-out metrics/report_figures --out metrics/report.md --html metrics/report.html \
+        --summary metrics/summary.json --workbook metrics/structure.xlsx
+
+report.md and report.html hold the same content; the HTML embeds every figure.
 """
 
 import json
@@ -14,7 +17,13 @@ from cxr14.config import load_config
 from cxr14.io import atomic_write_json, atomic_write_text
 from cxr14.models.structure import write_structure_workbook
 from cxr14.reporting.comparison import load_predictions, paired_comparisons
+from cxr14.reporting.html import render_html
 from cxr14.reporting.report import build_report, load_efficiency, load_layer_tables, load_records, rank_records
+from cxr14.reporting.sections import (
+    draw_comparison_figures, load_explanations, load_histories, model_figure_paths,
+)
+
+TITLE = "cxr14 — model comparison"
 
 
 def main(args) -> None:
@@ -23,30 +32,49 @@ def main(args) -> None:
     records = load_records(Path(args.details), models)
     efficiency = load_efficiency(Path(args.efficiency), models)
     tables = load_layer_tables(Path(args.structure), models)
+    explanations = load_explanations(Path(args.explain), models)
+    model_figures = model_figure_paths({"evaluate": Path(args.figures), "explain": Path(args.explain)}, models)
     with Path(args.split).open(encoding="utf-8") as handle:
         split_summary = json.load(handle)
-    ranking = [record["model"] for record in rank_records(records)]
+    ranked = rank_records(records)
+    ranking = [record["model"] for record in ranked]
     resamples = cfg.evaluate.bootstrap_resamples
-    comparisons = paired_comparisons(load_predictions(Path(args.predictions), models), ranking, resamples, cfg.seed)
+    predictions = load_predictions(Path(args.predictions), models)
+    comparisons = paired_comparisons(predictions, ranking, resamples, cfg.seed)
+    comparison_figures = draw_comparison_figures(ranked, predictions, load_histories(Path(args.curves), models),
+                                                 Path(args.figures_out))
+    report_path = Path(args.out)
     markdown, summary = build_report(records, split_summary, efficiency, tables, comparisons, resamples,
-                                     chexnet_reference=cfg.data.source == "nih")
+                                     chexnet_reference=cfg.data.source == "nih", explanations=explanations,
+                                     comparison_figures=comparison_figures, model_figures=model_figures,
+                                     report_dir=report_path.parent)
     write_structure_workbook(tables, Path(args.workbook))
-    atomic_write_text(Path(args.out), markdown)
+    atomic_write_text(report_path, markdown)
+    atomic_write_text(Path(args.html), render_html(markdown, report_path.parent, TITLE))
     atomic_write_json(Path(args.summary), summary)
 
 
 if __name__ == "__main__":
-    parser = stage_parser("Write the model comparison report.", __doc__)
+    parser = stage_parser("Write the model comparison report (markdown + self-contained HTML).", __doc__)
     parser.add_argument("--details", default="metrics/details", help="per-model records (default: %(default)s)")
     parser.add_argument("--predictions", default="metrics/predictions",
                         help="per-model test scores with truth and patient ids (default: %(default)s)")
+    parser.add_argument("--curves", default="metrics/curves", help="per-model training curves (default: %(default)s)")
     parser.add_argument("--efficiency", default="metrics/efficiency",
                         help="per-model efficiency figures (default: %(default)s)")
     parser.add_argument("--structure", default="metrics/structure",
                         help="per-model layer tables (default: %(default)s)")
+    parser.add_argument("--explain", default="metrics/explain",
+                        help="per-model retrieval/localisation JSON and Grad-CAM/t-SNE figures (default: %(default)s)")
+    parser.add_argument("--figures", default="metrics/figures",
+                        help="per-model ROC/PR, reliability and training figures (default: %(default)s)")
+    parser.add_argument("--figures-out", default="metrics/report_figures",
+                        help="where the all-model figures are drawn (default: %(default)s)")
     parser.add_argument("--workbook", default="metrics/structure.xlsx",
                         help="every layer table, one sheet per model (default: %(default)s)")
     parser.add_argument("--split", default="metrics/split.json", help="split summary (default: %(default)s)")
     parser.add_argument("--out", default="metrics/report.md", help="markdown report (default: %(default)s)")
+    parser.add_argument("--html", default="metrics/report.html",
+                        help="self-contained HTML report (default: %(default)s)")
     parser.add_argument("--summary", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
     run_stage(main, parser)

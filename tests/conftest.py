@@ -40,6 +40,7 @@ def tiny_params(**overrides) -> dict:
     params["train"].update(epochs=2, batch_size=16, image_size=64, device="cpu", patience=5)
     params["evaluate"].update(batch_size=32, bootstrap_resamples=100)
     params["profile"].update(warmup=1, repeats=2, throughput_batch=4, throughput_repeats=1, device="cpu")
+    params["explain"].update(batch_size=16, gradcam_images=4)
     params["models"] = ["cnn", "vit_v1"]
     for dotted, value in overrides.items():
         node = params

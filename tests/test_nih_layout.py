@@ -89,6 +89,7 @@ def test_detect_and_link_without_copying(tmp_path, caplog, built, kind, n_dirs, 
     copied = [entry for entry in os.scandir(out_dir / "images") if entry.is_file(follow_symlinks=False)]
     assert copied == []
     assert (out_dir / "Data_Entry_2017.csv").read_bytes() == layout.metadata_csv.read_bytes()
+    assert not (out_dir / "BBox_List_2017.csv").exists()  # none in the download, none made up
     assert not list(out_dir.parent.glob(".raw.*"))  # the staging folder was renamed into place
 
     metadata = load_metadata(out_dir)
@@ -106,6 +107,29 @@ def test_relinking_replaces_links_and_keeps_the_download(tmp_path):
     assert link_raw(detect_layout(root), out_dir) == len(rows) - 1
     assert len(list((root / "images").iterdir())) == len(rows)  # rows[1:] + the dot file: nothing deleted
     assert not (out_dir / "images" / rows[0][0]).is_symlink()
+
+
+BBOX_TEXT = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Infiltrate,1.5,2,10,12\n"
+
+
+@pytest.mark.parametrize(
+    ("built", "bbox_folder"),
+    [("official", "."), ("kaggle", "."), ("sample", "."), ("sample_nested", "sample")],
+)
+def test_bbox_list_is_copied_beside_the_metadata(tmp_path, caplog, built, bbox_folder):
+    rows = _rows()
+    root = build_layout(built, tmp_path / "download", rows)
+    (root / bbox_folder / "BBox_List_2017.csv").write_text(BBOX_TEXT)
+    out_dir = tmp_path / "raw"
+    caplog.set_level("INFO")
+    assert link_raw(detect_layout(root), out_dir) == len(rows)
+    copied = out_dir / "BBox_List_2017.csv"
+    assert copied.read_text() == BBOX_TEXT and not copied.is_symlink()
+    assert "BBox_List_2017.csv" in caplog.text
+    # A re-fetch after the user removed it leaves no stale copy behind.
+    (root / bbox_folder / "BBox_List_2017.csv").unlink()
+    link_raw(detect_layout(root), out_dir)
+    assert not copied.exists()
 
 
 def test_empty_folder_lists_what_was_expected(tmp_path):

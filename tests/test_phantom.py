@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from cxr14.data import phantom, phantom_labels
-from cxr14.data.phantom import generate_phantom, make_anatomy, render_image
+from cxr14.data.boxes import BOX_FINDINGS, read_bbox_list
+from cxr14.data.phantom import generate_phantom, make_anatomy, render_image, render_with_boxes
 from cxr14.data.phantom_labels import sample_labels
 from cxr14.labels import LABELS, NO_FINDING
 
@@ -40,8 +41,8 @@ def test_output_is_byte_identical_across_worker_counts_and_runs(tiny: dict[str, 
     assert len(reference) >= 6
     for key in ("w2", "again"):
         assert _files(tiny[key]) == reference, key
-        csv = "Data_Entry_2017.csv"
-        assert (tiny[key] / csv).read_bytes() == (tiny["w1"] / csv).read_bytes(), key
+        for csv in ("Data_Entry_2017.csv", "BBox_List_2017.csv"):
+            assert (tiny[key] / csv).read_bytes() == (tiny["w1"] / csv).read_bytes(), (key, csv)
 
 
 def test_layout_names_pngs_and_csv(tiny: dict[str, Path]) -> None:
@@ -165,3 +166,43 @@ def test_findings_change_the_image_where_they_should(pid: int) -> None:
     assert hernia.max() > 15 and _share(hernia, 0.4, 0.75, 0.45, 0.85) > 0.9
     nodule = _diff(pid, "Nodule")  # small: its change covers a tiny area
     assert nodule.max() > 15 and (nodule > 0.2 * nodule.max()).mean() < 0.02
+
+
+def test_bbox_list_boxes_exactly_the_boxed_findings_in_nih_format(tiny: dict[str, Path]) -> None:
+    root = tiny["w2"]
+    path = root / "BBox_List_2017.csv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+    assert path.stat().st_mtime_ns <= (root / "Data_Entry_2017.csv").stat().st_mtime_ns  # written first
+    boxes = read_bbox_list(path)
+    metadata = pd.read_csv(root / "Data_Entry_2017.csv")
+    expected = {(row[0], name) for row in metadata.itertuples(index=False) for name in row[1].split("|")
+                if name in BOX_FINDINGS.values()}
+    assert len(expected) >= 5  # the fixture has enough boxed findings to mean something
+    assert set(zip(boxes["image_id"], boxes["finding"])) == expected and len(boxes) == len(expected)
+    assert any(",Infiltrate," in line for line in lines) == any(f == "Infiltration" for _, f in expected)
+    assert lines[1:] == sorted(lines[1:], key=lambda line: tuple(line.split(",")[:2]))
+    assert (boxes[["x", "y"]] >= 0).all().all() and (boxes["x"] + boxes["w"] <= 64).all()
+    assert (boxes["y"] + boxes["h"] <= 64).all()
+    # The file holds what render_with_boxes reports for that image.
+    first = metadata.set_index("Image Index").loc[boxes["image_id"].iloc[0]]
+    patient, followup = int(first["Patient ID"]), int(first["Follow-up #"])
+    _, rendered = render_with_boxes(make_anatomy(3, patient), first["Finding Labels"].split("|"),
+                                    np.random.default_rng([3, 3, patient, followup]), 64, first["View Position"])
+    for row in boxes[boxes["image_id"] == boxes["image_id"].iloc[0]].itertuples(index=False):
+        assert (row.x, row.y, row.w, row.h) == pytest.approx(rendered[row.finding], abs=1e-3)
+
+
+@pytest.mark.parametrize("pid", [1, 2, 3, 4])
+def test_boxes_surround_where_the_finding_changed_the_image(pid: int) -> None:
+    for finding in sorted(BOX_FINDINGS.values()):
+        image, boxes = render_with_boxes(make_anatomy(0, pid), (finding,), np.random.default_rng([0, 3, pid, 0]), 128)
+        diff = np.abs(image.astype(np.float32) - _render(pid, (NO_FINDING,)))
+        assert set(boxes) == {finding}
+        x, y, w, h = boxes[finding]
+        inside = np.zeros(diff.shape, bool)
+        inside[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = True
+        assert 0 < inside.mean() < 0.45, finding
+        assert diff[inside].mean() > 5 * diff[~inside].mean(), finding
+        if finding != "Atelectasis":  # its raised hemidiaphragm is geometry, outside the sign's box
+            assert diff[inside].sum() > 0.85 * diff.sum(), finding

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 import yaml
 
+from tests.browser import page_problems, render_page, require_chromium
 from tests.conftest import REPO_ROOT, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -115,6 +116,73 @@ def test_repro_profiles_every_model_into_report_and_workbook(repo):
         assert table["parameters"].sum() == figures["params_total"]
         assert len(sheets[model]) == len(table)
         assert f"| `{model}` | 3x64x64 | {figures['params_total']:,} |" in report
+
+
+def _table_row(report: str, model: str, heading: str) -> list[str]:
+    """Cells of `model`'s row in the first table after `heading`."""
+    section = report.split(heading, 1)[1]
+    for line in section.splitlines():
+        if line.startswith("|") and f"`{model}`" in line:
+            return [cell.strip() for cell in line.strip("|").split("|")]
+    raise AssertionError(f"no row for {model} after {heading}")
+
+
+def test_report_numbers_trace_to_files_under_metrics(repo):
+    work, _, _ = repo
+    report = (work / "metrics" / "report.md").read_text()
+    for model in MODELS:
+        details = json.loads((work / "metrics" / "details" / f"{model}.json").read_text())["metrics"]
+        row = _table_row(report, model, "| rank | model |")
+        low, high = details["intervals"]["macro_auroc"]
+        assert row[3] == f"{details['macro_auroc']:.3f} [{low:.3f}, {high:.3f}]"
+        explained = json.loads((work / "metrics" / "explain" / f"{model}.json").read_text())
+        row = _table_row(report, model, "## Embeddings: retrieval")
+        retrieval = explained["retrieval"]
+        assert row[3:6] == [f"{retrieval[key]:.3f}" for key in ("precision_at_1", "recall_at_5",
+                                                                 "mean_average_precision")]
+        row = _table_row(report, model, "## Explainability: Grad-CAM localisation")
+        overall = explained["localisation"]["overall"]
+        assert row[2:5] == [str(overall["boxes"]), f"{overall['pointing_game']:.3f}", f"{overall['mean_iou']:.3f}"]
+
+
+def test_explain_scores_every_model_against_the_phantom_boxes(repo):
+    work, _, _ = repo
+    import pandas as pd
+
+    boxes = pd.read_csv(work / "data" / "boxes.csv")
+    test_ids = set(pd.read_csv(work / "data" / "cache" / "test.csv", dtype=str)["image_id"])
+    assert len(boxes) > 0 and set(boxes["image_id"]) <= test_ids
+    for model in MODELS:
+        summary = json.loads((work / "metrics" / "explain" / f"{model}.json").read_text())
+        assert summary["localisation"]["overall"]["boxes"] == len(boxes)
+        assert 0 <= summary["retrieval"]["precision_at_1"] <= 1 and summary["retrieval"]["queries"] > 0
+        assert summary["tsne_points"] == len(test_ids)
+
+
+def test_every_figure_is_logged_to_the_models_run(repo):
+    work, env, _ = repo
+    client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("cxr14").experiment_id])
+    for r in runs:
+        logged = {Path(item.path).name for item in client.list_artifacts(r.info.run_id, "figures")}
+        assert logged == {"roc_pr.png", "reliability.png", "training.png", "gradcam.png", "tsne.png"}
+        assert "retrieval_mean_average_precision" in r.data.metrics
+        assert "localisation_pointing_game" in r.data.metrics
+
+
+def test_report_html_renders_in_headless_chromium(repo, tmp_path):
+    require_chromium()
+    work, _, _ = repo
+    facts = render_page(work / "metrics" / "report.html", screenshot=tmp_path / "report.png")
+    assert page_problems(facts) == []
+    main = facts["tables"][0]
+    assert "macro AUROC (95 % CI)" in main["header"] and main["body_rows"] == len(MODELS)
+    assert main["width"] > 300 and main["height"] > 50
+    # Heat-map, all-model ROC/PR, all-model training curves, then five figures per model.
+    assert len(facts["images"]) == 3 + 5 * len(MODELS)
+    for image in facts["images"]:
+        assert image["src"].startswith("data:image/png")
+        assert image["naturalWidth"] > 200 and image["width"] > 100, image
 
 
 def test_patients_never_cross_splits(repo):

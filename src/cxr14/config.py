@@ -203,6 +203,20 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    """Grad-CAM, box localisation and embeddings of each trained model (stage explain@<model>)."""
+
+    batch_size: int = 32
+    # Overlays for this many test images, the same ones for every model (boxed images first).
+    gradcam_images: int = 8
+    # CAM pixels at or above this fraction of the map's maximum form the region scored by IoU.
+    cam_threshold: float = 0.5
+    # Barnes-Hut t-SNE takes minutes beyond a few thousand points: a seeded subsample above this.
+    tsne_points: int = 2000
+    tsne_perplexity: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     # The one seed every random choice derives from (split, init, augmentation, order).
     seed: int = 42
@@ -215,6 +229,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     models: tuple[str, ...] = ("cnn", "vit_v1")
 
     def train_for(self, model_name: str) -> TrainConfig:
@@ -375,6 +390,15 @@ def _validate(cfg: Config) -> None:
                       "profile.throughput_repeats": (cfg.profile.throughput_repeats, 1)}
     problems += [f"{key} must be >= {minimum}, got {value}" for key, (value, minimum) in profile_counts.items()
                  if value < minimum]
+    explain_counts = {"explain.batch_size": (cfg.explain.batch_size, 1),
+                      "explain.gradcam_images": (cfg.explain.gradcam_images, 1),
+                      "explain.tsne_points": (cfg.explain.tsne_points, 10)}
+    problems += [f"{key} must be >= {minimum}, got {value}" for key, (value, minimum) in explain_counts.items()
+                 if value < minimum]
+    if not 0 < cfg.explain.cam_threshold < 1:
+        problems.append(f"explain.cam_threshold must be in (0, 1), got {cfg.explain.cam_threshold}")
+    if cfg.explain.tsne_perplexity <= 0:
+        problems.append(f"explain.tsne_perplexity must be > 0, got {cfg.explain.tsne_perplexity}")
     if cfg.train.image_size > cfg.preprocess.size:
         problems.append(
             f"train.image_size ({cfg.train.image_size}) exceeds preprocess.size "

@@ -14,7 +14,8 @@ Three layouts are recognised under `data.nih.path`:
 
 `link_raw` gives the rest of the pipeline the one layout it reads (`images/` + a
 `Data_Entry_2017.csv`) at the cost of 112,120 symlinks instead of 42 GB of copies. The metadata
-CSV is copied, because it is small and the pipeline must be able to trust it not to change.
+CSV is copied, because it is small and the pipeline must be able to trust it not to change; so
+is NIH's `BBox_List_2017.csv` when the download has it (in the root folder or beside the CSV).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr14.data.boxes import BBOX_FILE
 from cxr14.data.metadata import METADATA_NAMES
 from cxr14.io import atomic_directory, progress
 
@@ -108,6 +110,9 @@ def detect_layout(root: Path) -> NihLayout:
 def link_raw(layout: NihLayout, out_dir: Path) -> int:
     """Materialise `out_dir/images/<name>.png` as symlinks + `out_dir/Data_Entry_2017.csv` as a copy.
 
+    `BBox_List_2017.csv`, when it lies in the layout's root folder or beside the metadata CSV,
+    is copied next to `Data_Entry_2017.csv` too.
+
     Symlink targets are absolute, so `out_dir` can be read from any working directory. The
     folder is built in a staging sibling and renamed into place, so an interrupted run never
     leaves a half-linked `out_dir`; replacing an old `out_dir` removes only its links
@@ -144,7 +149,11 @@ def link_raw(layout: NihLayout, out_dir: Path) -> int:
                     ) from error
                 bar.update()
         shutil.copyfile(layout.metadata_csv, staging / RAW_METADATA)
-    log.info("linked %d images and copied %s to %s", len(sources), layout.metadata_csv.name, out_dir)
+        boxes = _bbox_list(layout)
+        if boxes is not None:
+            shutil.copyfile(boxes, staging / BBOX_FILE)
+    copied = layout.metadata_csv.name + (f" and {boxes.name}" if boxes is not None else f" (no {BBOX_FILE})")
+    log.info("linked %d images and copied %s to %s", len(sources), copied, out_dir)
     return len(sources)
 
 
@@ -217,6 +226,12 @@ def _scan_images(layout: NihLayout) -> dict[str, str]:
         if not found:
             raise NihLayoutError(f"{folder}: no *.png images; the {layout.kind} layout expects the PNGs there")
     return sources
+
+
+def _bbox_list(layout: NihLayout) -> Path | None:
+    """NIH's box file, in the root folder or beside the metadata CSV, if the download has it."""
+    return next((path for path in (layout.root / BBOX_FILE, layout.metadata_csv.parent / BBOX_FILE)
+                 if path.is_file()), None)
 
 
 def _check_out_dir(layout: NihLayout, out_dir: Path) -> None:

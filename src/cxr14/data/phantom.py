@@ -5,14 +5,15 @@ The pipeline's default data source, so every stage runs without the 45 GB NIH do
     from pathlib import Path
     from cxr14.data.phantom import generate_phantom
     frame = generate_phantom(Path("data/phantom"), n_patients=800, image_size=1024, seed=0)
-    # data/phantom/images/00000001_000.png ... and data/phantom/Data_Entry_2017.csv (written last)
+    # data/phantom/images/00000001_000.png ..., BBox_List_2017.csv, Data_Entry_2017.csv (written last)
 
 Label statistics (images per patient, prevalence, labels per image) follow the real data set.
 Each image is a frontal radiograph drawn at a 256 px working resolution (body, lungs with vessel
 trees, heart, mediastinum, ribs, clavicles, spine, diaphragm), upsampled, then given
 full-resolution quantum noise. Patients keep their anatomy and finding sites across follow-ups
 (so a leaky split inflates scores); each finding leaves a location-plausible sign of random
-severity. A seed gives byte-identical files whatever the worker count, because every random
+severity; `BBox_List_2017.csv` boxes where the 8 findings NIH boxed were drawn (see
+cxr14.data.phantom_boxes). A seed gives byte-identical files whatever the worker count, because every random
 stream is seeded from (seed, stream, patient[, follow-up]) and never from global state.
 """
 
@@ -30,7 +31,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr14.io import atomic_write_bytes, progress as progress_bar
+from cxr14.io import atomic_write_bytes, atomic_write_text, progress as progress_bar
+from cxr14.data.boxes import BBOX_FILE
+from cxr14.data.phantom_boxes import BOXED, Box, bbox_csv, sign_extent, to_image_box
 from cxr14.data.phantom_labels import FINDINGS, sample_patient_labels
 from cxr14.data.parallel import opencv_single_threaded
 
@@ -221,6 +224,7 @@ def _base_density(an: Anatomy, geo: NS, rng: Gen) -> np.ndarray:
     dome_top = g["dia_y"] - g["dome_h"]
     heart = np.clip((1 - np.sqrt(hu * hu + hv * hv)) / .08 + .5, 0, 1)
     heart *= np.clip((dome_top + .04 - GY) / .02, 0, 1)
+    geo.heart = heart  # the Cardiomegaly box
     solid = np.maximum(medi * (GY < cy + .05), heart)
     for side in lungs.values():  # heart and mediastinum displace lung (signs use this mask too)
         side.m = side.m * (1 - 0.85 * solid)
@@ -400,6 +404,16 @@ def render_image(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng: Gen
     The rng is first split into fixed sub-streams (base, noise, one per finding), so removing a
     label changes only that finding's sign; the tests rely on it to check where signs land.
     """
+    return render_with_boxes(anatomy, labels, rng, image_size, view)[0]
+
+
+def render_with_boxes(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng: Gen, image_size: int,
+                      view: str = "PA") -> tuple[np.ndarray, dict[str, Box]]:
+    """:func:`render_image`, plus finding -> (x, y, w, h) in image pixels for the boxed findings.
+
+    A box surrounds the density the finding's sign added (cxr14.data.phantom_boxes); for
+    Cardiomegaly, which is geometry rather than a sign, the (enlarged) heart shadow.
+    """
     keys = rng.integers(0, 2**63 - 1, size=len(FINDINGS) + 2)
     base, noise_rng = np.random.default_rng(keys[0]), np.random.default_rng(keys[1])
     frng = {n: np.random.default_rng(keys[2 + i]) for i, n in enumerate(FINDINGS) if n in labels}
@@ -407,8 +421,12 @@ def render_image(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng: Gen
     geo = _geometry(anatomy, sev, base, view)
     d = _base_density(anatomy, geo, base)
     haze = cv2.resize(cv2.resize(d, (16, 16), interpolation=cv2.INTER_AREA), (WORK, WORK))  # scatter
+    extents = {"Cardiomegaly": sign_extent(geo.heart, 0.5)} if "Cardiomegaly" in sev else {}
     for name in frng.keys() & _SIGNS.keys():
+        before = d.copy() if name in BOXED else None
         _SIGNS[name](d, geo, anatomy.sites[name], frng[name], sev[name])
+        if before is not None:
+            extents[name] = sign_extent(d - before)
     # exposure: scatter haze (of the normal chest, so signs stay local), window, gamma, heel effect
     lo, hi = base.uniform(-0.06, 0.02), base.uniform(1.2, 1.4) + 0.1 * geo.ap
     scatter, gamma = base.uniform(0.05, 0.15) + 0.08 * geo.ap, base.uniform(0.8, 1.25)
@@ -423,7 +441,9 @@ def render_image(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng: Gen
     ox, oy = noise_rng.integers(0, NOISE_PAD, 2)
     tile = _noise_tile(image_size)[oy:oy + image_size, ox:ox + image_size]
     sigma = noise_rng.uniform(1.0, 2.2) + 0.6 * geo.ap  # grey levels
-    return cv2.addWeighted(img, 255.0, tile, sigma, 0.0, dtype=cv2.CV_8U)
+    boxes = {name: to_image_box(extent, m, WORK, image_size) for name, extent in extents.items() if extent}
+    return (cv2.addWeighted(img, 255.0, tile, sigma, 0.0, dtype=cv2.CV_8U),
+            {name: box for name, box in boxes.items() if box is not None})
 
 
 # --------------------------------------------------------------------------------------- generation
@@ -442,16 +462,16 @@ def _patient_rows(seed: int, pid: int, image_size: int) -> list[list]:
     return rows
 
 
-def _render_task(task: tuple[int, int, int, str, str, int, str]) -> int:
-    """Worker: render, PNG-encode and atomically write one image."""
+def _render_task(task: tuple[int, int, int, str, str, int, str]) -> list[tuple[str, str, Box]]:
+    """Worker: render, PNG-encode and atomically write one image; return its (image, finding, box) rows."""
     seed, pid, fu, labels, view, size, path = task
     rng = np.random.default_rng([seed, _IMAGE, pid, fu])
-    ok, buf = cv2.imencode(".png", render_image(make_anatomy(seed, pid), labels.split("|"), rng, size, view),
-                           PNG_PARAMS)
+    image, boxes = render_with_boxes(make_anatomy(seed, pid), labels.split("|"), rng, size, view)
+    ok, buf = cv2.imencode(".png", image, PNG_PARAMS)
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
     atomic_write_bytes(Path(path), buf.tobytes(), durable=False)
-    return 1
+    return [(Path(path).name, finding, box) for finding, box in boxes.items()]
 
 
 def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, seed: int = 0, workers: int = 0,
@@ -459,7 +479,8 @@ def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, see
     """Write a phantom data set in the NIH layout and return its metadata.
 
     Args:
-        out_dir: receives `images/<patient:08d>_<followup:03d>.png` and `Data_Entry_2017.csv`.
+        out_dir: receives `images/<patient:08d>_<followup:03d>.png`, `BBox_List_2017.csv` (NIH's
+            format: one box per image and boxed finding, image_size pixels) and `Data_Entry_2017.csv`.
         n_patients: patients, ids 1..n; images ≈ 3.6 x n_patients.
         image_size: side of the square 8-bit grayscale PNGs.
         seed: the only source of randomness; the same seed gives byte-identical files.
@@ -476,20 +497,24 @@ def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, see
     rows = [row for pid in range(1, n_patients + 1) for row in _patient_rows(seed, pid, image_size)]
     tasks = [(seed, r[3], r[2], r[1], r[6], image_size, str(images / r[0])) for r in rows]
     workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
+    boxes: list[tuple[str, str, Box]] = []
     with progress_bar(total=len(tasks), unit="img", desc="phantom", disable_bar=not progress) as bar:
         if workers == 1:
             for task in tasks:
-                bar.update(_render_task(task))
+                boxes += _render_task(task)
+                bar.update()
         else:  # tasks are in patient order, so chunks mostly reuse the cached anatomy
             # fork: works from unguarded scripts and starts fast.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             with opencv_single_threaded(), multiprocessing.get_context(method).Pool(workers) as pool:
                 chunk = max(1, min(16, len(tasks) // (4 * workers)))
-                for done in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
-                    bar.update(done)
+                for image_boxes in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
+                    boxes += image_boxes
+                    bar.update()
+    atomic_write_text(out_dir / BBOX_FILE, bbox_csv(boxes))  # sorted, so independent of finishing order
     frame = pd.DataFrame(rows, columns=HEADER)
     atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
     prevalence = frame["Finding Labels"].str.get_dummies(sep="|").mean().sort_values(ascending=False)
-    log.info("phantom: %d images of %d patients in %s; prevalence %s", len(frame), n_patients, out_dir,
-             ", ".join(f"{name} {100 * p:.1f}%" for name, p in prevalence.items()))
+    log.info("phantom: %d images of %d patients in %s (%d boxes); prevalence %s", len(frame), n_patients,
+             out_dir, len(boxes), ", ".join(f"{name} {100 * p:.1f}%" for name, p in prevalence.items()))
     return frame

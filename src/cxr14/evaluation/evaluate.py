@@ -25,6 +25,7 @@ from cxr14.evaluation.statistics import (
 )
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import build_model
+from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figure, training_figure
 from cxr14.training.engine import predict, select_device
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,30 @@ def compact_metrics(record: dict) -> dict:
     }
 
 
-def log_to_run(record: dict, run_file: Path) -> None:
-    """Add the test metrics to the model's training run (recorded in mlflow_run.json)."""
+def write_figures(record: dict, figure_dir: Path) -> list[Path]:
+    """ROC + precision-recall, reliability diagram and training curves of one model (PNG)."""
+    name, predictions = record["model"], record["predictions"]
+    targets = predictions[[f"true_{label}" for label in LABELS]].to_numpy()
+    scores = predictions[list(LABELS)].to_numpy()
+    figures = {
+        "roc_pr.png": roc_pr_figure(targets, scores, name),
+        "reliability.png": reliability_figure(record["metrics"]["calibration"], name),
+        "training.png": training_figure({name: record["history"]}),
+    }
+    paths = []
+    for file_name, figure in figures.items():
+        save_figure(figure, figure_dir / file_name)
+        paths.append(figure_dir / file_name)
+    return paths
+
+
+def log_to_run(record: dict, run_file: Path, figures: list[Path] = ()) -> None:
+    """Add the test metrics (and figures) to the model's training run (recorded in mlflow_run.json)."""
     run_id = tracking.recorded_run_id(run_file)
     metrics = record["metrics"]
     flat = {f"test_{key}": value for key, value in metrics.items() if isinstance(value, float)}
     flat.update({f"test_auroc_{name}": value for name, value in metrics["auroc"].items() if value is not None})
     with tracking.model_run(record["model"], run_id=run_id):
         tracking.log_metrics({key: value for key, value in flat.items() if np.isfinite(value)})
+        for figure in figures:
+            tracking.log_artifact(figure, "figures")

@@ -19,6 +19,7 @@ import pandas as pd
 from cxr14.labels import LABELS
 from cxr14.reporting.comparison import chexnet_lines, comparison_lines
 from cxr14.reporting.files import ReportError, per_model_files
+from cxr14.reporting.sections import comparison_figure_lines, explain_lines, figure_lines, reference_lines
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -146,8 +147,14 @@ def _layer_table_lines(ranked: list[dict], tables: dict[str, pd.DataFrame]) -> l
 
 def build_report(records: list[dict], split_summary: dict | None, efficiency: dict[str, dict] | None = None,
                  tables: dict[str, pd.DataFrame] | None = None, comparisons: list[dict] | None = None,
-                 resamples: int = 0, chexnet_reference: bool = False) -> tuple[str, dict]:
-    """Return the markdown text and a machine-readable summary."""
+                 resamples: int = 0, chexnet_reference: bool = False, explanations: dict[str, dict] | None = None,
+                 comparison_figures: dict[str, Path] | None = None,
+                 model_figures: dict[str, dict[str, Path]] | None = None,
+                 report_dir: Path = Path("metrics")) -> tuple[str, dict]:
+    """Return the markdown text and a machine-readable summary.
+
+    Figures are referenced relative to `report_dir` (where report.md is written).
+    """
     ranked = sorted(records, key=_rank_key)
     lines = ["# cxr14 — model comparison", ""]
     if split_summary:
@@ -174,6 +181,8 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
     lines += comparison_lines(comparisons or [], resamples)
     if chexnet_reference and ranked:
         lines += chexnet_lines(ranked[0])
+    if comparison_figures:
+        lines += comparison_figure_lines(comparison_figures, report_dir)
     lines += _operating_point_lines(ranked)
     if efficiency:
         lines += _efficiency_lines(ranked, efficiency, tables or {})
@@ -187,12 +196,20 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
     lines += ["", "## Per-class test F1 (validation-tuned thresholds)", "", header, "|---|" + "---:|" * len(ranked)]
     for name in LABELS:
         lines.append(f"| {name} | " + " | ".join(_fmt(r["metrics"]["f1"][name]) for r in ranked) + " |")
+    if explanations:
+        lines += explain_lines(ranked, explanations)
+    if model_figures:
+        lines += figure_lines(ranked, model_figures, report_dir)
+    lines += reference_lines(chexnet=chexnet_reference)
     summary = {
         "ranking": [r["model"] for r in ranked],
         "models": {
             r["model"]: {"macro_auroc": r["metrics"]["macro_auroc"], "macro_f1": r["metrics"]["macro_f1"],
                          "params_total": r["training"]["params_total"], "train_seconds": r["training"]["train_seconds"],
-                         **({"efficiency": efficiency[r["model"]]} if efficiency else {})}
+                         **({"efficiency": efficiency[r["model"]]} if efficiency else {}),
+                         **({"retrieval": explanations[r["model"]]["retrieval"],
+                             "localisation": (explanations[r["model"]]["localisation"] or {}).get("overall")}
+                            if explanations else {})}
             for r in ranked
         },
         "comparisons": comparisons or [],

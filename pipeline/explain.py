@@ -1,0 +1,39 @@
+"""Stage `explain@<model>`: Grad-CAM overlays, box localisation, embedding retrieval and t-SNE.
+
+    python pipeline/explain.py cnn --cache data/cache --model-dir models/cnn --boxes data/boxes.csv \
+        --summary metrics/explain/cnn.json --figures metrics/explain/cnn
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from cxr14.cli import run_stage, stage_parser
+from cxr14.config import load_config
+from cxr14.data.cache import open_split
+from cxr14.evaluation.explain import BOX_COLUMNS, explain_model, log_explanation, write_explanation
+
+
+def main(args) -> None:
+    cfg = load_config(args.params)
+    model_dir = Path(args.model_dir or f"models/{args.model}")
+    boxes = pd.read_csv(args.boxes) if args.boxes else pd.DataFrame(columns=BOX_COLUMNS)
+    missing = [column for column in BOX_COLUMNS if column not in boxes.columns]
+    if missing:
+        raise ValueError(f"{args.boxes}: missing column(s) {missing}; rebuild it with `dvc repro boxes`")
+    record = explain_model(cfg, args.model, Path(args.cache), model_dir, boxes)
+    images, _ = open_split(Path(args.cache), "test")
+    figures = write_explanation(record, images, boxes, Path(args.summary), Path(args.figures))
+    log_explanation(record, figures, model_dir / "mlflow_run.json")
+
+
+if __name__ == "__main__":
+    parser = stage_parser("Explain one trained model: Grad-CAM, localisation, embeddings.", __doc__)
+    parser.add_argument("model", help="model name (as in params.yaml models:)")
+    parser.add_argument("--cache", default="data/cache", help="cache folder (default: %(default)s)")
+    parser.add_argument("--model-dir", default=None, help="checkpoint folder (default: models/<model>)")
+    parser.add_argument("--boxes", default=None,
+                        help="test-split boxes in cache pixels (pipeline/boxes.py output); none = no localisation")
+    parser.add_argument("--summary", required=True, help="retrieval + localisation JSON (for dvc metrics)")
+    parser.add_argument("--figures", required=True, help="folder for gradcam/tsne PNGs and their CSVs")
+    run_stage(main, parser)

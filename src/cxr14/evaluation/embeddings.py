@@ -1,0 +1,129 @@
+"""Penultimate embeddings of the test split: retrieval quality and a t-SNE map (design note 002).
+
+    vectors = extract_embeddings(bundle, taps, images, batch_size=64, image_size=128, device=cpu)
+    scores = retrieval_metrics(vectors, labels, patient_ids)   # P@1, R@5, mAP, chance level
+    xy, rows = tsne_layout(vectors, max_points=2000, perplexity=30, seed=42)
+
+The embedding is what the classifier Linear reads (its input, found by
+cxr14.evaluation.gradcam.find_taps), so every architecture is compared at the same place.
+Retrieval uses cosine similarity; an image is relevant to a query when the two share at least
+one of the 15 labels ("No Finding" included, so two normal images match). Images of the
+query's own patient are left out of its gallery: follow-ups of one patient look alike, and
+counting them would reward recognising patients rather than findings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr14.data.loader import prepare_batch
+from cxr14.evaluation.gradcam import ModelTaps
+from cxr14.io import progress
+from cxr14.labels import LABELS
+from cxr14.models import ModelBundle
+
+QUERY_CHUNK = 512  # queries ranked at once: bounds memory at chunk x N similarities
+RECALL_AT = 5
+
+
+@torch.no_grad()
+def extract_embeddings(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, batch_size: int, image_size: int,
+                       device: torch.device) -> np.ndarray:
+    """float32 [N, embedding_dim]: the input of the classifier for each cache image, in row order."""
+    model = bundle.model
+    model.eval()
+    classifier: nn.Module = dict(model.named_modules())[taps.classifier_layer]
+    captured: list[torch.Tensor] = []
+    hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().float().cpu()))
+    try:
+        for start in progress(range(0, len(images), batch_size), desc="embeddings", unit="batch", leave=False):
+            batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1).to(device)
+            model(prepare_batch(batch, bundle.in_chans, bundle.mean, bundle.std, image_size))
+    finally:
+        hook.remove()
+    if not captured:
+        return np.zeros((0, taps.embedding_dim), np.float32)
+    return torch.cat(captured).flatten(1).numpy()
+
+
+def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray) -> dict:
+    """P@1, R@5 and mAP of cosine-similarity retrieval, each query against all other patients' images.
+
+    Args:
+        vectors: [N, D] embeddings.
+        labels: [N, 15] multi-hot.
+        patient_ids: [N]; a query's own patient is excluded from its gallery.
+
+    Returns:
+        precision_at_1: share of queries whose nearest image is relevant.
+        recall_at_5: share of queries with a relevant image among the 5 nearest (Recall@K as
+            used for metric learning).
+        mean_average_precision: mean over queries of the average precision of the full ranking.
+        chance_precision: mean share of relevant images in a gallery (what random embeddings score
+            on P@1 and, in expectation, on mAP).
+        queries: queries with at least one relevant image (the others are not scored).
+    """
+    vectors = np.asarray(vectors, np.float64)
+    labels = np.asarray(labels, bool)
+    patient_ids = np.asarray(patient_ids).astype(str)
+    n = len(vectors)
+    if labels.shape != (n, len(LABELS)) or patient_ids.shape != (n,):
+        raise ValueError(f"retrieval_metrics: {n} vectors, labels {labels.shape}, patient ids {patient_ids.shape}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms > 0, norms, 1.0)
+    _, patient_codes = np.unique(patient_ids, return_inverse=True)
+    label_matrix = labels.astype(np.float32)
+    hits_at_1, hits_at_k, average_precisions, chance = [], [], [], []
+    for start in range(0, n, QUERY_CHUNK):
+        stop = min(n, start + QUERY_CHUNK)
+        similarity = unit[start:stop] @ unit.T
+        relevant = (label_matrix[start:stop] @ label_matrix.T) > 0
+        same_patient = patient_codes[start:stop, None] == patient_codes[None, :]
+        similarity[same_patient] = -np.inf  # ranked last, then dropped below
+        order = np.argsort(-similarity, axis=1, kind="stable")
+        ranked_relevant = np.take_along_axis(relevant, order, axis=1)
+        gallery = (~same_patient).sum(axis=1)
+        for row in range(stop - start):
+            hits = ranked_relevant[row, : gallery[row]]
+            total = int(hits.sum())
+            if total == 0:
+                continue
+            positions = np.flatnonzero(hits) + 1
+            average_precisions.append(float(np.mean(np.arange(1, total + 1) / positions)))
+            hits_at_1.append(float(hits[0]))
+            hits_at_k.append(float(hits[:RECALL_AT].any()))
+            chance.append(total / gallery[row])
+    if not average_precisions:
+        return {"precision_at_1": None, "recall_at_5": None, "mean_average_precision": None,
+                "chance_precision": None, "queries": 0}
+    return {"precision_at_1": float(np.mean(hits_at_1)), "recall_at_5": float(np.mean(hits_at_k)),
+            "mean_average_precision": float(np.mean(average_precisions)),
+            "chance_precision": float(np.mean(chance)), "queries": len(average_precisions)}
+
+
+def finding_groups(labels: np.ndarray) -> list[str]:
+    """One colour group per image: its single label, or "several findings"."""
+    labels = np.asarray(labels, bool)
+    return [LABELS[int(np.flatnonzero(row)[0])] if row.sum() == 1 else "several findings" for row in labels]
+
+
+def tsne_layout(vectors: np.ndarray, max_points: int, perplexity: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-D t-SNE coordinates of at most `max_points` embeddings (a seeded subsample).
+
+    Returns:
+        (xy [M, 2], rows [M]) with rows the chosen indices into `vectors`, ascending.
+    """
+    from sklearn.manifold import TSNE
+
+    n = len(vectors)
+    rows = np.arange(n)
+    if n > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+    if len(rows) < 3:
+        raise ValueError(f"t-SNE needs at least 3 embeddings, got {len(rows)}")
+    # Perplexity must stay below the number of points; sklearn refuses otherwise.
+    usable = min(perplexity, (len(rows) - 1) / 3)
+    layout = TSNE(n_components=2, perplexity=usable, init="pca", random_state=seed, n_jobs=1)
+    return layout.fit_transform(np.asarray(vectors[rows], np.float64)).astype(np.float32), rows
