@@ -85,3 +85,24 @@ def test_override_larger_than_the_cache_fails_only_for_a_listed_model():
 def test_profile_counts_are_checked():
     with pytest.raises(ConfigError, match="profile.repeats must be >= 1, got 0"):
         config_from_dict(tiny_params(**{"profile.repeats": 0}))
+
+
+@pytest.mark.parametrize(
+    "dotted, value, message",
+    [
+        ("explain.cam_threshold", 1.0, r"explain.cam_threshold must be in \(0, 1\), got 1.0"),
+        ("explain.tsne_points", 5, "explain.tsne_points must be >= 10, got 5"),
+        ("train.focal_alpha", 1.5, r"train.focal_alpha must be in \[0, 1\], got 1.5"),
+        ("train.step_gamma", 0.0, r"train.step_gamma must be in \(0, 1\], got 0.0"),
+        ("train.overrides.vit_v2.momentum", 1.0, r"train.overrides.vit_v2.momentum must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_range_table_names_the_key_and_the_range(dotted, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(tiny_params(**{dotted: value}))
+
+
+def test_a_bad_train_value_is_reported_once_not_per_override():
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(tiny_params(**{"train.momentum": 2.0}))
+    assert str(caught.value).count("momentum") == 1

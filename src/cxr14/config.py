@@ -330,75 +330,66 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+# Allowed ranges: key -> (low, high, brackets); None = unbounded, "[" / "]" include the bound.
+_TRAIN_RANGES = {
+    "epochs": (0, None, "()"), "batch_size": (0, None, "()"), "lr": (0, None, "()"), "image_size": (0, None, "()"),
+    "grad_accum_steps": (1, None, "[)"), "step_epochs": (1, None, "[)"), "plateau_patience": (1, None, "[)"),
+    "warmup_epochs": (0, None, "[)"), "grad_clip": (0, None, "[)"), "checkpoint_every_steps": (0, None, "[)"),
+    "focal_gamma": (0, None, "[)"), "label_smoothing": (0, 0.5, "[)"), "focal_alpha": (0, 1, "[]"),
+    "step_gamma": (0, 1, "(]"), "momentum": (0, 1, "[)"),
+}
+_SECTION_RANGES = {
+    "data.phantom": {"n_patients": (0, None, "()"), "image_size": (0, None, "()")},
+    "preprocess": {"size": (0, None, "()")},
+    "evaluate": {"batch_size": (0, None, "()"), "bootstrap_resamples": (100, None, "[)"),
+                 "sensitivity_target": (0, 1, "()"), "calibration_bins": (2, None, "[)")},
+    "profile": {"warmup": (0, None, "[)"), "repeats": (1, None, "[)"), "throughput_batch": (1, None, "[)"),
+                "throughput_repeats": (1, None, "[)")},
+    "explain": {"batch_size": (1, None, "[)"), "gradcam_images": (1, None, "[)"), "tsne_points": (10, None, "[)"),
+                "cam_threshold": (0, 1, "()"), "tsne_perplexity": (0, None, "()")},
+}
+
+
+def _range_problem(key: str, value: float, low: float | None, high: float | None, brackets: str) -> str | None:
+    """None when `value` lies in the range, else the message naming `key`."""
+    above = low is None or (value >= low if brackets[0] == "[" else value > low)
+    below = high is None or (value <= high if brackets[1] == "]" else value < high)
+    if above and below:
+        return None
+    if high is None:
+        return f"{key} must be {'>=' if brackets[0] == '[' else '>'} {low}, got {value}"
+    return f"{key} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}"
+
+
+def _ranges(prefix: str, section: Any, ranges: dict, only: set[str] | None = None) -> list[str]:
+    found = (_range_problem(f"{prefix}.{name}", getattr(section, name), *bounds)
+             for name, bounds in ranges.items() if only is None or name in only)
+    return [problem for problem in found if problem]
+
+
 def _validate(cfg: Config) -> None:
     """Range checks that types cannot express."""
     problems = []
     fractions = cfg.split.val_fraction + cfg.split.test_fraction
     if not (0 < cfg.split.val_fraction < 1 and 0 < cfg.split.test_fraction < 1 and fractions < 1):
         problems.append("split.val_fraction and split.test_fraction must be in (0, 1) and sum below 1")
-    for model_name in cfg.train.overrides:
-        train = cfg.train_for(model_name)
-        problems += [
-            f"train.overrides.{model_name}.{key} must be > 0, got {value}"
-            for key, value in (("epochs", train.epochs), ("batch_size", train.batch_size), ("lr", train.lr),
-                               ("image_size", train.image_size))
-            if value <= 0
-        ]
+    problems += _ranges("train", cfg.train, _TRAIN_RANGES)
+    for model_name, override in cfg.train.overrides.items():
+        # Only the keys the override sets: a bad train.* value is reported once, under train.
+        chosen = {name for name, value in dataclasses.asdict(override).items() if value is not None}
+        problems += _ranges(f"train.overrides.{model_name}", cfg.train_for(model_name), _TRAIN_RANGES, chosen)
         # Only models that will be trained must fit the cache: the default params keep e.g.
         # efficientnet_b4's native 380 px ready for a user who raises preprocess.size.
-        if model_name in cfg.models and train.image_size > cfg.preprocess.size:
+        image_size = cfg.train_for(model_name).image_size
+        if model_name in cfg.models and image_size > cfg.preprocess.size:
             problems.append(
-                f"train.overrides.{model_name}.image_size ({train.image_size}) exceeds preprocess.size "
-                f"({cfg.preprocess.size}): raise preprocess.size to at least {train.image_size} or lower the override"
+                f"train.overrides.{model_name}.image_size ({image_size}) exceeds preprocess.size "
+                f"({cfg.preprocess.size}): raise preprocess.size to at least {image_size} or lower the override"
             )
-        if train.momentum < 0 or train.momentum >= 1:
-            problems.append(f"train.overrides.{model_name}.momentum must be in [0, 1), got {train.momentum}")
-    positive = {
-        "data.phantom.n_patients": cfg.data.phantom.n_patients,
-        "data.phantom.image_size": cfg.data.phantom.image_size,
-        "preprocess.size": cfg.preprocess.size,
-        "train.epochs": cfg.train.epochs,
-        "train.batch_size": cfg.train.batch_size,
-        "train.image_size": cfg.train.image_size,
-        "evaluate.batch_size": cfg.evaluate.batch_size,
-    }
-    problems += [f"{key} must be > 0, got {value}" for key, value in positive.items() if value <= 0]
-    if cfg.train.lr <= 0:
-        problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
-    for key in ("grad_accum_steps", "step_epochs", "plateau_patience"):
-        if getattr(cfg.train, key) < 1:
-            problems.append(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
-    for key in ("warmup_epochs", "grad_clip", "checkpoint_every_steps", "focal_gamma"):
-        if getattr(cfg.train, key) < 0:
-            problems.append(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
-    if not 0 <= cfg.train.label_smoothing < 0.5:
-        problems.append(f"train.label_smoothing must be in [0, 0.5), got {cfg.train.label_smoothing}")
-    if not 0 <= cfg.train.focal_alpha <= 1:
-        problems.append(f"train.focal_alpha must be in [0, 1], got {cfg.train.focal_alpha}")
-    if not 0 < cfg.train.step_gamma <= 1:
-        problems.append(f"train.step_gamma must be in (0, 1], got {cfg.train.step_gamma}")
-    if not 0 <= cfg.train.momentum < 1:
-        problems.append(f"train.momentum must be in [0, 1), got {cfg.train.momentum}")
-    if cfg.evaluate.bootstrap_resamples < 100:
-        problems.append(f"evaluate.bootstrap_resamples must be >= 100, got {cfg.evaluate.bootstrap_resamples}")
-    if not 0 < cfg.evaluate.sensitivity_target < 1:
-        problems.append(f"evaluate.sensitivity_target must be in (0, 1), got {cfg.evaluate.sensitivity_target}")
-    if cfg.evaluate.calibration_bins < 2:
-        problems.append(f"evaluate.calibration_bins must be >= 2, got {cfg.evaluate.calibration_bins}")
-    profile_counts = {"profile.warmup": (cfg.profile.warmup, 0), "profile.repeats": (cfg.profile.repeats, 1),
-                      "profile.throughput_batch": (cfg.profile.throughput_batch, 1),
-                      "profile.throughput_repeats": (cfg.profile.throughput_repeats, 1)}
-    problems += [f"{key} must be >= {minimum}, got {value}" for key, (value, minimum) in profile_counts.items()
-                 if value < minimum]
-    explain_counts = {"explain.batch_size": (cfg.explain.batch_size, 1),
-                      "explain.gradcam_images": (cfg.explain.gradcam_images, 1),
-                      "explain.tsne_points": (cfg.explain.tsne_points, 10)}
-    problems += [f"{key} must be >= {minimum}, got {value}" for key, (value, minimum) in explain_counts.items()
-                 if value < minimum]
-    if not 0 < cfg.explain.cam_threshold < 1:
-        problems.append(f"explain.cam_threshold must be in (0, 1), got {cfg.explain.cam_threshold}")
-    if cfg.explain.tsne_perplexity <= 0:
-        problems.append(f"explain.tsne_perplexity must be > 0, got {cfg.explain.tsne_perplexity}")
+    sections = {"data.phantom": cfg.data.phantom, "preprocess": cfg.preprocess, "evaluate": cfg.evaluate,
+                "profile": cfg.profile, "explain": cfg.explain}
+    for prefix, ranges in _SECTION_RANGES.items():
+        problems += _ranges(prefix, sections[prefix], ranges)
     if cfg.train.image_size > cfg.preprocess.size:
         problems.append(
             f"train.image_size ({cfg.train.image_size}) exceeds preprocess.size "

@@ -34,7 +34,8 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def _select_device(name: str, local_rank: int, world_size: int) -> torch.device:
+def select_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """"auto" = CUDA when present; under torchrun each process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -50,7 +51,7 @@ def init_distributed(device_name: str) -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _select_device(device_name, local_rank, world_size)
+    device = select_device(device_name, local_rank, world_size)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

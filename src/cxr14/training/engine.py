@@ -39,7 +39,8 @@ from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
 from cxr14.training.checkpoint import capture_rng, restore_rng, save_checkpoint
 from cxr14.training.distributed import (
-    DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed, sum_across,
+    DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed, select_device,
+    sum_across,
 )
 from cxr14.training.losses import make_loss
 from cxr14.training.sampling import finding_weights, weighted_batches
@@ -58,14 +59,6 @@ class TrainResult:
     train_seconds: float
     run_id: str
     history: list[dict] = field(default_factory=list)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def training_fingerprint(cfg: Config, model_name: str, world_size: int) -> str:
