@@ -10,14 +10,15 @@ import pandas as pd
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
+from cxr14.data.boxes import BOX_COLUMNS
 from cxr14.data.cache import open_split
-from cxr14.evaluation.explain import BOX_COLUMNS, explain_model, log_explanation, write_explanation
+from cxr14.evaluation.explain import explain_model, log_explanation, write_explanation
 
 
 def main(args) -> None:
     cfg = load_config(args.params)
     model_dir = Path(args.model_dir or f"models/{args.model}")
-    boxes = pd.read_csv(args.boxes) if args.boxes else pd.DataFrame(columns=BOX_COLUMNS)
+    boxes = pd.read_csv(args.boxes, dtype={"image_id": str}) if args.boxes else pd.DataFrame(columns=list(BOX_COLUMNS))
     missing = [column for column in BOX_COLUMNS if column not in boxes.columns]
     if missing:
         raise ValueError(f"{args.boxes}: missing column(s) {missing}; rebuild it with `dvc repro boxes`")

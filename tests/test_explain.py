@@ -87,6 +87,9 @@ def test_map_peaks_on_the_evidence_and_the_pointing_game_sees_it():
     assert misses["overall"]["pointing_game"] == 0.0 and misses["overall"]["mean_iou"] == 0.0
     assert hits["per_finding"]["Mass"]["boxes"] == 2
     assert hits["overall"]["centre_baseline"] == 0.0  # neither box covers the centre
+    assert hits["overall"]["empty_maps"] == 0
+    empty = localisation_scores(np.zeros_like(maps), on_patch, threshold=0.5)["overall"]
+    assert (empty["empty_maps"], empty["pointing_game"], empty["mean_iou"]) == (2, 0.0, 0.0)
 
 
 def test_box_scores_by_hand():

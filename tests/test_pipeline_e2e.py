@@ -143,6 +143,7 @@ def test_report_numbers_trace_to_files_under_metrics(repo):
         row = _table_row(report, model, "## Explainability: Grad-CAM localisation")
         overall = explained["localisation"]["overall"]
         assert row[2:5] == [str(overall["boxes"]), f"{overall['pointing_game']:.3f}", f"{overall['mean_iou']:.3f}"]
+        assert row[6] == str(overall["empty_maps"])
 
 
 def test_explain_scores_every_model_against_the_phantom_boxes(repo):

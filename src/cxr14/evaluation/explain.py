@@ -32,7 +32,6 @@ from cxr14.training.engine import select_device
 log = logging.getLogger(__name__)
 
 NO_FINDING = "No Finding"
-BOX_COLUMNS = ["row", "image_id", "finding", "x", "y", "w", "h"]
 
 
 def select_gradcam_images(index: pd.DataFrame, labels: np.ndarray, boxes: pd.DataFrame, count: int,

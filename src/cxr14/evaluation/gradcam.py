@@ -214,7 +214,8 @@ def centre_baseline(box: pd.Series, side: int) -> float:
 
 
 def localisation_scores(cams: np.ndarray, boxes: pd.DataFrame, threshold: float) -> dict:
-    """Per finding and overall: pointing-game hit rate, mean IoU, centre-point baseline, box count.
+    """Per finding and overall: pointing-game hit rate, mean IoU, centre-point baseline, box count,
+    and how many maps were empty (no location raises the logit: a miss with IoU 0).
 
     Args:
         cams: [len(boxes), S, S], the map for each box's finding on its image.
@@ -224,13 +225,16 @@ def localisation_scores(cams: np.ndarray, boxes: pd.DataFrame, threshold: float)
         raise ValueError(f"localisation_scores: {len(cams)} maps for {len(boxes)} boxes")
     rows = []
     for cam, (_, box) in zip(cams, boxes.iterrows()):
-        rows.append({"finding": box["finding"], **box_scores(cam, box, threshold),
-                     "centre_hit": centre_baseline(box, cam.shape[0])})
-    table = pd.DataFrame(rows, columns=["finding", "hit", "iou", "centre_hit"])
+        empty = not cam.max() > 0
+        scores = {"hit": 0.0, "iou": 0.0} if empty else box_scores(cam, box, threshold)
+        rows.append({"finding": box["finding"], **scores, "centre_hit": centre_baseline(box, cam.shape[0]),
+                     "empty": empty})
+    table = pd.DataFrame(rows, columns=["finding", "hit", "iou", "centre_hit", "empty"])
 
     def summary(part: pd.DataFrame) -> dict:
         return {"boxes": int(len(part)), "pointing_game": float(part["hit"].mean()),
-                "mean_iou": float(part["iou"].mean()), "centre_baseline": float(part["centre_hit"].mean())}
+                "mean_iou": float(part["iou"].mean()), "centre_baseline": float(part["centre_hit"].mean()),
+                "empty_maps": int(part["empty"].sum())}
 
     per_finding = {name: summary(table[table["finding"] == name]) for name in LABELS if (table["finding"] == name).any()}
     return {"overall": summary(table) if len(table) else None, "per_finding": per_finding,

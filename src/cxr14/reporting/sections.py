@@ -132,15 +132,16 @@ def explain_lines(ranked: list[dict], explanations: dict[str, dict]) -> list[str
     lines += ["Grad-CAM of each box's finding on its image, on the layer named (the last spatial layer the "
               "logits depend on). Pointing game: the map's peak lies inside the box. IoU: the region where the map "
               f"is at least {first['cam_threshold']:.0%} of its peak against the box. Centre baseline: the pointing "
-              "game of always pointing at the image centre.", "",
-              "| model | Grad-CAM layer | boxes | pointing game | mean IoU | centre baseline |",
-              "|---|---|---:|---:|---:|---:|"]
+              "game of always pointing at the image centre. Empty maps: no location raises the finding's logit "
+              "(Grad-CAM keeps only positive evidence); they count as misses with IoU 0.", "",
+              "| model | Grad-CAM layer | boxes | pointing game | mean IoU | centre baseline | empty maps |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for record in scored:
         summary = explanations[record["model"]]
         overall = summary["localisation"]["overall"]
         lines.append(f"| `{record['model']}` | `{summary['taps']['feature_layer']}` | {overall['boxes']} | "
                      f"{_fmt(overall['pointing_game'])} | {_fmt(overall['mean_iou'])} | "
-                     f"{_fmt(overall['centre_baseline'])} |")
+                     f"{_fmt(overall['centre_baseline'])} | {overall['empty_maps']} |")
     findings = [name for name in LABELS if name in first["per_finding"]]
     header = "| finding | boxes | " + " | ".join(f"`{record['model']}`" for record in scored) + " | centre |"
     lines += ["", "Pointing game per finding:", "", header, "|---|---:|" + "---:|" * (len(scored) + 1)]
