@@ -18,8 +18,10 @@ import pandas as pd
 
 from cxr14.labels import LABELS
 from cxr14.reporting.comparison import chexnet_lines, comparison_lines
-from cxr14.reporting.files import ReportError, per_model_files
-from cxr14.reporting.sections import comparison_figure_lines, explain_lines, figure_lines, reference_lines
+from cxr14.reporting.files import ReportError, per_model_files, per_model_json
+from cxr14.reporting.sections import (
+    comparison_figure_lines, data_lines, explain_lines, figure_lines, reference_lines,
+)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -91,11 +93,7 @@ def load_records(details_dir: Path, models: list[str] | None = None) -> list[dic
 
 def load_efficiency(efficiency_dir: Path, models: list[str]) -> dict[str, dict]:
     """Read metrics/efficiency/<model>.json for every model (missing = error)."""
-    figures = {}
-    for name, path in per_model_files(efficiency_dir, models, ".json", "profile").items():
-        with path.open(encoding="utf-8") as handle:
-            figures[name] = json.load(handle)
-    return figures
+    return per_model_json(efficiency_dir, models, "profile")
 
 
 def load_layer_tables(structure_dir: Path, models: list[str]) -> dict[str, pd.DataFrame]:
@@ -200,6 +198,8 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
         lines += explain_lines(ranked, explanations)
     if model_figures:
         lines += figure_lines(ranked, model_figures, report_dir)
+    if split_summary and "method" in split_summary:
+        lines += data_lines(split_summary)
     lines += reference_lines(chexnet=chexnet_reference)
     summary = {
         "ranking": [r["model"] for r in ranked],

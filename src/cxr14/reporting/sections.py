@@ -10,7 +10,6 @@ are drawn here from metrics/details, metrics/predictions and metrics/curves.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pandas as pd
 
 from cxr14.labels import LABELS
 from cxr14.reporting.figures import auroc_heatmap, roc_overlay, save_figure, training_figure
-from cxr14.reporting.files import ReportError, per_model_files
+from cxr14.reporting.files import ReportError, per_model_files, per_model_json
 
 # Per model, in this order: what each figure shows and which stage draws it.
 MODEL_FIGURES = {
@@ -48,11 +47,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def load_explanations(explain_dir: Path, models: list[str]) -> dict[str, dict]:
     """metrics/explain/<model>.json for every model (missing = error naming explain@<model>)."""
-    summaries = {}
-    for name, path in per_model_files(explain_dir, models, ".json", "explain").items():
-        with path.open(encoding="utf-8") as handle:
-            summaries[name] = json.load(handle)
-    return summaries
+    return per_model_json(explain_dir, models, "explain")
 
 
 def load_histories(curves_dir: Path, models: list[str]) -> dict[str, pd.DataFrame]:
@@ -104,6 +99,24 @@ def comparison_figure_lines(figures: dict[str, Path], report_dir: Path) -> list[
             _image(figures["auroc_heatmap.png"], report_dir, "per-class AUROC heat-map"), "",
             _image(figures["roc_pr_all.png"], report_dir, "ROC and PR of all models"), "",
             _image(figures["training_all.png"], report_dir, "training curves of all models")]
+
+
+def data_lines(split_summary: dict) -> list[str]:
+    """Images, patients and positives per finding in each split (metrics/split.json)."""
+    splits = ("train", "val", "test")
+    lines = ["", "## Data and split", "",
+             f"Split method `{split_summary['method']}`, by patient (no patient in two splits); "
+             f"{split_summary['excluded_images']} images excluded by the view/one-per-patient filters, "
+             f"{split_summary['dropped_missing_images']} metadata rows dropped for a missing image, "
+             f"{split_summary['orphan_images']} images without a metadata row. Source: `metrics/split.json`.", "",
+             "| | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits),
+             "| images | " + " | ".join(f"{split_summary[name]['images']:,}" for name in splits) + " |",
+             "| patients | " + " | ".join(f"{split_summary[name]['patients']:,}" for name in splits) + " |"]
+    for label in LABELS:
+        cells = [f"{split_summary[name]['positives'][label]:,} ({split_summary[name]['prevalence'][label]:.1%})"
+                 for name in splits]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def explain_lines(ranked: list[dict], explanations: dict[str, dict]) -> list[str]:
