@@ -79,8 +79,22 @@ def test_nih_source_links_a_local_folder_and_runs_end_to_end(tmp_path):
     assert cached_files  # the cache, models etc. are cached ...
     png_magic = b"\x89PNG\r\n\x1a\n"
     assert not [p for p in cached_files if p.read_bytes()[:8] == png_magic]  # ... but no PNG was copied
-    assert "`cnn`" in (work / "metrics" / "report.md").read_text()
+    report = (work / "metrics" / "report.md").read_text()
+    assert "`cnn`" in report
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], work, env)
+    # The download's BBox_List_2017.csv (NIH format, written by the phantom) was copied and scored.
+    assert (work / "data" / "raw" / "BBox_List_2017.csv").is_file()
+    assert "| model | Grad-CAM layer | boxes |" in report
+
+    # Without a box file: same images and cache, so no re-training; no localisation score.
+    (nih_folder / "BBox_List_2017.csv").unlink()
+    run(["dvc", "repro", "--single-item", "--force", "fetch"], work, env)
+    output = run(["dvc", "repro"], work, env)
+    assert "Running stage 'boxes'" in output and "Running stage 'train@cnn'" not in output
+    assert not (work / "data" / "raw" / "BBox_List_2017.csv").exists()
+    summary = json.loads((work / "metrics" / "explain" / "cnn.json").read_text())
+    assert summary["localisation"] is None and summary["retrieval"]["queries"] > 0
+    assert "No bounding boxes for the test split" in (work / "metrics" / "report.md").read_text()
 
 
 def test_repro_builds_report_for_every_model(repo):
