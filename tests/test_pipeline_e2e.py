@@ -149,6 +149,9 @@ def test_report_numbers_trace_to_files_under_metrics(repo):
         row = _table_row(report, model, "| rank | model |")
         low, high = details["intervals"]["macro_auroc"]
         assert row[3] == f"{details['macro_auroc']:.3f} [{low:.3f}, {high:.3f}]"
+        efficiency = json.loads((work / "metrics" / "efficiency" / f"{model}.json").read_text())
+        assert row[7:11] == [f"{efficiency['flops_per_image'] / 1e9:.3f}", f"{efficiency['latency_ms']:.2f}",
+                             f"{efficiency['size_mb']:.1f}", f"{efficiency['throughput_img_s']:.0f}"]
         explained = json.loads((work / "metrics" / "explain" / f"{model}.json").read_text())
         row = _table_row(report, model, "## Embeddings: retrieval")
         retrieval = explained["retrieval"]

@@ -161,20 +161,28 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
             for split in ("train", "val", "test")
         ]
         lines += [f"Data: {'; '.join(parts)} (patient-wise split; source `metrics/split.json`).", ""]
+    cost_header, cost_rule = ("", "") if not efficiency else (
+        " GFLOPs | latency (ms) | size (MB) | inference img/s |", "---:|---:|---:|---:|")
     lines += [
         "Test split, thresholds for F1 tuned per class on validation. Macro AUROC averages the classes "
-        "with positives in the test split (count in the last column). Source: `metrics/details/<model>.json`.",
+        "with positives in the test split (count in the last column). Sources: `metrics/details/<model>.json`"
+        + ("; cost columns from `metrics/efficiency/<model>.json` (see Efficiency)." if efficiency else "."),
         "",
-        "| rank | model | params | macro AUROC (95 % CI) | micro AUROC | macro AP | macro F1 | best epoch | train time (s) | classes |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rank | model | params | macro AUROC (95 % CI) | micro AUROC | macro AP | macro F1 |" + cost_header
+        + " best epoch | train time (s) | classes |",
+        "|---:|---|---:|---:|---:|---:|---:|" + cost_rule + "---:|---:|---:|",
     ]
     for rank, record in enumerate(ranked, 1):
         m, t = record["metrics"], record["training"]
+        cost = ""
+        if efficiency:
+            e = efficiency[record["model"]]
+            cost = (f" {e['flops_per_image'] / 1e9:.3f} | {e['latency_ms']:.2f} | {e['size_mb']:.1f} | "
+                    f"{e['throughput_img_s']:.0f} |")
         lines.append(
             f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_fmt(m['macro_auroc'])} {_interval(m)} | "
-            f"{_fmt(m['micro_auroc'])} | "
-            f"{_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} | {t['best_epoch']} | {t['train_seconds']:.0f} | "
-            f"{m['classes_in_macro_auroc']} |"
+            f"{_fmt(m['micro_auroc'])} | {_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} |{cost} {t['best_epoch']} | "
+            f"{t['train_seconds']:.0f} | {m['classes_in_macro_auroc']} |"
         )
     lines += comparison_lines(comparisons or [], resamples)
     if chexnet_reference and ranked:
