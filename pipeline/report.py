@@ -6,12 +6,15 @@
         --figures-out metrics/report_figures --out metrics/report.md --html metrics/report.html \
         --summary metrics/summary.json --workbook metrics/structure.xlsx
 
-report.md and report.html hold the same content; the HTML embeds every figure.
+report.md and report.html hold the same content; the HTML embeds every figure. Both, with
+the all-model figures, are also attached to every model's MLflow run (under report/), so each
+run shows where it stood in the comparison it took part in.
 """
 
 import json
 from pathlib import Path
 
+from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.io import atomic_write_json, atomic_write_text
@@ -52,6 +55,8 @@ def main(args) -> None:
     atomic_write_text(report_path, markdown)
     atomic_write_text(Path(args.html), render_html(markdown, report_path.parent, TITLE))
     atomic_write_json(Path(args.summary), summary)
+    run_ids = {record["model"]: record["training"]["run_id"] for record in ranked}
+    tracking.log_artifacts_to_runs(run_ids, [report_path, Path(args.html), *comparison_figures.values()], "report")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,8 @@ def test_every_figure_is_logged_to_the_models_run(repo):
     for r in runs:
         logged = {Path(item.path).name for item in client.list_artifacts(r.info.run_id, "figures")}
         assert logged == {"roc_pr.png", "reliability.png", "training.png", "gradcam.png", "tsne.png"}
+        report = {Path(item.path).name for item in client.list_artifacts(r.info.run_id, "report")}
+        assert report == {"report.md", "report.html", "auroc_heatmap.png", "roc_pr_all.png", "training_all.png"}
         assert "retrieval_mean_average_precision" in r.data.metrics
         assert "localisation_pointing_game" in r.data.metrics
 

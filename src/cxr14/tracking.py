@@ -101,6 +101,14 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_artifacts_to_runs(run_ids: dict[str, str], paths: list[Path], artifact_path: str) -> None:
+    """Attach the same files (e.g. the report and its all-model figures) to several models' runs."""
+    for model_name, run_id in run_ids.items():
+        with model_run(model_name, run_id=run_id):
+            for path in paths:
+                log_artifact(path, artifact_path)
+
+
 def recorded_run_id(run_file: Path) -> str:
     """The run id that train@<model> wrote to models/<model>/mlflow_run.json."""
     if not run_file.is_file():
