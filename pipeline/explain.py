@@ -11,7 +11,6 @@ import pandas as pd
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.boxes import BOX_COLUMNS
-from cxr14.data.cache import open_split
 from cxr14.evaluation.explain import explain_model, log_explanation, write_explanation
 
 
@@ -23,8 +22,7 @@ def main(args) -> None:
     if missing:
         raise ValueError(f"{args.boxes}: missing column(s) {missing}; rebuild it with `dvc repro boxes`")
     record = explain_model(cfg, args.model, Path(args.cache), model_dir, boxes)
-    images, _ = open_split(Path(args.cache), "test")
-    figures = write_explanation(record, images, boxes, Path(args.summary), Path(args.figures))
+    figures = write_explanation(record, boxes, Path(args.summary), Path(args.figures))
     log_explanation(record, figures, model_dir / "mlflow_run.json")
 
 

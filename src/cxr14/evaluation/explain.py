@@ -1,7 +1,7 @@
 """Stage logic of `explain@<model>`: Grad-CAM overlays, box localisation, embeddings.
 
     record = explain_model(cfg, "cnn", Path("data/cache"), Path("models/cnn"), boxes)
-    write_explanation(record, images, Path("metrics/explain/cnn.json"), Path("metrics/explain/cnn"))
+    write_explanation(record, boxes, Path("metrics/explain/cnn.json"), Path("metrics/explain/cnn"))
 
 The overlay images are the same for every model (a function of the test split, the boxes and
 the seed), so the report can put models side by side. With boxes (NIH's BBox_List_2017.csv,
@@ -127,6 +127,7 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
         "localisation": localisation,
         "gradcam": selection,
         "gradcam_maps": overlay_maps,
+        "gradcam_images": images[selection["row"].to_numpy()],
         "tsne": tsne,
         "test_images": len(index),
     }
@@ -136,8 +137,7 @@ def _caption(row) -> str:
     return f"{row.image_id}\n{row.finding}: p = {row.probability:.2f}"
 
 
-def write_explanation(record: dict, images: np.ndarray, boxes: pd.DataFrame, summary_path: Path,
-                      figure_dir: Path) -> list[Path]:
+def write_explanation(record: dict, boxes: pd.DataFrame, summary_path: Path, figure_dir: Path) -> list[Path]:
     """metrics/explain/<model>.json + gradcam.png/.csv and tsne.png/.csv in `figure_dir`; returns the figures."""
     name = record["model"]
     selection: pd.DataFrame = record["gradcam"]
@@ -145,7 +145,7 @@ def write_explanation(record: dict, images: np.ndarray, boxes: pd.DataFrame, sum
                                                                  (boxes["finding"] == row.finding)].itertuples()]
                   for row in selection.itertuples()]
     gradcam_png, tsne_png = figure_dir / "gradcam.png", figure_dir / "tsne.png"
-    save_figure(gradcam_figure(images[selection["row"].to_numpy()], record["gradcam_maps"],
+    save_figure(gradcam_figure(record["gradcam_images"], record["gradcam_maps"],
                                [_caption(row) for row in selection.itertuples()], tile_boxes,
                                f"{name}: Grad-CAM on layer '{record['taps']['feature_layer']}'"
                                + (" (green: ground-truth boxes)" if len(boxes) else "")),
