@@ -25,7 +25,8 @@ from cxr14.evaluation.statistics import (
 )
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import build_model
-from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figure, training_figure
+from cxr14.reporting.comparison import TRUTH_COLUMNS, truth_and_scores
+from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figures, training_figure
 from cxr14.training.engine import predict, select_device
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ def evaluate_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Pat
     predictions = pd.DataFrame(test_scores, columns=list(LABELS))
     predictions.insert(0, "image_id", test_index["image_id"])
     predictions.insert(1, "patient_id", test_index["patient_id"].astype(str))
-    for column, name in enumerate(LABELS):  # the truth beside the scores, for paired comparisons
-        predictions[f"true_{name}"] = test_targets[:, column].astype(int)
+    for column, name in enumerate(TRUTH_COLUMNS):  # the truth beside the scores, for paired comparisons
+        predictions[name] = test_targets[:, column].astype(int)
     log.info("%s: test macro AUROC %.4f over %d classes, %d images",
              model_name, metrics["macro_auroc"], metrics["classes_in_macro_auroc"], len(test_targets))
     return {
@@ -117,19 +118,13 @@ def compact_metrics(record: dict) -> dict:
 
 def write_figures(record: dict, figure_dir: Path) -> list[Path]:
     """ROC + precision-recall, reliability diagram and training curves of one model (PNG)."""
-    name, predictions = record["model"], record["predictions"]
-    targets = predictions[[f"true_{label}" for label in LABELS]].to_numpy()
-    scores = predictions[list(LABELS)].to_numpy()
-    figures = {
+    name = record["model"]
+    targets, scores = truth_and_scores(record["predictions"])
+    return list(save_figures({
         "roc_pr.png": roc_pr_figure(targets, scores, name),
         "reliability.png": reliability_figure(record["metrics"]["calibration"], name),
         "training.png": training_figure({name: record["history"]}),
-    }
-    paths = []
-    for file_name, figure in figures.items():
-        save_figure(figure, figure_dir / file_name)
-        paths.append(figure_dir / file_name)
-    return paths
+    }, figure_dir).values())
 
 
 def log_to_run(record: dict, run_file: Path, figures: list[Path] = ()) -> None:

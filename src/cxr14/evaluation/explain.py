@@ -25,14 +25,11 @@ from cxr14.evaluation.embeddings import extract_embeddings, finding_groups, retr
 from cxr14.evaluation.evaluate import load_trained
 from cxr14.evaluation.gradcam import find_taps, grad_cam, localisation_scores
 from cxr14.io import atomic_write_json, atomic_write_text, progress
-from cxr14.labels import LABELS
-from cxr14.reporting.figures import gradcam_figure, save_figure, tsne_figure
+from cxr14.labels import LABEL_INDEX, LABELS, NO_FINDING
+from cxr14.reporting.figures import gradcam_figure, save_figures, tsne_figure
 from cxr14.training.engine import select_device
 
 log = logging.getLogger(__name__)
-
-NO_FINDING = "No Finding"
-
 
 def select_gradcam_images(index: pd.DataFrame, labels: np.ndarray, boxes: pd.DataFrame, count: int,
                           seed: int) -> pd.DataFrame:
@@ -64,7 +61,7 @@ def select_gradcam_images(index: pd.DataFrame, labels: np.ndarray, boxes: pd.Dat
                           for name in LABELS})
     prevalence = labels.sum(axis=0)
     by_frequency = [LABELS[c] for c in np.argsort(-prevalence, kind="stable") if LABELS[c] != NO_FINDING]
-    take_round_robin({name: list(np.flatnonzero(labels[:, LABELS.index(name)])) for name in by_frequency})
+    take_round_robin({name: list(np.flatnonzero(labels[:, LABEL_INDEX[name]])) for name in by_frequency})
     frame = pd.DataFrame(chosen, columns=["row", "finding"])
     frame.insert(1, "image_id", index["image_id"].to_numpy()[frame["row"].to_numpy()] if len(frame) else [])
     return frame
@@ -77,7 +74,7 @@ def _cams(bundle, taps, images: np.ndarray, rows: list[int], findings: list[str]
     for start in progress(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
         stop = start + batch_size
         part_maps, part_probabilities = grad_cam(bundle, taps, images[rows[start:stop]],
-                                                 [LABELS.index(name) for name in findings[start:stop]],
+                                                 [LABEL_INDEX[name] for name in findings[start:stop]],
                                                  image_size, device)
         maps.append(part_maps)
         probabilities.append(part_probabilities)
@@ -144,21 +141,21 @@ def write_explanation(record: dict, boxes: pd.DataFrame, summary_path: Path, fig
     tile_boxes = [[(box.x, box.y, box.w, box.h) for box in boxes[(boxes["row"] == row.row) &
                                                                  (boxes["finding"] == row.finding)].itertuples()]
                   for row in selection.itertuples()]
-    gradcam_png, tsne_png = figure_dir / "gradcam.png", figure_dir / "tsne.png"
-    save_figure(gradcam_figure(record["gradcam_images"], record["gradcam_maps"],
-                               [_caption(row) for row in selection.itertuples()], tile_boxes,
-                               f"{name}: Grad-CAM on layer '{record['taps']['feature_layer']}'"
-                               + (" (green: ground-truth boxes)" if len(boxes) else "")),
-                gradcam_png)
     tsne: pd.DataFrame = record["tsne"]
-    save_figure(tsne_figure(tsne[["x", "y"]].to_numpy(), tsne["group"].tolist(),
-                            f"{name}: t-SNE of {record['taps']['embedding_dim']}-d test embeddings"), tsne_png)
+    figures = save_figures({
+        "gradcam.png": gradcam_figure(record["gradcam_images"], record["gradcam_maps"],
+                                      [_caption(row) for row in selection.itertuples()], tile_boxes,
+                                      f"{name}: Grad-CAM on layer '{record['taps']['feature_layer']}'"
+                                      + (" (green: ground-truth boxes)" if len(boxes) else "")),
+        "tsne.png": tsne_figure(tsne[["x", "y"]].to_numpy(), tsne["group"].tolist(),
+                                f"{name}: t-SNE of {record['taps']['embedding_dim']}-d test embeddings"),
+    }, figure_dir)
     atomic_write_text(figure_dir / "gradcam.csv", selection.to_csv(index=False))
     atomic_write_text(figure_dir / "tsne.csv", tsne.to_csv(index=False))
     summary = {key: record[key] for key in ("model", "taps", "retrieval", "localisation", "test_images")}
     summary["tsne_points"] = len(tsne)
     atomic_write_json(summary_path, summary)
-    return [gradcam_png, tsne_png]
+    return list(figures.values())
 
 
 def log_explanation(record: dict, figures: list[Path], run_file: Path) -> None:

@@ -28,6 +28,11 @@ CHEXNET_AUROC = {
 }
 
 
+# metrics/predictions/<model>.csv: image_id, patient_id, one score column per label (LABELS
+# order), then the truth beside them in these columns (written by evaluate@<model>).
+TRUTH_COLUMNS = tuple(f"true_{name}" for name in LABELS)
+
+
 class ComparisonError(ValueError):
     """Prediction files that cannot be compared (scored on different test images)."""
 
@@ -38,19 +43,24 @@ def load_predictions(predictions_dir: Path, models: list[str]) -> dict[str, pd.D
     return {name: pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) for name, path in paths.items()}
 
 
+def truth_and_scores(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, scores), each [N, 15] in LABELS order, from one predictions table."""
+    return predictions[list(TRUTH_COLUMNS)].to_numpy(), predictions[list(LABELS)].to_numpy()
+
+
 def paired_comparisons(predictions: dict[str, pd.DataFrame], ranking: list[str], resamples: int,
                        seed: int) -> list[dict]:
     """Best model (ranking[0]) minus each other model: macro AUROC difference, 95 % CI, p."""
     best = ranking[0]
     reference = predictions[best]
-    targets = reference[[f"true_{name}" for name in LABELS]].to_numpy()
+    targets, reference_scores = truth_and_scores(reference)
     patients = reference["patient_id"].to_numpy()
     rows = []
     for name in ranking[1:]:
         other = predictions[name]
         if not np.array_equal(other["image_id"].to_numpy(), reference["image_id"].to_numpy()):
             raise ComparisonError(f"{name} and {best} were scored on different test images; re-run evaluate")
-        result = paired_bootstrap(targets, reference[list(LABELS)].to_numpy(), other[list(LABELS)].to_numpy(),
+        result = paired_bootstrap(targets, reference_scores, truth_and_scores(other)[1],
                                   patients, resamples=resamples, seed=seed)
         rows.append({"better": best, "worse": name, **result})
     return rows

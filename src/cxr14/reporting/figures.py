@@ -38,6 +38,15 @@ def save_figure(figure: Figure, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def save_figures(figures: dict[str, Figure], out_dir: Path) -> dict[str, Path]:
+    """Save each figure as out_dir/<file name>; returns the paths by file name, in the same order."""
+    paths = {}
+    for file_name, figure in figures.items():
+        save_figure(figure, out_dir / file_name)
+        paths[file_name] = out_dir / file_name
+    return paths
+
+
 def _precision_recall(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-scores, kind="stable")
     hits = positive[order].astype(np.float64)

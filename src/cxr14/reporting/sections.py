@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxr14.labels import LABELS
-from cxr14.reporting.figures import auroc_heatmap, roc_overlay, save_figure, training_figure
+from cxr14.reporting.comparison import truth_and_scores
+from cxr14.reporting.figures import auroc_heatmap, roc_overlay, save_figures, training_figure
 from cxr14.reporting.files import ReportError, per_model_files, per_model_json
 
 # Per model, in this order: what each figure shows and which stage draws it.
@@ -74,18 +75,12 @@ def draw_comparison_figures(ranked: list[dict], predictions: dict[str, pd.DataFr
     order = [record["model"] for record in ranked]
     table = pd.DataFrame({record["model"]: [record["metrics"]["auroc"].get(name) for name in LABELS]
                           for record in ranked}, index=list(LABELS), dtype=float)
-    curves = {name: (predictions[name][[f"true_{label}" for label in LABELS]].to_numpy(),
-                     predictions[name][list(LABELS)].to_numpy()) for name in order}
-    figures = {
+    curves = {name: truth_and_scores(predictions[name]) for name in order}
+    return save_figures({
         "auroc_heatmap.png": auroc_heatmap(table),
         "roc_pr_all.png": roc_overlay(curves),
         "training_all.png": training_figure({name: histories[name] for name in order}),
-    }
-    paths = {}
-    for file_name, figure in figures.items():
-        save_figure(figure, out_dir / file_name)
-        paths[file_name] = out_dir / file_name
-    return paths
+    }, out_dir)
 
 
 def _image(path: Path, report_dir: Path, alt: str) -> str:
