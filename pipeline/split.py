@@ -1,6 +1,7 @@
 """Stage `split`: assign every image to train/val/test by patient.
 
-    python pipeline/split.py --raw data/raw --out data/splits.csv --summary metrics/split.json
+    python pipeline/split.py --raw data/raw --out data/splits.csv --summary metrics/split.json \
+        --sizes metrics/split_sizes.json
 """
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.metadata import load_metadata
-from cxr14.data.split import make_splits
+from cxr14.data.split import make_splits, split_sizes
 from cxr14.io import atomic_write_json, atomic_write_text
 
 
@@ -18,11 +19,15 @@ def main(args) -> None:
     table, summary = make_splits(metadata, cfg.split, cfg.seed, source=cfg.data.source)
     atomic_write_text(Path(args.out), table.to_csv(index=False))
     atomic_write_json(Path(args.summary), summary)
+    if args.sizes:
+        atomic_write_json(Path(args.sizes), split_sizes(summary))
 
 
 if __name__ == "__main__":
     parser = stage_parser("Split the metadata into train/val/test by patient.", __doc__)
     parser.add_argument("--raw", default="data/raw", help="raw data folder (default: %(default)s)")
     parser.add_argument("--out", default="data/splits.csv", help="split table (default: %(default)s)")
-    parser.add_argument("--summary", default="metrics/split.json", help="counts and prevalence (default: %(default)s)")
+    parser.add_argument("--summary", default="metrics/split.json", help="counts and prevalence per finding, read by the report (default: %(default)s)")
+    parser.add_argument("--sizes", default=None,
+                        help="optional headline JSON (images and patients per split) for dvc metrics")
     run_stage(main, parser)

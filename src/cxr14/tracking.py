@@ -1,23 +1,29 @@
 """MLflow bookkeeping: one run per trained model, which evaluate later reopens.
 
-    uri = tracking_uri()                 # $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    uri = tracking_uri()                 # $MLFLOW_TRACKING_URI or sqlite:///<workspace>/mlflow.db
     check_reachable(uri)                 # fails before training if a server is down
     tags = run_tags("cnn", cache_dir, "cuda:0", weights=None)   # what the run was trained on
-    with model_run("cnn", run_id=None, tags=tags) as run: ...
+    with model_run("cnn", run_id=None, tags=tags, system_metrics=True) as run: ...
 
 MLflow is the lab notebook (every run, including abandoned experiments); DVC decides what is
-current. The default store is a SQLite file next to params.yaml, so `mlflow ui
---backend-store-uri sqlite:///mlflow.db` shows every run without a server.
+current. The default store is a SQLite file next to params.yaml in the *workspace*: `dvc exp
+run --queue` and `--temp` run each experiment in a copy of the repository under
+`.dvc/tmp/exps/`, and DVC tells every stage where the workspace is (`$DVC_ROOT`), so their
+runs land in the same `mlflow.db` as the workspace's and survive the copy. Several queue
+workers may write at once: SQLite connections wait up to `SQLITE_TIMEOUT_SECONDS` for a lock,
+and creating the store and the experiment is serialised by a file lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +33,22 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "cxr14"
 DEFAULT_STORE = "mlflow.db"
+# Where a local store keeps artifacts: beside the database, so that runs from an experiment's
+# temporary copy of the repository keep their artifacts when the copy is deleted.
+ARTIFACT_FOLDER = "mlruns"
+# A queue worker waits this long for another worker's write instead of failing on
+# "database is locked" (SQLAlchemy passes it to sqlite3.connect).
+SQLITE_TIMEOUT_SECONDS = 120
+# The MLflow UI opens an experiment on the page for its kind; without this tag it guesses, and
+# MLflow 3 guesses the GenAI overview (traces, tokens) for an experiment of training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # `dvc exp run` (workspace, --temp and queued runs alike) exports the experiment's name to every
 # stage command; plain `dvc repro` does not (dvc/repo/experiments/queue/base.py, dvc/env.py).
 DVC_EXPERIMENT_VARIABLE = "DVC_EXP_NAME"
+# Set by DVC for every stage command: the repository's root, and for queued and --temp
+# experiments the root of the workspace they were queued from, not of the temporary copy.
+DVC_ROOT_VARIABLE = "DVC_ROOT"
 # The cache's small files: one index per split and the summary. They pin the arrays' content
 # (sorted image ids, labels, size), so hashing them avoids reading gigabytes of pixels.
 FINGERPRINT_FILES = ("*.csv", "cache.json")
@@ -39,9 +58,27 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
+def workspace_root() -> Path:
+    """The DVC workspace this process works for: `$DVC_ROOT` under DVC, else the current folder."""
+    return Path(os.environ.get(DVC_ROOT_VARIABLE) or Path.cwd()).resolve()
+
+
 def tracking_uri() -> str:
-    """`$MLFLOW_TRACKING_URI` when set, else a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+    """`$MLFLOW_TRACKING_URI` when set, else the workspace's SQLite file (with a lock timeout)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{workspace_root() / DEFAULT_STORE}?timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (query such as `?timeout=` removed); None otherwise."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    # sqlite:///relative.db and sqlite:////absolute.db (SQLAlchemy's forms), query removed.
+    path = urllib.parse.unquote(uri[len(prefix):].split("?", 1)[0])
+    return Path(path).resolve() if path and path != ":memory:" else None
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -58,28 +95,96 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating a SQLite store and its experiment across processes (queue workers)."""
+    database = sqlite_path(uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _mlflow():
+    """mlflow, pointed at the store and experiment (created once, with its kind and artifact folder)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            database = sqlite_path(uri)
+            # A local store's artifacts go beside the database (MLflow's default is ./mlruns of
+            # the current folder, which for a queued experiment is a temporary copy).
+            # A plain path: MLflow mangles a file:// URI given here (the host part is lost).
+            location = str(database.parent / ARTIFACT_FOLDER / EXPERIMENT) if database else None
+            experiment_id = mlflow.create_experiment(
+                EXPERIMENT, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mlflow.set_experiment(experiment_id=experiment_id)
     return mlflow
 
 
 @contextlib.contextmanager
-def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Start (or, given `run_id`, continue) the MLflow run of one model."""
+def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] | None = None,
+              system_metrics: bool = False) -> Iterator[Any]:
+    """Start (or, given `run_id`, continue) the MLflow run of one model.
+
+    `system_metrics` samples CPU, memory and (with pynvml on a GPU node) GPU utilisation and
+    memory in the background while the run is open: use it for training.
+    """
     mlflow = _mlflow()
     if run_id:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     else:
-        run = mlflow.start_run(run_name=model_name, tags={"model": model_name, **(tags or {})})
+        run = mlflow.start_run(run_name=model_name, tags={"model": model_name, **(tags or {})},
+                               log_system_metrics=system_metrics)
     try:
         yield run
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run()
+
+
+def log_cache_inputs(cache_dir: Path, contexts: dict[str, str]) -> None:
+    """Record cache splits as the active run's dataset inputs (MLflow's "Datasets" column).
+
+    Args:
+        cache_dir: the preprocess cache; its `data_fingerprint` is every split's digest.
+        contexts: split -> MLflow context, e.g. {"train": "training", "val": "validation"}.
+    """
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    cache_dir = Path(cache_dir)
+    summary = json.loads((cache_dir / "cache.json").read_text(encoding="utf-8"))
+    digest = data_fingerprint(cache_dir)
+    for split, context in contexts.items():
+        index = cache_dir / f"{split}.csv"
+        patients = _count_patients(index)
+        dataset = MetaDataset(LocalArtifactDatasetSource(str(index.resolve())), name=f"cxr14-cache-{split}",
+                              digest=digest)
+        tags = {"split": split, "images": str(summary["splits"].get(split, 0)), "patients": str(patients),
+                "size_px": str(summary.get("size"))}
+        mlflow.log_input(dataset, context=context, tags=tags)
+
+
+def _count_patients(index_csv: Path) -> int:
+    import pandas as pd
+
+    return int(pd.read_csv(index_csv, usecols=["patient_id"])["patient_id"].nunique())
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -166,3 +271,32 @@ def run_tags(model_name: str, cache_dir: Path, device: str, weights: str | None)
         tags["dvc_experiment"] = experiment
     tags.update(data_fingerprint=data_fingerprint(cache_dir), device=device, weights=weights or "random init")
     return tags
+
+
+def end_abandoned_run(run_id: str, reason: str, superseded_by: str | None = None,
+                      status: str = "KILLED") -> str | None:
+    """Mark a run that will never be continued (its unfinished checkpoint was not resumed).
+
+    Sets the tags `abandoned` (= `reason`) and `superseded_by`, and ends the run with `status`
+    if it is still RUNNING (a killed process never ended it); a run that already ended (e.g.
+    FAILED by an exception) keeps its status.
+
+    Returns:
+        The run's status afterwards, or None (with a warning) when the run is not in this store.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        log.warning("MLflow run %s (abandoned: %s) not found in %s: %s", run_id, reason, tracking_uri(), error)
+        return None
+    client.set_tag(run_id, "abandoned", reason[:5000])
+    if superseded_by:
+        client.set_tag(run_id, "superseded_by", superseded_by)
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
+        return status
+    return run.info.status

@@ -137,6 +137,15 @@ def make_splits(metadata, split_cfg, seed: int, source: str = "phantom") -> tupl
     return output, summary
 
 
+def split_sizes(summary: dict) -> dict:
+    """The split's headline numbers for `dvc metrics` / `dvc exp show` (metrics/split_sizes.json):
+    images and patients per split and the rows left out; the per-finding detail stays in the
+    full summary (metrics/split.json), which the report reads."""
+    sizes = {split: {"images": summary[split]["images"], "patients": summary[split]["patients"]} for split in SPLITS}
+    sizes.update({key: summary[key] for key in ("excluded_images", "dropped_missing_images", "orphan_images")})
+    return sizes
+
+
 def attach_splits(metadata, splits_csv) -> tuple[pd.DataFrame, np.ndarray]:
     """Metadata rows with their split column, and their labels, without the excluded rows.
 
