@@ -173,7 +173,7 @@ def main() -> None:
             path.read_bytes()
         metadata = pd.DataFrame({"image_id": [p.name for p in paths], "patient_id": [p.name[:8] for p in paths],
                                  "split": "train"})
-        build_cache(metadata, np.zeros((len(paths), NUM_CLASSES), dtype=np.uint8), Path(scratch) / "images",
+        build_cache(metadata, np.zeros((len(paths), NUM_CLASSES), dtype=np.uint8), {p.name: p for p in paths},
                     Path(scratch) / "cache", size=CACHE_SIZE, workers=1)
         runs = measure(args, paths, Path(scratch) / "cache", device, pin_memory)
 

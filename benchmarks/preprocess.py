@@ -54,7 +54,7 @@ def main() -> None:
                                  "split": "train"})
         labels = np.zeros((len(paths), NUM_CLASSES), dtype=np.uint8)
         started = time.perf_counter()
-        build_cache(metadata, labels, raw / "images", workdir / "cache", size=224, workers=0)
+        build_cache(metadata, labels, {p.name: p for p in paths}, workdir / "cache", size=224, workers=0)
         pipeline_rate = len(paths) / (time.perf_counter() - started)
 
     cores = os.cpu_count() or 1

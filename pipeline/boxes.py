@@ -9,10 +9,12 @@ from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.data.boxes import boxes_in_cache, write_boxes
+from cxr14.data.metadata import image_files
 
 
 def main(args) -> None:
-    write_boxes(boxes_in_cache(Path(args.raw), Path(args.cache), args.split), Path(args.out))
+    raw = Path(args.raw)
+    write_boxes(boxes_in_cache(raw, Path(args.cache), image_files(raw).checked_path, args.split), Path(args.out))
 
 
 if __name__ == "__main__":

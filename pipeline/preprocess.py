@@ -16,7 +16,9 @@ def main(args) -> None:
     cfg = load_config(args.params)
     metadata = load_metadata(Path(args.raw), cfg.data.missing_images, cfg.data.orphan_images)
     table, labels = attach_splits(metadata, Path(args.splits))
-    build_cache(table, labels, metadata.images_dir, Path(args.out), cfg.preprocess.size, cfg.preprocess.workers)
+    # For NIH data every file is first compared with fetch's manifest (size, mtime).
+    images = metadata.images.checked_paths(table["image_id"])
+    build_cache(table, labels, images, Path(args.out), cfg.preprocess.size, cfg.preprocess.workers)
 
 
 if __name__ == "__main__":

@@ -103,5 +103,5 @@ def tiny_cache(small_nih, tmp_path):
     splits_csv = tmp_path / "splits.csv"
     table.to_csv(splits_csv, index=False)
     frame, labels = attach_splits(metadata, splits_csv)
-    build_cache(frame, labels, metadata.images_dir, tmp_path / "cache", size=32, workers=1)
+    build_cache(frame, labels, metadata.images.paths, tmp_path / "cache", size=32, workers=1)
     return tmp_path / "cache"

@@ -15,12 +15,18 @@ import pytest
 from cxr14.config import SplitConfig
 from cxr14.data.boxes import BBOX_FILE, BOX_COLUMNS, BoxError, boxes_in_cache, read_bbox_list, write_boxes
 from cxr14.data.cache import build_cache, open_split
-from cxr14.data.metadata import load_metadata
+from cxr14.data.metadata import ImageChangedError, image_files, load_metadata
+from cxr14.data.nih_layout import detect_layout, index_raw
 from cxr14.data.split import attach_splits, make_splits
 from tests.conftest import REPO_ROOT, write_nih_folder
 
 HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-WIDE = "00000001_000.png"  # 512 x 256, and a symlink, as data/raw/images holds for NIH downloads
+WIDE = "00000001_000.png"  # 512 x 256
+
+
+def _boxes(raw: Path, cache: Path, split: str = "test") -> pd.DataFrame:
+    """boxes_in_cache as the stage calls it: images found (and checked) through data/raw."""
+    return boxes_in_cache(raw, cache, image_files(raw).checked_path, split)
 
 
 def _write_bbox(path: Path, *rows: str, header: str = HEADER) -> Path:
@@ -79,23 +85,22 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def raw_and_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """12 real 512 px PNGs of 6 patients (one 512 x 256, symlinked) and their 64 px cache."""
+    """An NIH download of 12 real 512 px PNGs of 6 patients (one 512 x 256), fetched as NIH data
+    is (data/raw holds the manifest), and its 64 px cache."""
     root = tmp_path_factory.mktemp("boxes")
     rows = [(f"{patient:08d}_{follow:03d}.png", "Mass" if follow else "Infiltration", str(patient))
             for patient in range(1, 7) for follow in range(2)]
-    raw = write_nih_folder(root / "raw", rows, size=512)
-    elsewhere = root / "download"
-    elsewhere.mkdir()
-    assert cv2.imwrite(str(elsewhere / WIDE), np.full((256, 512), 128, np.uint8))
-    (raw / "images" / WIDE).unlink()
-    os.symlink(elsewhere / WIDE, raw / "images" / WIDE)
+    download = write_nih_folder(root / "download", rows, size=512)
+    assert cv2.imwrite(str(download / "images" / WIDE), np.full((256, 512), 128, np.uint8))
+    raw = root / "raw"
+    index_raw(detect_layout(download), raw)
     metadata = load_metadata(raw)
     table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
     table.to_csv(root / "splits.csv", index=False)
     frame, labels = attach_splits(metadata, root / "splits.csv")
     # The wide image must be in the test split for the aspect check below.
     frame.loc[frame["patient_id"] == "1", "split"] = "test"
-    build_cache(frame, labels, metadata.images_dir, root / "cache", size=64, workers=1)
+    build_cache(frame, labels, metadata.images.checked_paths(frame["image_id"]), root / "cache", size=64, workers=1)
     return raw, root / "cache"
 
 
@@ -113,7 +118,7 @@ def test_boxes_are_scaled_to_the_cache_and_others_dropped(raw_and_cache, caplog)
                 "99999999_000.png,Mass,1,2,3,4")  # image in no split at all: dropped
     caplog.set_level("INFO")
     try:
-        frame = boxes_in_cache(raw, cache)
+        frame = _boxes(raw, cache)
     finally:
         (raw / BBOX_FILE).unlink()
     assert list(frame.columns) == list(BOX_COLUMNS)
@@ -134,11 +139,11 @@ def test_boxes_past_the_border_are_clipped_and_boxes_outside_refused(raw_and_cac
     raw, cache = raw_and_cache
     _write_bbox(raw / BBOX_FILE, f"{WIDE},Effusion,-32,200,600,100")
     try:
-        box = boxes_in_cache(raw, cache).iloc[0]
+        box = _boxes(raw, cache).iloc[0]
         assert (box.x, box.y, box.w, box.h) == pytest.approx((0, 50, 64, 14))  # to 512 x 256, then scaled
         _write_bbox(raw / BBOX_FILE, f"{WIDE},Effusion,10,10,5,5", f"{WIDE},Effusion,10,300,5,5")
         with pytest.raises(BoxError, match=rf"line 3: .* lies entirely outside {WIDE} \(512 x 256 px\)"):
-            boxes_in_cache(raw, cache)
+            _boxes(raw, cache)
     finally:
         (raw / BBOX_FILE).unlink()
 
@@ -146,9 +151,23 @@ def test_boxes_past_the_border_are_clipped_and_boxes_outside_refused(raw_and_cac
 def test_no_bbox_file_gives_an_empty_frame(raw_and_cache, caplog) -> None:
     raw, cache = raw_and_cache
     caplog.set_level("INFO")
-    frame = boxes_in_cache(raw, cache)
+    frame = _boxes(raw, cache)
     assert frame.empty and list(frame.columns) == list(BOX_COLUMNS)
     assert "localisation skipped" in caplog.text
+
+
+def test_an_image_changed_since_fetch_stops_the_boxes(raw_and_cache) -> None:
+    raw, cache = raw_and_cache
+    _write_bbox(raw / BBOX_FILE, f"{WIDE},Mass,64,32,128,64")
+    wide = image_files(raw).paths[WIDE]
+    before = os.stat(wide)
+    os.utime(wide, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # touched, same bytes
+    try:
+        with pytest.raises(ImageChangedError, match=rf"{WIDE}.* changed since fetch.*dvc repro -f fetch"):
+            _boxes(raw, cache)
+    finally:
+        os.utime(wide, ns=(before.st_atime_ns, before.st_mtime_ns))
+        (raw / BBOX_FILE).unlink()
 
 
 def test_stage_script_writes_the_table(raw_and_cache, tmp_path: Path) -> None:
@@ -186,8 +205,8 @@ def test_phantom_boxes_reach_the_cache(tmp_path: Path) -> None:
     original = read_bbox_list(raw / BBOX_FILE)
     metadata = load_metadata(raw)
     frame = metadata.frame.assign(split="test")
-    build_cache(frame, metadata.labels, metadata.images_dir, tmp_path / "cache", size=32, workers=1)
-    boxes = boxes_in_cache(raw, tmp_path / "cache")
+    build_cache(frame, metadata.labels, metadata.images.paths, tmp_path / "cache", size=32, workers=1)
+    boxes = _boxes(raw, tmp_path / "cache")
     assert len(boxes) == len(original) > 0
     merged = boxes.merge(original, on=["image_id", "finding"], suffixes=("", "_png"))
     for c in "xywh":  # 64 px PNGs -> 32 px cache

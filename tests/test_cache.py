@@ -15,7 +15,7 @@ def build(raw, cache_dir, size=32):
     metadata = load_metadata(raw)
     table, _ = make_splits(metadata, SplitConfig(), seed=0)
     frame = metadata.frame.assign(split=metadata.frame["image_id"].map(dict(zip(table["Image Index"], table["split"]))))
-    return build_cache(frame, metadata.labels, metadata.images_dir, cache_dir, size=size, workers=2), metadata
+    return build_cache(frame, metadata.labels, metadata.images.paths, cache_dir, size=size, workers=2), metadata
 
 
 def test_cache_layout_labels_and_pixels(small_nih, tmp_path):

@@ -1,6 +1,10 @@
+import os
+
 import pytest
 
-from cxr14.data.metadata import MetadataError, load_metadata
+from cxr14.data.metadata import (
+    IMAGES_MANIFEST, MANIFEST_COLUMNS, ImageChangedError, MetadataError, image_files, load_metadata,
+)
 from cxr14.labels import UnknownFindingError
 from tests.conftest import write_nih_folder
 
@@ -48,3 +52,102 @@ def test_orphan_images_are_counted_or_refused(small_nih):
     assert load_metadata(small_nih).orphan_images == 1
     with pytest.raises(MetadataError, match=r"1 image\(s\) have no row .*'00000099_000.png'.*orphan_images: ignore"):
         load_metadata(small_nih, orphan_images="error")
+
+
+# ------------------------------------------------------------------ where the images are
+def _fetched_nih(tmp_path):
+    """An NIH download (official layout, 4 images of 2 patients) fetched into raw/: a manifest."""
+    from cxr14.data.nih_layout import detect_layout, index_raw
+
+    rows = [(f"0000000{p}_00{f}.png", "No Finding" if f else "Effusion", str(p)) for p in (1, 2) for f in (0, 1)]
+    download = write_nih_folder(tmp_path / "download", rows)
+    index_raw(detect_layout(download), tmp_path / "raw")
+    return download, tmp_path / "raw"
+
+
+def test_image_files_lists_a_folder_or_reads_the_manifest(small_nih, tmp_path):
+    (small_nih / "images" / "._00000001_000.png").write_bytes(b"macOS resource fork")
+    listed = image_files(small_nih)
+    assert listed.source == small_nih / "images" and len(listed.paths) == 30 and not listed.recorded
+    assert listed.checked_path("00000001_000.png") == str(small_nih / "images" / "00000001_000.png")
+
+    download, raw = _fetched_nih(tmp_path)
+    assert sorted(path.name for path in raw.iterdir()) == ["Data_Entry_2017.csv", IMAGES_MANIFEST]
+    manifest = image_files(raw)
+    assert manifest.source == raw / IMAGES_MANIFEST and len(manifest.paths) == 4
+    path = download.resolve() / "images" / "00000002_001.png"
+    assert manifest.paths["00000002_001.png"] == str(path)
+    assert manifest.recorded["00000002_001.png"] == (path.stat().st_size, path.stat().st_mtime_ns)
+    assert manifest.checked_paths(["00000002_001.png"]) == {"00000002_001.png": str(path)}
+    metadata = load_metadata(raw)
+    assert len(metadata.frame) == 4 and metadata.images == manifest
+
+
+def test_an_image_changed_since_fetch_names_the_file_and_the_fix(tmp_path):
+    import cv2
+    import numpy as np
+
+    download, raw = _fetched_nih(tmp_path)
+    resized = download / "images" / "00000001_001.png"
+    assert cv2.imwrite(str(resized), np.zeros((96, 96), np.uint8))  # other bytes, other size
+    images = load_metadata(raw).images  # names only: no stat, so the split still runs
+    with pytest.raises(ImageChangedError, match=r"00000001_001.png: image 00000001_001.png changed since fetch "
+                                                r".*bytes then, .* now.*re-run `dvc repro -f fetch`"):
+        images.checked_path("00000001_001.png")
+
+    touched = download / "images" / "00000002_000.png"
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # same bytes, new mtime
+    with pytest.raises(ImageChangedError, match=r"00000002_000.png changed since fetch .*modified .*recorded"):
+        images.checked_paths(["00000002_001.png", "00000002_000.png"])
+
+
+def test_an_image_missing_since_fetch_names_the_file_and_the_fix(tmp_path):
+    download, raw = _fetched_nih(tmp_path)
+    (download / "images" / "00000002_000.png").unlink()
+    images = image_files(raw)
+    missing = download.resolve() / "images" / "00000002_000.png"
+    with pytest.raises(ImageChangedError, match=rf"{missing}: image 00000002_000.png is missing.*dvc repro -f fetch"):
+        images.checked_path("00000002_000.png")
+
+
+def test_preprocess_stage_stops_on_a_changed_image(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO_ROOT, tiny_params
+
+    download, raw = _fetched_nih(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(**{"split.method": "patient", "data.source": "nih",
+                                                    "data.nih.path": str(download)})))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
+
+    def stage(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO_ROOT / "pipeline" / f"{name}.py"), "--params", str(params),
+                               *args], env=env, capture_output=True, text=True, timeout=120)
+
+    done = stage("split", "--raw", str(raw), "--out", str(tmp_path / "splits.csv"),
+                 "--summary", str(tmp_path / "split.json"))
+    assert done.returncode == 0, done.stderr
+    (download / "images" / "00000001_000.png").write_bytes(b"\x89PNG\r\n\x1a\n another image")
+    done = stage("preprocess", "--raw", str(raw), "--splits", str(tmp_path / "splits.csv"),
+                 "--out", str(tmp_path / "cache"))
+    assert done.returncode == 2
+    assert "00000001_000.png changed since fetch" in done.stderr and "dvc repro -f fetch" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()
+
+
+def test_both_manifest_and_folder_or_neither_is_an_error(small_nih, tmp_path):
+    (small_nih / IMAGES_MANIFEST).write_text(",".join(MANIFEST_COLUMNS) + "\n")
+    with pytest.raises(MetadataError, match="both images.csv and images/"):
+        image_files(small_nih)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MetadataError, match=r"no images.csv and no images/ folder; run the fetch stage"):
+        image_files(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / IMAGES_MANIFEST).write_text("Image Index,path\na.png,/x/a.png\n")
+    with pytest.raises(MetadataError, match=r"missing column\(s\) \['bytes', 'mtime_ns'\]"):
+        image_files(tmp_path / "bad")

@@ -370,15 +370,15 @@ def test_fetch_metadata_from_a_local_path_and_from_http(file_server, tmp_path):
         fetch_metadata(str(tmp_path / "missing.csv"), dest)
 
 
-def test_fetch_stage_downloads_extracts_and_links_nih_data(file_server, tmp_path, monkeypatch):
+def test_fetch_stage_downloads_extracts_and_records_nih_data(file_server, tmp_path, monkeypatch):
     """`data.source: nih` + `download: true` through the fetch stage, against the local server.
 
     Only the archive list is swapped (the real MD5s belong to the 42 GB release); download,
-    verification, extraction, metadata by URL and linking are the real code.
+    verification, extraction, metadata by URL and the image manifest are the real code.
     """
     import cxr14.data.nih_download as nih_download
     from cxr14.config import config_from_dict
-    from cxr14.data.metadata import load_metadata
+    from cxr14.data.metadata import image_files, load_metadata
     from cxr14.data.sources import fetch
     from tests.conftest import tiny_params
 
@@ -399,8 +399,8 @@ def test_fetch_stage_downloads_extracts_and_links_nih_data(file_server, tmp_path
     }))
     fetch(cfg, tmp_path / "raw")
 
-    linked = sorted((tmp_path / "raw" / "images").iterdir())
-    assert len(linked) == 6 and all(path.is_symlink() for path in linked)
-    assert all(path.resolve().parent == nih_folder / "images" for path in linked)
+    assert not (tmp_path / "raw" / "images").exists()  # nothing copied or linked: a manifest
+    paths = image_files(tmp_path / "raw").paths
+    assert len(paths) == 6 and all(Path(path).parent == nih_folder.resolve() / "images" for path in paths.values())
     assert len(load_metadata(tmp_path / "raw").frame) == 6
     assert (nih_folder / "archives" / "images_001.tar.gz").is_file()

@@ -1,4 +1,4 @@
-"""Local NIH layouts (official, Kaggle, sample) are recognised and linked in place, never copied."""
+"""Local NIH layouts (official, Kaggle, sample) are recognised and recorded in place, never copied."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr14.data.metadata import load_metadata
-from cxr14.data.nih_layout import NihLayoutError, detect_layout, link_raw
+from cxr14.data.metadata import IMAGES_MANIFEST, MANIFEST_COLUMNS, image_files, load_metadata
+from cxr14.data.nih_layout import NihLayoutError, detect_layout, index_raw
 from tests.conftest import NIH_COLUMNS
 
 FINDINGS = ["No Finding", "Effusion", "Mass|Nodule", "Cardiomegaly"]
@@ -70,7 +70,7 @@ def build_layout(kind: str, root: Path, rows: list[tuple[str, str, str]]) -> Pat
         ("sample_nested", "sample", 1, "sample_labels.csv"),
     ],
 )
-def test_detect_and_link_without_copying(tmp_path, caplog, built, kind, n_dirs, csv_name):
+def test_detect_and_record_without_copying(tmp_path, caplog, built, kind, n_dirs, csv_name):
     rows = _rows()
     root = build_layout(built, tmp_path / "download", rows)
     layout = detect_layout(root)
@@ -78,16 +78,19 @@ def test_detect_and_link_without_copying(tmp_path, caplog, built, kind, n_dirs, 
 
     out_dir = tmp_path / "project" / "data" / "raw"
     caplog.set_level("INFO")
-    assert link_raw(layout, out_dir) == len(rows)
+    assert index_raw(layout, out_dir) == len(rows)
     assert f"{n_dirs} image folder" in caplog.text and f"{len(rows):,} PNGs" in caplog.text
 
-    links = sorted((out_dir / "images").iterdir())
-    assert [link.name for link in links] == sorted(image for image, _, _ in rows)
-    assert all(link.is_symlink() and os.path.isabs(os.readlink(link)) for link in links)
-    assert all(Path(os.readlink(link)).parent in {d.resolve() for d in layout.image_dirs} for link in links)
-    # No image bytes were copied: nothing under out_dir/images is a regular file.
-    copied = [entry for entry in os.scandir(out_dir / "images") if entry.is_file(follow_symlinks=False)]
-    assert copied == []
+    # No image was copied or linked: data/raw holds the metadata copy and the manifest, nothing else.
+    assert sorted(path.name for path in out_dir.iterdir()) == ["Data_Entry_2017.csv", IMAGES_MANIFEST]
+    manifest = pd.read_csv(out_dir / IMAGES_MANIFEST, dtype={"Image Index": str, "path": str})
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert manifest["Image Index"].tolist() == sorted(image for image, _, _ in rows)  # sorted: stable bytes
+    for name, path, size, mtime_ns in manifest.itertuples(index=False):
+        assert os.path.isabs(path) and Path(path).name == name
+        assert Path(path).parent in {d.resolve() for d in layout.image_dirs}
+        stat = os.stat(path)
+        assert (size, mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     assert (out_dir / "Data_Entry_2017.csv").read_bytes() == layout.metadata_csv.read_bytes()
     assert not (out_dir / "BBox_List_2017.csv").exists()  # none in the download, none made up
     assert not list(out_dir.parent.glob(".raw.*"))  # the staging folder was renamed into place
@@ -97,16 +100,33 @@ def test_detect_and_link_without_copying(tmp_path, caplog, built, kind, n_dirs, 
     assert set(metadata.frame["patient_id"]) == {"1", "2", "3"}
 
 
-def test_relinking_replaces_links_and_keeps_the_download(tmp_path):
+def test_refetch_rewrites_the_manifest_and_keeps_the_download(tmp_path):
     rows = _rows()
     root = build_layout("official", tmp_path / "download", rows)
     (root / "images" / f"._{rows[0][0]}").write_bytes(b"macOS resource fork")  # never an image
     out_dir = tmp_path / "raw"
-    assert link_raw(detect_layout(root), out_dir) == len(rows)
+    assert index_raw(detect_layout(root), out_dir) == len(rows)
+    first = (out_dir / IMAGES_MANIFEST).read_bytes()
+    assert index_raw(detect_layout(root), out_dir) == len(rows)
+    assert (out_dir / IMAGES_MANIFEST).read_bytes() == first  # same folder, same bytes: DVC sees no change
     (root / "images" / rows[0][0]).unlink()  # the user removes an image, then fetch runs again
-    assert link_raw(detect_layout(root), out_dir) == len(rows) - 1
+    assert index_raw(detect_layout(root), out_dir) == len(rows) - 1
     assert len(list((root / "images").iterdir())) == len(rows)  # rows[1:] + the dot file: nothing deleted
-    assert not (out_dir / "images" / rows[0][0]).is_symlink()
+    assert rows[0][0] not in image_files(out_dir).paths
+
+
+def test_symlinked_images_are_recorded_by_their_target(tmp_path):
+    rows = _rows(n_patients=1)
+    root = build_layout("official", tmp_path / "download", rows)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = root / "images" / rows[0][0]
+    moved.rename(elsewhere / rows[0][0])
+    os.symlink(elsewhere / rows[0][0], moved)
+    index_raw(detect_layout(root), tmp_path / "raw")
+    paths = image_files(tmp_path / "raw").paths
+    assert paths[rows[0][0]] == str((elsewhere / rows[0][0]).resolve())
+    assert paths[rows[1][0]] == str((root / "images" / rows[1][0]).resolve())
 
 
 BBOX_TEXT = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Infiltrate,1.5,2,10,12\n"
@@ -122,13 +142,13 @@ def test_bbox_list_is_copied_beside_the_metadata(tmp_path, caplog, built, bbox_f
     (root / bbox_folder / "BBox_List_2017.csv").write_text(BBOX_TEXT)
     out_dir = tmp_path / "raw"
     caplog.set_level("INFO")
-    assert link_raw(detect_layout(root), out_dir) == len(rows)
+    assert index_raw(detect_layout(root), out_dir) == len(rows)
     copied = out_dir / "BBox_List_2017.csv"
     assert copied.read_text() == BBOX_TEXT and not copied.is_symlink()
     assert "BBox_List_2017.csv" in caplog.text
     # A re-fetch after the user removed it leaves no stale copy behind.
     (root / bbox_folder / "BBox_List_2017.csv").unlink()
-    link_raw(detect_layout(root), out_dir)
+    index_raw(detect_layout(root), out_dir)
     assert not copied.exists()
 
 
@@ -155,11 +175,11 @@ def test_duplicate_names_across_kaggle_folders_name_both_paths(tmp_path):
     _write_pngs(root / "images_002" / "images", ["00000001_000.png"])  # also in images_001
     layout = detect_layout(root)
     with pytest.raises(NihLayoutError) as error:
-        link_raw(layout, tmp_path / "raw")
+        index_raw(layout, tmp_path / "raw")
     message = str(error.value)
     assert str(root.resolve() / "images_001" / "images" / "00000001_000.png") in message
     assert str(root.resolve() / "images_002" / "images" / "00000001_000.png") in message
-    assert not (tmp_path / "raw").exists()  # nothing half-linked is left behind
+    assert not (tmp_path / "raw").exists()  # nothing half-written is left behind
 
 
 def test_kaggle_folder_without_images_subfolder(tmp_path):
@@ -179,5 +199,5 @@ def test_official_and_kaggle_together_is_ambiguous(tmp_path):
 def test_output_folder_must_not_contain_the_download(tmp_path):
     root = build_layout("official", tmp_path / "raw" / "nih", _rows())
     with pytest.raises(NihLayoutError, match="would delete the download"):
-        link_raw(detect_layout(root), tmp_path / "raw")
+        index_raw(detect_layout(root), tmp_path / "raw")
     assert len(list((root / "images").iterdir())) == 6

@@ -61,8 +61,9 @@ def repo(tmp_path_factory):
     return work, env, output
 
 
-def test_nih_source_links_a_local_folder_and_runs_end_to_end(tmp_path):
-    """`data.source: nih` on a folder in the official NIH layout: linked, not copied, then the DAG."""
+def test_nih_source_records_a_local_folder_and_runs_end_to_end(tmp_path):
+    """`data.source: nih` on a folder in the official NIH layout: recorded in a manifest, not copied
+    (data/raw is a cached output of a few KB), then the DAG."""
     from cxr14.data.phantom import generate_phantom
 
     nih_folder = tmp_path / "nih"
@@ -73,15 +74,25 @@ def test_nih_source_links_a_local_folder_and_runs_end_to_end(tmp_path):
     work = tmp_path / "repo"
     env = make_repo(work, params)
     run(["dvc", "repro"], work, env)
-    images = list((work / "data" / "raw" / "images").iterdir())
-    assert images and all(path.is_symlink() for path in images)
+    raw = work / "data" / "raw"
+    assert sorted(path.name for path in raw.iterdir()) == ["BBox_List_2017.csv", "Data_Entry_2017.csv", "images.csv"]
+    manifest = (raw / "images.csv").read_text().splitlines()
+    assert manifest[0] == "Image Index,path,bytes,mtime_ns"
+    assert len(manifest) == 1 + len(list(nih_folder.glob("images/*.png")))
     cached_files = [p for p in (work / ".dvc" / "cache").rglob("*") if p.is_file()]
-    assert cached_files  # the cache, models etc. are cached ...
+    cached = {p.read_bytes() for p in cached_files}
+    assert (raw / "images.csv").read_bytes() in cached  # data/raw is cached (a queued experiment restores it) ...
     png_magic = b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in cached_files if p.read_bytes()[:8] == png_magic]  # ... but no PNG was copied
+    assert not [p for p in cached_files if p.read_bytes()[:8] == png_magic]  # ... but no image was copied
     report = (work / "metrics" / "report.md").read_text()
     assert "`cnn`" in report
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], work, env)
+    # An experiment in a fresh copy of the repo (what `dvc exp run --queue` runs) restores data/raw
+    # from the cache instead of re-running fetch (issue 11).
+    run(["git", "add", "dvc.lock", "metrics"], work, env)
+    run(["git", "commit", "-qm", "repro"], work, env)
+    output = run(["dvc", "exp", "run", "--temp", "-S", "split.val_fraction=0.25", "split"], work, env)
+    assert "Stage 'fetch' didn't change, skipping" in output and "Running stage 'split'" in output
     # The download's BBox_List_2017.csv (NIH format, written by the phantom) was copied and scored.
     assert (work / "data" / "raw" / "BBox_List_2017.csv").is_file()
     assert "| model | Grad-CAM layer | boxes |" in report
@@ -95,6 +106,16 @@ def test_nih_source_links_a_local_folder_and_runs_end_to_end(tmp_path):
     summary = json.loads((work / "metrics" / "explain" / "cnn.json").read_text())
     assert summary["localisation"] is None and summary["retrieval"]["queries"] > 0
     assert "No bounding boxes for the test split" in (work / "metrics" / "report.md").read_text()
+
+    # An image edited after fetch: the stage that opens it stops, naming the file and the fix.
+    name = (work / "data" / "raw" / "images.csv").read_text().splitlines()[1].split(",")[0]
+    edited = nih_folder / "images" / name
+    edited.write_bytes(edited.read_bytes() + b"\0")
+    result = subprocess.run(["dvc", "repro", "--force", "--single-item", "preprocess"], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert f"{edited.resolve()}: image {name} changed since fetch" in result.stderr + result.stdout
+    assert "dvc repro -f fetch" in result.stderr + result.stdout
 
 
 def test_repro_builds_report_for_every_model(repo):

@@ -1,7 +1,8 @@
 """NIH's hand-drawn finding boxes (`BBox_List_2017.csv`), read, validated and moved onto the cache.
 
     boxes = read_bbox_list(Path("data/raw/BBox_List_2017.csv"))    # original PNG pixels
-    frame = boxes_in_cache(Path("data/raw"), Path("data/cache"))   # test split, cache pixels
+    images = image_files(Path("data/raw"))                         # cxr14.data.metadata
+    frame = boxes_in_cache(Path("data/raw"), Path("data/cache"), images.checked_path)  # test split, cache pixels
     write_boxes(frame, Path("data/boxes.csv"))
 
 NIH ships 984 boxes on 880 images for 8 findings. The real file's header is
@@ -14,6 +15,7 @@ top-left corner and w, h the size, in pixels of the 1024 x 1024 PNG. NIH spells 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,16 +108,19 @@ def empty_boxes() -> pd.DataFrame:
                          "finding": pd.Series(dtype=str), **{c: pd.Series(dtype="float64") for c in _COORDS}})
 
 
-def boxes_in_cache(raw_dir: Path, cache_dir: Path, split: str = "test") -> pd.DataFrame:
+def boxes_in_cache(raw_dir: Path, cache_dir: Path, image_path: Callable[[str], str | Path],
+                   split: str = "test") -> pd.DataFrame:
     """The boxes of the images in one cache split, in that cache's pixels.
 
     The cache resizes every image to S x S without keeping its aspect, so a box scales by
     S / width across and S / height down, with the original size read from the PNG's header
-    (`raw_dir/images/<image_id>`). Boxes reaching past the image border are clipped.
+    (the file `image_path(image_id)`). Boxes reaching past the image border are clipped.
 
     Args:
-        raw_dir: the fetch stage's folder (images/ and, when the source has it, BBox_List_2017.csv).
+        raw_dir: the fetch stage's folder (when the source has it, BBox_List_2017.csv).
         cache_dir: the preprocess stage's folder.
+        image_path: image id -> its PNG; the stage passes
+            `cxr14.data.metadata.image_files(raw_dir).checked_path`, which also verifies NIH files.
         split: which cache split to match ("test": the images evaluation sees).
 
     Returns:
@@ -137,7 +142,7 @@ def boxes_in_cache(raw_dir: Path, cache_dir: Path, split: str = "test") -> pd.Da
     side = int(images.shape[1])
     rows = pd.Series(np.arange(len(index)), index=index["image_id"].to_numpy())
     kept = boxes[boxes["image_id"].isin(rows.index)]
-    sizes = {image_id: _png_size(raw_dir / "images" / image_id) for image_id in kept["image_id"].unique()}
+    sizes = {image_id: _png_size(Path(image_path(image_id))) for image_id in kept["image_id"].unique()}
     width = kept["image_id"].map(lambda image_id: sizes[image_id][0]).astype(float)
     height = kept["image_id"].map(lambda image_id: sizes[image_id][1]).astype(float)
     x0, y0 = kept["x"].clip(lower=0), kept["y"].clip(lower=0)

@@ -1,6 +1,6 @@
 """The 224 px cache: the contract between image I/O and compute.
 
-    build_cache(metadata, splits, cache_dir=Path("data/cache"), size=224, workers=0)
+    build_cache(frame, labels, images, cache_dir=Path("data/cache"), size=224, workers=0)
     images, index = open_split(Path("data/cache"), "train")   # uint8 memmap [N, S, S], DataFrame
 
 Each PNG is decoded exactly once, here, in parallel, resized with area interpolation and
@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -95,7 +95,7 @@ def _bounded_map(pool: ProcessPoolExecutor, function, items: list, window: int) 
 def build_cache(
     metadata: pd.DataFrame,
     labels: np.ndarray,
-    images_dir: Path,
+    images: Mapping[str, str | os.PathLike],
     cache_dir: Path,
     size: int,
     workers: int = 0,
@@ -110,7 +110,8 @@ def build_cache(
     Args:
         metadata: rows with image_id, patient_id, split.
         labels: uint8 [N, 15] aligned with `metadata`.
-        images_dir: folder of the source PNGs.
+        images: image id -> its PNG, for every row of `metadata` (see
+            cxr14.data.metadata.ImageFiles, whose `checked_paths` also verifies NIH files).
         cache_dir: destination; replaced atomically.
         size: output side in pixels.
         workers: processes (0 = all cores).
@@ -126,21 +127,25 @@ def build_cache(
         # Sorted image ids give the same cache bytes whatever order the CSV had.
         order = np.argsort(rows["image_id"].to_numpy(), kind="stable")
         plan[split] = (rows.iloc[order].reset_index(drop=True), labels[mask][order])
+    missing = [image_id for image_id in metadata["image_id"] if image_id not in images]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) of the metadata have no file, e.g. {missing[0]!r}")
+    paths = {image_id: os.fspath(images[image_id]) for image_id in metadata["image_id"]}
     with opencv_single_threaded():  # one decode per process; the pool gives the parallelism
-        return _build_cache(plan, Path(images_dir), Path(cache_dir), size, workers)
+        return _build_cache(plan, paths, Path(cache_dir), size, workers)
 
 
-def _fingerprint(plan: dict, images_dir: Path, size: int) -> str:
-    digest = hashlib.sha256(f"{images_dir}|{size}".encode())
+def _fingerprint(plan: dict, paths: dict[str, str], size: int) -> str:
+    digest = hashlib.sha256(f"{size}".encode())
     for split, (rows, _) in plan.items():
-        digest.update(f"|{split}:".encode() + "\n".join(rows["image_id"]).encode())
+        digest.update(f"|{split}:".encode() + "\n".join(f"{i}\t{paths[i]}" for i in rows["image_id"]).encode())
     return digest.hexdigest()
 
 
-def _build_cache(plan: dict, images_dir: Path, cache_dir: Path, size: int, workers: int) -> dict:
+def _build_cache(plan: dict, image_paths: dict[str, str], cache_dir: Path, size: int, workers: int) -> dict:
     partial = cache_dir.parent / f".{cache_dir.name}.partial"
     state_path = partial / "progress.json"
-    fingerprint = _fingerprint(plan, images_dir, size)
+    fingerprint = _fingerprint(plan, image_paths, size)
     state = {"fingerprint": fingerprint, "done": {}, "converted": {}}
     if state_path.is_file():
         previous = json.loads(state_path.read_text(encoding="utf-8"))
@@ -161,7 +166,7 @@ def _build_cache(plan: dict, images_dir: Path, cache_dir: Path, size: int, worke
                 created = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
                 created.flush()
                 del created
-            paths = [str(images_dir / image_id) for image_id in rows["image_id"]]
+            paths = [image_paths[image_id] for image_id in rows["image_id"]]
             # Small sets get small blocks so that every worker has work until the end.
             chunk = max(1, min(CHUNK, -(-(len(paths) - done) // (8 * workers))))
             chunks = [

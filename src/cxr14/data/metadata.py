@@ -1,17 +1,29 @@
-"""Read and validate a Data_Entry_2017.csv-style metadata file.
+"""Read and validate a Data_Entry_2017.csv-style metadata file, and find its images.
 
     table = load_metadata(Path("data/raw"), missing_images="error")
     table.frame["patient_id"]     # str, normalised once here
     table.labels                  # uint8 [N, 15] in the order of cxr14.labels.LABELS
+    table.images.checked_path("00000001_000.png")   # where that image's file is
 
 Validation stops with a message naming the file and row (unknown finding, missing column,
 duplicate image, missing image unless the policy says skip) so bad input never reaches training.
+
+Where the images are is answered here, once, for every reader (:func:`image_files`). The fetch
+stage's folder holds either the images themselves, `images/*.png` (the phantom), or the manifest
+`images.csv` (NIH data): one row per image of the user's download with its absolute path, size
+and modification time as fetch saw them (`Image Index,path,bytes,mtime_ns`). DVC tracks the
+manifest, not the 42 GB it points to, so a reader that opens an image first compares the file
+with its row and stops on any difference (:class:`ImageChangedError`).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +35,130 @@ log = logging.getLogger(__name__)
 
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
+IMAGES_FOLDER = "images"  # the images themselves (the phantom)
+IMAGES_MANIFEST = "images.csv"  # or where they are (NIH data)
+MANIFEST_COLUMNS = ("Image Index", "path", "bytes", "mtime_ns")
+REFETCH = "re-run `dvc repro -f fetch` to record the image folder as it is now"
 
 
 class MetadataError(ValueError):
     """The metadata file or the image folder does not match what the pipeline needs."""
+
+
+class ImageChangedError(MetadataError):
+    """An image listed in the manifest is missing, or its size or mtime differs from the manifest."""
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Where the images of a fetch output are (from :func:`image_files`).
+
+    Attributes:
+        source: the manifest (`<raw>/images.csv`) or the folder (`<raw>/images`) they come from.
+        paths: image name -> path of its file.
+        recorded: for a manifest, image name -> (bytes, mtime_ns) as fetch recorded them; empty
+            for a folder, whose files DVC hashes itself.
+    """
+
+    source: Path
+    paths: dict[str, str]
+    recorded: dict[str, tuple[int, int]]
+
+    def checked_path(self, name: str) -> str:
+        """The path of image `name`, after checking that the file is still the one fetch saw.
+
+        Raises:
+            KeyError: `name` is not an image of this fetch output.
+            ImageChangedError: a manifest image whose file is missing, or whose size or mtime
+                differs from the manifest; the message names the file and how to fix it.
+        """
+        path = self.paths[name]
+        expected = self.recorded.get(name)
+        if expected is None:
+            return path
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise ImageChangedError(
+                f"{path}: image {name} is missing; it was there when fetch wrote {self.source}. Put it back, "
+                f"or {REFETCH}"
+            ) from None
+        found = (stat.st_size, stat.st_mtime_ns)
+        if found != expected:
+            what = (f"{expected[0]:,} bytes then, {found[0]:,} now" if found[0] != expected[0]
+                    else f"modified {_when(found[1])}, recorded {_when(expected[1])}")
+            raise ImageChangedError(
+                f"{path}: image {name} changed since fetch wrote {self.source} ({what}); {REFETCH} "
+                f"(the stages that read the images then re-run)"
+            )
+        return path
+
+    def checked_paths(self, names: Iterable[str]) -> dict[str, str]:
+        """name -> path for `names`, each checked as in :meth:`checked_path`."""
+        return {name: self.checked_path(name) for name in names}
+
+
+def image_files(raw_dir: Path) -> ImageFiles:
+    """Where every image of the fetch output `raw_dir` is: the one answer all readers use.
+
+    `raw_dir/images.csv` (NIH data: the manifest) is read when present, else the PNGs of
+    `raw_dir/images/` (the phantom) are listed; dot files (macOS `._` forks) are never images.
+
+    Raises:
+        MetadataError: neither exists, both exist, or the manifest is malformed.
+    """
+    raw_dir = Path(raw_dir)
+    manifest, folder = raw_dir / IMAGES_MANIFEST, raw_dir / IMAGES_FOLDER
+    if manifest.is_file():
+        if folder.exists():
+            raise MetadataError(f"{raw_dir} holds both {IMAGES_MANIFEST} and {IMAGES_FOLDER}/, so which images "
+                                f"count is unclear; re-run the fetch stage (dvc repro -f fetch)")
+        return _read_manifest(manifest)
+    if not folder.is_dir():
+        raise MetadataError(f"{raw_dir}: no {IMAGES_MANIFEST} and no {IMAGES_FOLDER}/ folder; run the fetch stage "
+                            f"(dvc repro fetch)")
+    with os.scandir(folder) as entries:
+        paths = {entry.name: entry.path for entry in entries
+                 if entry.name.endswith(".png") and not entry.name.startswith(".") and entry.is_file()}
+    return ImageFiles(folder, paths, {})
+
+
+def write_manifest(path: Path, images: Iterable[tuple[str, str, int, int]]) -> int:
+    """Write the manifest read by :func:`image_files`: (name, absolute path, bytes, mtime_ns) rows.
+
+    Rows are sorted by name, so the same files give the same bytes (and the same DVC hash).
+    Returns the number of rows.
+    """
+    rows = sorted(images)
+    with open(path, "w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+    return len(rows)
+
+
+def _when(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9).isoformat(sep=" ", timespec="microseconds")
+
+
+def _read_manifest(path: Path) -> ImageFiles:
+    frame = pd.read_csv(path, dtype={"Image Index": str, "path": str}, keep_default_na=False)
+    missing = [column for column in MANIFEST_COLUMNS if column not in frame.columns]
+    if missing:
+        raise MetadataError(f"{path}: missing column(s) {missing}; expected {','.join(MANIFEST_COLUMNS)}. "
+                            f"The fetch stage writes this file: re-run it (dvc repro -f fetch)")
+    try:
+        sizes = frame["bytes"].astype("int64").tolist()
+        mtimes = frame["mtime_ns"].astype("int64").tolist()
+    except (TypeError, ValueError) as error:
+        raise MetadataError(f"{path}: bytes and mtime_ns must be integers ({error}); re-run the fetch stage "
+                            f"(dvc repro -f fetch)") from error
+    names = frame["Image Index"].tolist()
+    paths = dict(zip(names, frame["path"].tolist()))
+    if len(paths) != len(names):
+        duplicate = frame["Image Index"][frame["Image Index"].duplicated()].iloc[0]
+        raise MetadataError(f"{path}: image {duplicate!r} is listed twice; re-run the fetch stage (dvc repro -f fetch)")
+    return ImageFiles(path, paths, dict(zip(names, zip(sizes, mtimes))))
 
 
 @dataclass(frozen=True)
@@ -35,7 +167,7 @@ class Metadata:
 
     frame: pd.DataFrame  # columns: image_id, patient_id, finding_labels, view_position
     labels: np.ndarray  # uint8 [N, 15]
-    images_dir: Path
+    images: ImageFiles
     source_csv: Path
     dropped_missing: int
     orphan_images: int = 0
@@ -49,10 +181,13 @@ def find_metadata_csv(raw_dir: Path) -> Path:
 
 
 def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: str = "ignore") -> Metadata:
-    """Load `raw_dir/Data_Entry_2017.csv` and check it against `raw_dir/images/`.
+    """Load `raw_dir/Data_Entry_2017.csv` and check it against the images of :func:`image_files`.
+
+    The files themselves are not opened here (and a manifest's are not stat'ed): the readers
+    that open them check them.
 
     Args:
-        raw_dir: folder in the NIH layout (images/ + metadata CSV).
+        raw_dir: the fetch stage's folder (metadata CSV + images/ or images.csv).
         missing_images: "error" stops at the first row whose image is absent; "skip" drops
             such rows and logs how many.
         orphan_images: images without a metadata row: "ignore" counts and logs them, "error"
@@ -60,9 +195,7 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
     """
     raw_dir = Path(raw_dir)
     csv_path = find_metadata_csv(raw_dir)
-    images_dir = raw_dir / "images"
-    if not images_dir.is_dir():
-        raise MetadataError(f"{images_dir}: image folder not found")
+    images = image_files(raw_dir)
     frame = pd.read_csv(csv_path, dtype={"Patient ID": str, "Image Index": str}, keep_default_na=False)
     missing_columns = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing_columns:
@@ -79,27 +212,27 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
         # line = row + 2: the header is line 1, so the message matches what an editor shows
         labels[row] = encode_findings(cell, where=f"{csv_path} line {row + 2} ({image})")
 
-    on_disk = {path.name for path in images_dir.glob("*.png")}
+    on_disk = images.paths.keys()
     present = frame["Image Index"].isin(on_disk).to_numpy()
     dropped = int((~present).sum())
     if dropped and missing_images == "error":
         row = int(np.flatnonzero(~present)[0])
         raise MetadataError(
             f"{csv_path} line {row + 2}: image {frame.at[row, 'Image Index']!r} not found in "
-            f"{images_dir} ({dropped} row(s) in all have no image; set data.missing_images: skip "
+            f"{images.source} ({dropped} row(s) in all have no image; set data.missing_images: skip "
             "to drop them)"
         )
     if dropped:
-        log.warning("dropped %d metadata row(s) whose image is missing from %s", dropped, images_dir)
+        log.warning("dropped %d metadata row(s) whose image is missing from %s", dropped, images.source)
     orphans = len(on_disk) - int(present.sum())
     if orphans and orphan_images == "error":
         example = sorted(on_disk - set(frame["Image Index"]))[0]
         raise MetadataError(
-            f"{images_dir}: {orphans} image(s) have no row in {csv_path}, e.g. {example!r} "
+            f"{images.source}: {orphans} image(s) have no row in {csv_path}, e.g. {example!r} "
             "(set data.orphan_images: ignore to leave them out)"
         )
     if orphans:
-        log.info("%d image(s) in %s have no metadata row and are ignored", orphans, images_dir)
+        log.info("%d image(s) in %s have no metadata row and are ignored", orphans, images.source)
 
     kept = frame.loc[present]
     table = pd.DataFrame(
@@ -111,4 +244,4 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
         }
     )
     log.info("metadata: %d images, %d patients from %s", len(table), table["patient_id"].nunique(), csv_path)
-    return Metadata(table, labels[present], images_dir, csv_path, dropped, orphans)
+    return Metadata(table, labels[present], images, csv_path, dropped, orphans)

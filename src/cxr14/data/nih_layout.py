@@ -1,7 +1,7 @@
-"""Use a local NIH ChestX-ray14 download in place: detect its layout, link it, never copy it.
+"""Use a local NIH ChestX-ray14 download in place: detect its layout, record it, never copy it.
 
     layout = detect_layout(Path("/data/ChestX-ray14"))  # official, Kaggle or sample layout
-    n_images = link_raw(layout, Path("data/raw"))        # data/raw/images/*.png -> the user's files
+    n_images = index_raw(layout, Path("data/raw"))       # data/raw/images.csv: where each image is
 
 Three layouts are recognised under `data.nih.path`:
 
@@ -12,10 +12,13 @@ Three layouts are recognised under `data.nih.path`:
   the CSV either next to `sample/` or inside it (both occur, depending on how the archive was
   unpacked); a folder holding `images/` + `sample_labels.csv` directly is accepted too.
 
-`link_raw` gives the rest of the pipeline the one layout it reads (`images/` + a
-`Data_Entry_2017.csv`) at the cost of 112,120 symlinks instead of 42 GB of copies. The metadata
-CSV is copied, because it is small and the pipeline must be able to trust it not to change; so
-is NIH's `BBox_List_2017.csv` when the download has it (in the root folder or beside the CSV).
+`index_raw` gives the rest of the pipeline the one layout it reads, whatever the download's:
+a `Data_Entry_2017.csv` and the manifest `images.csv`, one row per image with the absolute path
+of the user's file, its size and its mtime (see cxr14.data.metadata, which reads it for every
+stage). The images stay where they are; `data/raw` is a few MB that DVC caches and restores in
+a queued experiment without looking at the 42 GB again. The metadata CSV is copied, because it
+is small and the pipeline must be able to trust it not to change; so is NIH's
+`BBox_List_2017.csv` when the download has it (in the root folder or beside the CSV).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr14.data.boxes import BBOX_FILE
-from cxr14.data.metadata import METADATA_NAMES
+from cxr14.data.metadata import IMAGES_MANIFEST, METADATA_NAMES, write_manifest
 from cxr14.io import atomic_directory, progress
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ _EXPECTED = (
 
 
 class NihLayoutError(ValueError):
-    """`data.nih.path` does not hold a usable NIH ChestX-ray14 layout, or linking it failed."""
+    """`data.nih.path` does not hold a usable NIH ChestX-ray14 layout, or recording it failed."""
 
 
 @dataclass(frozen=True)
@@ -107,54 +110,55 @@ def detect_layout(root: Path) -> NihLayout:
     )
 
 
-def link_raw(layout: NihLayout, out_dir: Path) -> int:
-    """Materialise `out_dir/images/<name>.png` as symlinks + `out_dir/Data_Entry_2017.csv` as a copy.
+def index_raw(layout: NihLayout, out_dir: Path) -> int:
+    """Write `out_dir/images.csv` (the manifest) + `out_dir/Data_Entry_2017.csv` (a copy).
 
-    `BBox_List_2017.csv`, when it lies in the layout's root folder or beside the metadata CSV,
-    is copied next to `Data_Entry_2017.csv` too.
+    The manifest has one row per PNG: `Image Index` (the file name), `path` (the absolute path
+    of the user's file, symlinks resolved), `bytes` and `mtime_ns` (from one stat per file),
+    sorted by name, so an unchanged folder gives a byte-identical manifest. `BBox_List_2017.csv`,
+    when it lies in the layout's root folder or beside the metadata CSV, is copied next to
+    `Data_Entry_2017.csv` too.
 
-    Symlink targets are absolute, so `out_dir` can be read from any working directory. The
-    folder is built in a staging sibling and renamed into place, so an interrupted run never
-    leaves a half-linked `out_dir`; replacing an old `out_dir` removes only its links
-    (shutil.rmtree does not follow symlinks), never the user's images.
+    The folder is built in a staging sibling and renamed into place, so an interrupted run never
+    leaves a half-written `out_dir`; it holds no image, so replacing it never touches the
+    user's files.
 
     Args:
         layout: from :func:`detect_layout`.
         out_dir: the fetch stage's output, e.g. data/raw.
 
     Returns:
-        The number of images linked.
+        The number of images recorded.
 
     Raises:
         NihLayoutError: an image folder holds no PNG, two folders hold the same image name
-            (both paths are named), `out_dir` would overwrite the user's data, or the file
-            system refuses symlinks.
+            (both paths are named), `out_dir` would overwrite the user's data, or an image
+            cannot be stat'ed.
     """
     out_dir = Path(out_dir)
     _check_out_dir(layout, out_dir)
-    sources = _scan_images(layout)
-    log.info("found %s", layout.describe(len(sources)))
+    entries = _scan_images(layout)
+    log.info("found %s", layout.describe(len(entries)))
+    rows = []
+    with progress(total=len(entries), desc="recording NIH images", unit="img") as bar:
+        for name, entry in entries.items():
+            try:
+                stat = entry.stat()  # follows a symlink to the file it names
+                path = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+            except OSError as error:
+                raise NihLayoutError(f"cannot read {entry.path}: {error}") from error
+            rows.append((name, path, stat.st_size, stat.st_mtime_ns))
+            bar.update()
     with atomic_directory(out_dir) as staging:
-        images_dir = staging / "images"
-        images_dir.mkdir()
-        link_prefix = os.path.join(images_dir, "")  # plain strings: no Path object per image
-        with progress(total=len(sources), desc="linking NIH images", unit="img") as bar:
-            for name, target in sources.items():
-                try:
-                    os.symlink(target, link_prefix + name)
-                except OSError as error:
-                    raise NihLayoutError(
-                        f"cannot create symlink {out_dir / 'images' / name} -> {target}: {error}; the file system "
-                        f"of {out_dir.parent} must support symlinks"
-                    ) from error
-                bar.update()
+        write_manifest(staging / IMAGES_MANIFEST, rows)
         shutil.copyfile(layout.metadata_csv, staging / RAW_METADATA)
         boxes = _bbox_list(layout)
         if boxes is not None:
             shutil.copyfile(boxes, staging / BBOX_FILE)
     copied = layout.metadata_csv.name + (f" and {boxes.name}" if boxes is not None else f" (no {BBOX_FILE})")
-    log.info("linked %d images and copied %s to %s", len(sources), copied, out_dir)
-    return len(sources)
+    log.info("recorded %s images (%.1f GB) in %s and copied %s", f"{len(rows):,}",
+             sum(row[2] for row in rows) / 1e9, out_dir / IMAGES_MANIFEST, copied)
+    return len(rows)
 
 
 # ------------------------------------------------------------------------------------ detection
@@ -203,10 +207,10 @@ def _list_folder(root: Path, limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
 
-# ------------------------------------------------------------------------------------- linking
-def _scan_images(layout: NihLayout) -> dict[str, str]:
-    """Image name -> absolute path of every PNG, using only what os.scandir already knows."""
-    sources: dict[str, str] = {}
+# ----------------------------------------------------------------------------------- recording
+def _scan_images(layout: NihLayout) -> dict[str, os.DirEntry]:
+    """Image name -> directory entry of every PNG, using only what os.scandir already knows."""
+    sources: dict[str, os.DirEntry] = {}
     for folder in layout.image_dirs:
         folder_abs = folder.resolve()  # one resolve per folder, not per file
         found = 0
@@ -216,10 +220,10 @@ def _scan_images(layout: NihLayout) -> dict[str, str]:
                 # are skipped: macOS unpacking leaves "._<name>.png" resource forks next to the images.
                 if not entry.name.endswith(".png") or entry.name.startswith(".") or not entry.is_file():
                     continue
-                previous = sources.setdefault(entry.name, entry.path)
-                if previous != entry.path:
+                previous = sources.setdefault(entry.name, entry)
+                if previous.path != entry.path:
                     raise NihLayoutError(
-                        f"image {entry.name} is in two folders: {previous} and {entry.path}; NIH image names "
+                        f"image {entry.name} is in two folders: {previous.path} and {entry.path}; NIH image names "
                         f"are unique, so one of the folders is a duplicate or a different data set -- remove it"
                     )
                 found += 1

@@ -1,11 +1,13 @@
 """The fetch stage's sources: the embedded phantom, or real NIH data.
 
-    fetch(cfg, Path("data/raw"))    # writes data/raw/images/*.png + Data_Entry_2017.csv
+    fetch(cfg, Path("data/raw"))    # writes Data_Entry_2017.csv + images/*.png or images.csv
 
-Phantom: generated into a staging folder renamed into place. NIH: the user's folder (official,
-Kaggle or sample layout; optionally downloaded first) is linked in place, image by image, so
-the ~42 GB of PNGs are never copied (and dvc.yaml marks data/raw `cache: false`, so DVC only
-hashes them). Either way, an interrupted fetch never leaves a half-populated data/raw.
+Phantom: the PNGs themselves, generated into `images/` of a staging folder renamed into place.
+NIH: the user's folder (official, Kaggle or sample layout; optionally downloaded first) stays
+where it is; `images.csv` records the path, size and mtime of each of its PNGs, so the ~42 GB
+are never copied and DVC caches (and hashes) only a few MB. Readers find the images of either
+through cxr14.data.metadata.image_files. An interrupted fetch never leaves a half-populated
+data/raw.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def fetch(cfg: Config, out_dir: Path) -> None:
 
 
 def fetch_nih(cfg: Config, out_dir: Path) -> None:
-    """Download (when asked) and link the NIH data set into `out_dir` in the NIH layout."""
+    """Download (when asked) and record the NIH data set in `out_dir`: metadata + image manifest."""
     from cxr14.data.nih_download import download_nih, fetch_metadata, official_archives
-    from cxr14.data.nih_layout import detect_layout, link_raw
+    from cxr14.data.nih_layout import detect_layout, index_raw
 
     nih = cfg.data.nih
     root = Path(nih.path).expanduser().resolve()
@@ -54,5 +56,5 @@ def fetch_nih(cfg: Config, out_dir: Path) -> None:
     layout = detect_layout(root)
     if layout_metadata is not None:
         layout = dataclasses.replace(layout, metadata_csv=layout_metadata)
-    count = link_raw(layout, out_dir)
-    log.info("data/raw: %d NIH images linked from %s (%s layout)", count, root, layout.kind)
+    count = index_raw(layout, out_dir)
+    log.info("%s: %s NIH images recorded from %s (%s layout)", out_dir, f"{count:,}", root, layout.kind)
