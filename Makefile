@@ -29,6 +29,7 @@ test: install
 	python -m pytest
 
 mlflow-ui: install
+	@python -c "from cxr14.tracking import runs_page_url; print('training runs:', runs_page_url())" || true
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean-venv:

@@ -9,6 +9,7 @@ the REST API, as a shared lab server would be used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -52,17 +53,15 @@ def _stop(server: subprocess.Popen) -> None:
         server.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """The URI of a live `mlflow server` with its own SQLite store and artifact folder."""
-    root = tmp_path_factory.mktemp("mlflow_server")
+@contextlib.contextmanager
+def running_mlflow(subcommand: list[str], root: Path) -> Iterator[str]:
+    """Run `mlflow <subcommand…> --host 127.0.0.1 --port <free>` in `root` until the block ends;
+    yields its URI once /health answers (the log is root/server.log)."""
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [
-        str(mlflow_cli) if mlflow_cli.is_file() else shutil.which("mlflow") or "mlflow", "server",
+        str(mlflow_cli) if mlflow_cli.is_file() else shutil.which("mlflow") or "mlflow", *subcommand,
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
     ]
     uri = f"http://127.0.0.1:{port}"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
@@ -87,6 +86,15 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         yield uri
     finally:
         _stop(server)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """The URI of a live `mlflow server` with its own SQLite store and artifact folder."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    with running_mlflow(["server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
+                         "--artifacts-destination", str(root / "artifacts")], root) as uri:
+        yield uri
 
 
 def test_training_is_tracked_on_a_real_mlflow_server(mlflow_server, tiny_cache, tmp_path, monkeypatch):

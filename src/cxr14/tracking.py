@@ -157,6 +157,27 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
     mlflow.end_run()
 
 
+# MLflow 3's UI opens every experiment in its "GenAI" mode unless the page says otherwise (the
+# UI's own GenAI / Model training switch wins over the experiment's kind tag); this parameter
+# opens the training-runs table.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def runs_page_url(ui: str = "http://127.0.0.1:5000", uri: str | None = None) -> str:
+    """The MLflow UI address of the experiment's training-runs table (`make mlflow-ui` prints it)."""
+    experiment_id = _mlflow_for(uri or tracking_uri())
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?{UI_TRAINING_VIEW}"
+
+
+def _mlflow_for(uri: str) -> str:
+    import mlflow
+
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        raise LookupError(f"{uri}: no MLflow experiment {EXPERIMENT!r} yet; run `dvc repro` first")
+    return experiment.experiment_id
+
+
 def log_cache_inputs(cache_dir: Path, contexts: dict[str, str]) -> None:
     """Record cache splits as the active run's dataset inputs (MLflow's "Datasets" column).
 
