@@ -163,3 +163,100 @@ def test_focal_loss_weighted_sampling_and_plateau_schedule_train_end_to_end(tiny
     assert all(row["train_loss"] > 0 and row["lr"] > 0 for row in result.history)
     saved = json.loads((tmp_path / "cnn" / "config.json").read_text())
     assert (saved["train"]["loss"], saved["train"]["sampling"]) == ("focal", "findings")
+
+
+@pytest.mark.parametrize("kind", ["focal", "weighted_bce"])
+def test_validation_loss_is_the_training_loss_without_label_smoothing(kind, tiny_cache, tmp_path, mlflow_store):
+    """history.val_loss = the configured loss (its pos_weight from the train split, its focal
+    alpha/gamma) at label_smoothing 0, recomputed here from the saved weights on the val split."""
+    import torch
+
+    from cxr14.data.cache import open_split, split_labels
+    from cxr14.models import build_model
+    from cxr14.training.engine import predict
+    from cxr14.training.losses import make_loss
+
+    settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "train.loss": kind,
+                "train.label_smoothing": 0.2, "train.focal_alpha": 0.4, "train.focal_gamma": 1.5}
+    cfg = config_from_dict(tiny_params(**settings))
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+
+    bundle = build_model("cnn", 15, 32, pretrained=False)
+    bundle.model.load_state_dict(torch.load(tmp_path / "cnn" / "last.pt", weights_only=False)["model"])
+    val_images, val_index = open_split(tiny_cache, "val")
+    _, train_index = open_split(tiny_cache, "train")
+    val_labels = torch.from_numpy(split_labels(val_index)).double()
+    scores = predict(bundle, val_images, split_labels(val_index), 16, 32, torch.device("cpu"))
+    logits = torch.logit(torch.from_numpy(scores).double())
+
+    def loss(smoothing: float, loss_kind: str = kind) -> float:
+        return float(make_loss(loss_kind, train_labels=split_labels(train_index), focal_alpha=0.4, focal_gamma=1.5,
+                               label_smoothing=smoothing)(logits, val_labels))
+
+    val_loss = result.history[0]["val_loss"]
+    assert val_loss == pytest.approx(loss(0.0), rel=1e-4)
+    assert val_loss != pytest.approx(loss(0.2), rel=1e-2)  # not the smoothed objective
+    assert val_loss != pytest.approx(loss(0.0, "bce"), rel=1e-2)  # not plain BCE either
+
+
+def _validation_with_auroc(monkeypatch, aurocs):
+    """Make epoch i's validation report AUROC aurocs[i] (None: the real one), keeping its real loss."""
+    import cxr14.training.engine as engine
+
+    real_validate, calls = engine._validate, []
+
+    def validate(*args, **kwargs):
+        loss, auroc = real_validate(*args, **kwargs)
+        calls.append(1)
+        wanted = aurocs[len(calls) - 1]
+        return loss, auroc if wanted is None else wanted
+
+    monkeypatch.setattr(engine, "_validate", validate)
+
+
+@pytest.mark.parametrize(("aurocs", "best"), [([float("nan"), 0.6, 0.7], 3), ([0.6, float("nan"), 0.5], 1),
+                                              ([float("nan"), 0.7, float("nan")], 2)])
+def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(aurocs, best, tiny_cache, tmp_path,
+                                                                    mlflow_store, monkeypatch):
+    _validation_with_auroc(monkeypatch, aurocs)
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    assert result.epochs_run == 3
+    assert result.best_epoch == best and result.best_val_auroc == aurocs[best - 1]
+    summary = json.loads((tmp_path / "cnn" / "train.json").read_text())
+    assert summary["best_epoch"] == best and summary["best_val_macro_auroc"] == aurocs[best - 1]
+    import torch
+
+    checkpoint = torch.load(tmp_path / "cnn" / "best.pt", weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["selected"]) == (best, True)
+
+
+def test_undefined_auroc_counts_as_a_bad_epoch_for_patience(tiny_cache, tmp_path, mlflow_store, monkeypatch):
+    _validation_with_auroc(monkeypatch, [0.6, float("nan"), 0.9])
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3,
+                                          "train.patience": 1}))
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    assert (result.epochs_run, result.best_epoch) == (2, 1)
+
+
+def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(tiny_cache, tmp_path, mlflow_store,
+                                                                            monkeypatch, caplog):
+    import logging
+    import math
+
+    import torch
+
+    _validation_with_auroc(monkeypatch, [float("nan"), float("nan")])
+    caplog.set_level(logging.WARNING, logger="cxr14.training.engine")
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2}))
+    out_dir = tmp_path / "cnn"
+    result = train_model(cfg, "cnn", tiny_cache, out_dir)
+    assert result.epochs_run == 2 and result.best_epoch == 0 and math.isnan(result.best_val_auroc)
+    summary = json.loads((out_dir / "train.json").read_text())
+    assert summary["best_epoch"] == 0 and summary["best_val_macro_auroc"] is None
+    assert "undefined in all 2 epochs" in summary["selection"]
+    assert any("undefined in all 2 epochs" in r.getMessage() for r in caplog.records)
+    best = torch.load(out_dir / "best.pt", weights_only=False)
+    last = torch.load(out_dir / "last.pt", weights_only=False)
+    assert best["selected"] is False and best["epoch"] == 2 and math.isnan(best["val_macro_auroc"])
+    assert all(torch.equal(best["model"][key], value) for key, value in last["model"].items())

@@ -5,10 +5,24 @@
 
 Every epoch ends with validation (loss, macro AUROC) and an atomic `last.pt` holding model,
 optimizer, schedule, random states, epoch/step and early-stopping state (also every
-`train.checkpoint_every_steps` optimizer steps); an improvement also writes `best.pt`. A run
-killed at any point resumes from `last.pt` when re-run with the same params, skipping the
+`train.checkpoint_every_steps` optimizer steps); an improvement also writes `best.pt`. The
+validation loss is the configured training loss (bce | weighted_bce | focal, same pos_weight
+and focal parameters) without label smoothing, so the train and val curves measure the same
+objective.
+
+Best epoch: the highest validation macro AUROC; an epoch whose AUROC is undefined (NaN) is
+never the best and counts as a bad epoch for patience. If no epoch has a defined AUROC,
+nothing is selected: best.pt holds the last epoch's weights with "selected": False, and
+train.json has best_epoch 0, best_val_macro_auroc null and a "selection" note (also logged).
+
+A run killed at any point resumes from `last.pt` when re-run with the same params, the same
+data (the cache's `tracking.data_fingerprint`) and the same number of processes, skipping the
 batches already trained and restoring the random states, so it ends exactly where an
-uninterrupted run would (on the CPU: identical metrics), in the same MLflow run. Under
+uninterrupted run would (on the CPU: identical metrics), in the same MLflow run. An unfinished
+`last.pt` that differs in any of these is not resumed: a warning names what changed (which
+params, the old and new data fingerprint, the world size), training starts over in a new
+MLflow run tagged `resume_refused` and `restarted_from` (the old run id), and the old run gets
+the tags `abandoned` and `superseded_by` and, if still RUNNING, the status KILLED. Under
 torchrun every process trains its shard of each epoch; only rank 0 validates and writes.
 """
 
@@ -48,7 +62,8 @@ from cxr14.training.schedule import LearningRateSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train_model", "predict", "select_device", "make_optimizer", "save_checkpoint"]
+__all__ = ["TrainResult", "train_model", "predict", "predict_logits", "validation_loss", "select_device",
+           "make_optimizer", "save_checkpoint"]
 
 
 @dataclass
@@ -61,18 +76,60 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def training_fingerprint(cfg: Config, model_name: str, world_size: int) -> str:
-    """What must match for a checkpoint to be resumed: this model's resolved params and the
-    number of processes (which decides how each epoch's batches are sharded)."""
-    relevant = {"seed": cfg.seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name,
-                "world_size": world_size}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+def resume_key(cfg: Config, model_name: str, world_size: int, data: str) -> dict:
+    """What must match for a checkpoint to be resumed, by component: this model's resolved
+    params, the data (`tracking.data_fingerprint` of the cache) and the number of processes
+    (which decides how each epoch's batches are sharded). Stored in every last.pt, so a refusal
+    can say which component changed."""
+    params = {"seed": cfg.seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
+    return {"params": params, "data": data, "world_size": world_size}
 
 
-@torch.no_grad()
+def training_fingerprint(key: dict) -> str:
+    """The hash of a `resume_key`: a checkpoint resumes only when its fingerprint equals this."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_refusal(checkpoint: dict, key: dict) -> str | None:
+    """Why the unfinished `checkpoint` must not be resumed under `key`, or None when it may.
+
+    The reason names what changed: which params (old -> new), the data fingerprints, the world
+    size. A checkpoint from before the key was stored only says "other settings".
+    """
+    if checkpoint.get("fingerprint") == training_fingerprint(key):
+        return None
+    old = checkpoint.get("resume_key")
+    if not isinstance(old, dict):
+        return "it was trained with other settings (the checkpoint records no resume key)"
+    reasons = []
+    if old.get("params") != key["params"]:
+        before, after = flatten(old.get("params") or {}), flatten(key["params"])
+        changed = [name for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+        shown = ", ".join(f"{name} {before.get(name)!r} -> {after.get(name)!r}" for name in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        reasons.append(f"other params ({shown}{more})")
+    if old.get("data") != key["data"]:
+        reasons.append(f"other data (data fingerprint {old.get('data')} -> {key['data']})")
+    if old.get("world_size") != key["world_size"]:
+        reasons.append(f"another world size ({old.get('world_size')} -> {key['world_size']} processes)")
+    return "it was trained with " + ("; ".join(reasons) or "other settings")
+
+
 def predict(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
             device: torch.device, desc: str = "predict") -> np.ndarray:
     """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation)."""
+    return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=True)
+
+
+def predict_logits(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
+                   device: torch.device, desc: str = "predict") -> np.ndarray:
+    """float32 logits [N, 15] for a cache split, in its row order (no augmentation)."""
+    return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=False)
+
+
+@torch.no_grad()
+def _forward(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
+             device: torch.device, desc: str, sigmoid: bool) -> np.ndarray:
     bundle.model.eval()
     loader = make_loader(images, labels, batch_size, shuffle=False, seed=0, pin_memory=device.type == "cuda")
     outputs = []
@@ -80,7 +137,8 @@ def predict(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_s
         inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std,
                                image_size)
         with _autocast(device):
-            outputs.append(torch.sigmoid(bundle.model(inputs).float()).cpu())
+            logits = bundle.model(inputs).float()
+            outputs.append((torch.sigmoid(logits) if sigmoid else logits).cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
 
@@ -90,11 +148,20 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def _validate(bundle, images, labels, train: TrainConfig, device) -> tuple[float, float]:
-    scores = predict(bundle, images, labels, train.batch_size, train.image_size, device, desc="validate")
-    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
-    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
-    return loss, macro_auroc(labels, scores)
+def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Module:
+    """The loss the validation reports: the configured training loss (same kind, pos_weight from
+    the train split, focal alpha/gamma) without label smoothing, so the val curve measures the
+    training objective against the true labels and stays comparable to the train curve."""
+    return make_loss(train.loss, train_labels=train_labels, focal_alpha=train.focal_alpha,
+                     focal_gamma=train.focal_gamma, label_smoothing=0.0)
+
+
+def _validate(bundle, images, labels, train: TrainConfig, device, loss_fn: torch.nn.Module) -> tuple[float, float]:
+    """(loss_fn on the logits, mean over all elements; macro AUROC of the sigmoid scores); CPU loss_fn."""
+    logits = torch.from_numpy(predict_logits(bundle, images, labels, train.batch_size, train.image_size, device,
+                                             desc="validate"))
+    loss = float(loss_fn(logits, torch.from_numpy(np.asarray(labels, np.float32)))) if len(logits) else math.nan
+    return loss, macro_auroc(labels, torch.sigmoid(logits).numpy())
 
 
 def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
@@ -140,7 +207,8 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     if main:
         tracking.check_reachable(uri)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = training_fingerprint(cfg, model_name, context.world_size)
+    key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir))
+    fingerprint = training_fingerprint(key)
 
     train_images, train_index = open_split(cache_dir, "train")
     val_images, val_index = open_split(cache_dir, "val")
@@ -160,14 +228,21 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     schedule = LearningRateSchedule(optimizer, train, steps_per_epoch)
     loss_fn = make_loss(train.loss, train_labels=train_labels, focal_alpha=train.focal_alpha,
                         focal_gamma=train.focal_gamma, label_smoothing=train.label_smoothing).to(device)
+    val_loss_fn = validation_loss(train, train_labels)  # on the CPU, beside the gathered logits
 
     state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "run_id": None,
              "train_seconds": 0.0, "partial": None}
     last_path = out_dir / "last.pt"
     resume_rng = None
+    abandoned = None  # (old run id, reason) of an unfinished checkpoint that is not resumed
     if last_path.is_file():
         checkpoint = torch.load(last_path, map_location=device, weights_only=False)
-        if checkpoint.get("fingerprint") == fingerprint and not checkpoint.get("finished"):
+        finished = bool(checkpoint.get("finished"))
+        refusal = None if finished else resume_refusal(checkpoint, key)
+        if finished:
+            if main:
+                log.info("%s: %s holds a finished run; training from scratch", model_name, last_path)
+        elif refusal is None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             schedule.load_state_dict(checkpoint["schedule"])
@@ -178,10 +253,15 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
                 where = f"epoch {state['epoch'] + 1}, batch {state['partial']['batches']}" if state["partial"] \
                     else f"the end of epoch {state['epoch']}"
                 log.info("resuming %s from %s at %s", model_name, last_path, where)
-        elif main:
-            log.info("ignoring %s (finished, or trained with other params)", last_path)
+        else:
+            old_run = (checkpoint.get("state") or {}).get("run_id")
+            abandoned = (old_run, refusal)
+            if main:
+                log.warning("%s: not resuming the unfinished %s: %s; starting over at epoch 1 in a new MLflow run "
+                            "(the old run %s is marked abandoned)", model_name, last_path, refusal, old_run)
     best_weights = None
-    if main and state["epoch"] and (out_dir / "best.pt").is_file():
+    # best_epoch 0: no epoch selected yet, so a best.pt there belongs to an earlier run.
+    if main and state["best_epoch"] and (out_dir / "best.pt").is_file():
         best_weights = torch.load(out_dir / "best.pt", map_location=device, weights_only=False)["model"]
 
     network: torch.nn.Module = model
@@ -200,10 +280,17 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
         # The resolved config as this model sees it (overrides applied), saved beside its outputs.
         atomic_write_json(out_dir / "config.json", resolved)
         tags = tracking.run_tags(model_name, cache_dir, str(device), bundle.weights)
+        if abandoned is not None:
+            tags.update(resume_refused=f"{last_path.name} not resumed: {abandoned[1]}"[:5000],
+                        restarted_from=str(abandoned[0]))
         run_context = tracking.model_run(model_name, run_id=state["run_id"], tags=tags)
     with run_context as run:
         if main and state["run_id"] is None:
             state["run_id"] = run.info.run_id
+            if abandoned is not None and abandoned[0]:
+                tracking.end_abandoned_run(
+                    abandoned[0], f"{last_path} not resumed: {abandoned[1]}; training restarted in run "
+                    f"{run.info.run_id}", superseded_by=run.info.run_id)
             tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
                                  "params_total": n_params, "params_trainable": n_trainable})
             tracking.log_artifact(out_dir / "config.json")
@@ -266,13 +353,13 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
                                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "schedule": schedule.state_dict(), "rng": rng_states,
                                 "state": {**state, "partial": partial}, "fingerprint": fingerprint,
-                                "finished": False})
+                                "resume_key": key, "finished": False})
                 elapsed = time.perf_counter() - started
                 bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
                                 img_s=f"{(seen - seen_before) / max(elapsed, 1e-9):.0f}", refresh=False)
             train_seconds = seconds_before + time.perf_counter() - started
             loss_sum, seen = sum_across(context, loss_sum, seen)
-            validation = _validate(bundle, val_images, val_labels, train, device) if main else None
+            validation = _validate(bundle, val_images, val_labels, train, device, val_loss_fn) if main else None
             val_loss, val_auroc = from_main(context, validation)
             schedule.after_epoch(val_auroc)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
@@ -281,7 +368,8 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
             state["history"].append(row)
             state["train_seconds"] += train_seconds
             state["epoch"] = epoch
-            improved = state["best_epoch"] == 0 or val_auroc > state["best_auroc"]
+            # An undefined (NaN) AUROC is never the best and counts as a bad epoch for patience.
+            improved = bool(np.isfinite(val_auroc)) and (state["best_epoch"] == 0 or val_auroc > state["best_auroc"])
             if improved:
                 state.update(best_auroc=val_auroc, best_epoch=epoch, bad_epochs=0)
             else:
@@ -292,30 +380,46 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
                 log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s",
                          model_name, epoch, row["train_loss"], val_loss, val_auroc, row["images_per_second"])
                 if not np.isfinite(val_auroc):
-                    log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val)",
+                    log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val, or "
+                                "non-finite scores); not a candidate for best, counts as a bad epoch",
                                 model_name, epoch)
                 if improved:
                     best_weights = copy.deepcopy(model.state_dict())
                     save_checkpoint(out_dir / "best.pt", {"model": best_weights, "model_name": model_name,
                                                           "epoch": epoch, "val_macro_auroc": float(val_auroc),
-                                                          "image_size": train.image_size})
+                                                          "image_size": train.image_size, "selected": True})
                 save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "schedule": schedule.state_dict(), "state": state,
-                                            "fingerprint": fingerprint, "finished": stop})
+                                            "fingerprint": fingerprint, "resume_key": key, "finished": stop})
             if stop:
                 if epoch < train.epochs and main:
                     log.info("%s: early stop after epoch %d (best epoch %d)", model_name, epoch, state["best_epoch"])
                 break
 
+        selected = state["best_epoch"] > 0
+        if not selected:
+            state["best_auroc"] = math.nan
         if main:
             if best_weights is not None:
                 model.load_state_dict(best_weights)  # early stopping restores the best weights
+            if selected:
+                selection = "epoch with the highest validation macro AUROC"
+            else:
+                # Nothing to select on: best.pt (which evaluate needs) holds the last epoch's weights,
+                # marked as not selected; train.json says so and best_epoch stays 0.
+                selection = (f"none: validation macro AUROC undefined in all {state['epoch']} epochs; "
+                             "best.pt holds the last epoch's weights")
+                log.warning("%s: %s", model_name, selection)
+                save_checkpoint(out_dir / "best.pt", {"model": model.state_dict(), "model_name": model_name,
+                                                      "epoch": state["epoch"], "val_macro_auroc": math.nan,
+                                                      "image_size": train.image_size, "selected": False})
             atomic_write_text(out_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False))
             summary = {"model": model_name, "params_total": n_params, "params_trainable": n_trainable,
                        "weights": bundle.weights, "image_size": train.image_size, "world_size": context.world_size,
-                       "best_epoch": state["best_epoch"], "best_val_macro_auroc": state["best_auroc"],
-                       "epochs_run": state["epoch"], "train_seconds": round(state["train_seconds"], 2),
-                       "run_id": state["run_id"]}
+                       "best_epoch": state["best_epoch"],
+                       "best_val_macro_auroc": state["best_auroc"] if selected else None,
+                       "selection": selection, "epochs_run": state["epoch"],
+                       "train_seconds": round(state["train_seconds"], 2), "run_id": state["run_id"]}
             atomic_write_json(out_dir / "train.json", summary)
             tracking.log_metrics({"best_val_macro_auroc": state["best_auroc"], "train_seconds": state["train_seconds"]})
             tracking.log_artifact(out_dir / "history.csv")

@@ -1,0 +1,161 @@
+"""An unfinished last.pt is resumed only under the same params, data and world size; otherwise
+training starts over, says why, and the abandoned MLflow run is ended and tagged."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from cxr14.config import SplitConfig, config_from_dict
+from cxr14.data.cache import build_cache
+from cxr14.data.metadata import load_metadata
+from cxr14.data.split import attach_splits, make_splits
+from cxr14.tracking import data_fingerprint
+from cxr14.training.checkpoint import save_checkpoint
+from cxr14.training.engine import resume_refusal, train_model, training_fingerprint
+from tests.conftest import tiny_params, write_nih_folder
+from tests.test_training_processes import _environment, _mid_epoch_checkpoint, _params_file, _train_command
+
+ENGINE_LOGGER = "cxr14.training.engine"
+
+
+def _other_cache(tmp_path: Path) -> Path:
+    """A second 32 px cache with other images, findings and patients than `tiny_cache`."""
+    findings = ["Effusion", "No Finding", "Atelectasis|Mass", "Pneumothorax", "Nodule", "No Finding", "Edema"]
+    rows = [(f"{patient:08d}_{follow:03d}.png", findings[(2 * patient + follow) % len(findings)], str(patient))
+            for patient in range(101, 113) for follow in range(3)]
+    raw = write_nih_folder(tmp_path / "raw_other", rows, seed=1)
+    metadata = load_metadata(raw)
+    table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
+    splits_csv = tmp_path / "splits_other.csv"
+    table.to_csv(splits_csv, index=False)
+    frame, labels = attach_splits(metadata, splits_csv)
+    build_cache(frame, labels, metadata.images.paths, tmp_path / "cache_other", size=32, workers=1)
+    return tmp_path / "cache_other"
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == ENGINE_LOGGER and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.slow
+def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run(tiny_cache, tmp_path,
+                                                                                mlflow_store, caplog):
+    other_cache = _other_cache(tmp_path)
+    old_data, new_data = data_fingerprint(tiny_cache), data_fingerprint(other_cache)
+    assert old_data != new_data
+
+    # A real training on the first cache, killed -9 mid-epoch 2: its MLflow run stays RUNNING.
+    env = _environment(tmp_path)
+    assert env["MLFLOW_TRACKING_URI"] == mlflow_store
+    overrides = {"train.epochs": 3, "train.checkpoint_every_steps": 1}
+    params = _params_file(tmp_path, **overrides)
+    out_dir = tmp_path / "cnn"
+    last_path = out_dir / "last.pt"
+    process = subprocess.Popen(_train_command(params, tiny_cache, out_dir), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    state = None
+    while state is None and process.poll() is None and time.monotonic() < deadline:
+        state = _mid_epoch_checkpoint(last_path)
+        time.sleep(0.01)
+    assert state is not None, "the run ended before a mid-epoch checkpoint could be caught"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
+    assert not checkpoint["finished"] and checkpoint["resume_key"]["data"] == old_data
+    old_run_id = checkpoint["state"]["run_id"]
+    client = mlflow.tracking.MlflowClient(mlflow_store)
+    assert client.get_run(old_run_id).info.status == "RUNNING"
+
+    # Re-run with the same params on the other cache: it must not continue the old run.
+    caplog.set_level(logging.INFO, logger=ENGINE_LOGGER)
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.batch_size": 2,
+                                          **overrides}))
+    result = train_model(cfg, "cnn", other_cache, out_dir)
+
+    assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.epochs_run == 3
+    assert not any(r.getMessage().startswith("resuming") for r in caplog.records)
+    refusals = [message for message in _warnings(caplog) if "not resuming" in message]
+    assert len(refusals) == 1, _warnings(caplog)
+    message = refusals[0]
+    assert str(last_path) in message and old_data in message and new_data in message
+    assert "other data" in message and "other params" not in message and "world size" not in message
+    assert old_run_id in message
+
+    assert result.run_id != old_run_id
+    old_run, new_run = client.get_run(old_run_id), client.get_run(result.run_id)
+    assert old_run.info.status == "KILLED"
+    assert "other data" in old_run.data.tags["abandoned"] and new_data in old_run.data.tags["abandoned"]
+    assert old_run.data.tags["superseded_by"] == result.run_id
+    assert new_run.info.status == "FINISHED"
+    assert new_run.data.tags["restarted_from"] == old_run_id
+    assert old_data in new_run.data.tags["resume_refused"] and new_data in new_run.data.tags["resume_refused"]
+    assert new_run.data.tags["data_fingerprint"] == new_data
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_macro_auroc")] == [1, 2, 3]
+
+    final = torch.load(last_path, map_location="cpu", weights_only=False)
+    assert final["finished"] and final["resume_key"]["data"] == new_data and final["state"]["run_id"] == result.run_id
+
+
+def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(tiny_cache, tmp_path, mlflow_store,
+                                                                           monkeypatch, caplog):
+    import cxr14.training.engine as engine
+
+    settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2, "train.lr": 1e-3}
+    real_validate, calls = engine._validate, []
+
+    def crash_on_second_validation(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_validate(*args, **kwargs)
+
+    out_dir = tmp_path / "cnn"
+    monkeypatch.setattr(engine, "_validate", crash_on_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir)
+    monkeypatch.setattr(engine, "_validate", real_validate)
+    checkpoint = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)
+    assert not checkpoint["finished"] and checkpoint["state"]["epoch"] == 1
+    old_run_id = checkpoint["state"]["run_id"]
+
+    caplog.set_level(logging.INFO, logger=ENGINE_LOGGER)
+    result = train_model(config_from_dict(tiny_params(**{**settings, "train.lr": 2e-3})), "cnn", tiny_cache, out_dir)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    refusals = [message for message in _warnings(caplog) if "not resuming" in message]
+    assert len(refusals) == 1
+    assert "other params (train.lr 0.001 -> 0.002)" in refusals[0] and "other data" not in refusals[0]
+    client = mlflow.tracking.MlflowClient(mlflow_store)
+    old_run = client.get_run(old_run_id)
+    assert old_run.info.status == "FAILED"  # ended by the interrupt; abandoning keeps that status
+    assert "train.lr 0.001 -> 0.002" in old_run.data.tags["abandoned"]
+    assert client.get_run(result.run_id).data.tags["restarted_from"] == old_run_id
+
+    # A checkpoint written before the resume key existed: "other settings", start over.
+    legacy = {key: value for key, value in checkpoint.items() if key != "resume_key"}
+    legacy["fingerprint"] = "0123456789abcdef"
+    save_checkpoint(out_dir / "last.pt", legacy)
+    caplog.clear()
+    again = train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir)
+    assert [row["epoch"] for row in again.history] == [1, 2]
+    assert any("other settings" in message for message in _warnings(caplog))
+
+
+def test_refusal_names_every_changed_component():
+    params = {"seed": 0, "train": {"lr": 0.001, "epochs": 2}, "model": "cnn"}
+    key = {"params": params, "data": "aaaaaaaaaaaa", "world_size": 1}
+    assert resume_refusal({"fingerprint": training_fingerprint(key), "resume_key": key}, key) is None
+    old = {"params": {**params, "train": {"lr": 0.01, "epochs": 2}}, "data": "bbbbbbbbbbbb", "world_size": 2}
+    reason = resume_refusal({"fingerprint": "old", "resume_key": old}, key)
+    assert "other params (train.lr 0.01 -> 0.001)" in reason
+    assert "other data (data fingerprint bbbbbbbbbbbb -> aaaaaaaaaaaa)" in reason
+    assert "another world size (2 -> 1 processes)" in reason
+    assert "other settings" in resume_refusal({"fingerprint": "legacy"}, key)
