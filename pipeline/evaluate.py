@@ -28,7 +28,7 @@ def main(args) -> None:
     if args.predictions:
         atomic_write_text(Path(args.predictions), record["predictions"].to_csv(index=False, float_format="%.5f"))
     figures = write_figures(record, Path(args.figures)) if args.figures else []
-    log_to_run(record, model_dir / "mlflow_run.json", figures)
+    log_to_run(record, model_dir / "mlflow_run.json", figures, cache_dir=Path(args.cache))
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def test_training_is_tracked_on_a_real_mlflow_server(mlflow_server, tiny_cache, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")  # as `dvc exp run -n tiny-exp` would set it
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # tiny training: sample often
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32}))
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn")
 
@@ -124,6 +125,23 @@ def test_training_is_tracked_on_a_real_mlflow_server(mlflow_server, tiny_cache, 
     artifacts = {artifact.path for artifact in client.list_artifacts(result.run_id)}
     assert {"history.csv", "config.json", "checkpoint"} <= artifacts
     assert [a.path for a in client.list_artifacts(result.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+    assert run.info.run_name == "cnn (tiny-exp)"
+    # The cache as MLflow dataset inputs: one per split, named, digested by the data fingerprint.
+    inputs = {_context(entry): entry for entry in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    for context, split in (("training", "train"), ("validation", "val")):
+        dataset = inputs[context].dataset
+        assert dataset.name == f"cxr14-cache-{split}" and dataset.digest == data_fingerprint(tiny_cache)
+        tags = {tag.key: tag.value for tag in inputs[context].tags}
+        assert int(tags["images"]) == len((tiny_cache / f"{split}.csv").read_text().splitlines()) - 1
+        assert int(tags["patients"]) > 0
+    # System metrics sampled during training (CPU and memory here; GPU ones on a GPU node).
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+
+def _context(dataset_input) -> str:
+    return {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"]
 
 
 def test_check_reachable_accepts_a_live_server(mlflow_server):

@@ -147,8 +147,10 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
     if run_id:
         run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     else:
-        run = mlflow.start_run(run_name=model_name, tags={"model": model_name, **(tags or {})},
-                               log_system_metrics=system_metrics)
+        # Within a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
+        experiment = dvc_experiment_name()
+        run = mlflow.start_run(run_name=f"{model_name} ({experiment})" if experiment else model_name,
+                               tags={"model": model_name, **(tags or {})}, log_system_metrics=system_metrics)
     try:
         yield run
     except BaseException:

@@ -122,8 +122,9 @@ def write_figures(record: dict, figure_dir: Path) -> list[Path]:
     }, figure_dir).values())
 
 
-def log_to_run(record: dict, run_file: Path, figures: list[Path] = ()) -> None:
-    """Add the test metrics (and figures) to the model's training run (recorded in mlflow_run.json)."""
+def log_to_run(record: dict, run_file: Path, figures: list[Path] = (), cache_dir: Path | None = None) -> None:
+    """Add the test metrics (and figures, and with `cache_dir` the test split as a dataset input)
+    to the model's training run (recorded in mlflow_run.json)."""
     run_id = tracking.recorded_run_id(run_file)
     metrics = record["metrics"]
     flat = {f"test_{key}": value for key, value in metrics.items() if isinstance(value, float)}
@@ -132,3 +133,5 @@ def log_to_run(record: dict, run_file: Path, figures: list[Path] = ()) -> None:
         tracking.log_metrics({key: value for key, value in flat.items() if np.isfinite(value)})
         for figure in figures:
             tracking.log_artifact(figure, "figures")
+        if cache_dir is not None:
+            tracking.log_cache_inputs(cache_dir, {"test": "testing"})

@@ -283,7 +283,7 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
         if abandoned is not None:
             tags.update(resume_refused=f"{last_path.name} not resumed: {abandoned[1]}"[:5000],
                         restarted_from=str(abandoned[0]))
-        run_context = tracking.model_run(model_name, run_id=state["run_id"], tags=tags)
+        run_context = tracking.model_run(model_name, run_id=state["run_id"], tags=tags, system_metrics=True)
     with run_context as run:
         if main and state["run_id"] is None:
             state["run_id"] = run.info.run_id
@@ -294,6 +294,7 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
             tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
                                  "params_total": n_params, "params_trainable": n_trainable})
             tracking.log_artifact(out_dir / "config.json")
+            tracking.log_cache_inputs(cache_dir, {"train": "training", "val": "validation"})
         if main:
             atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
 
