@@ -212,3 +212,45 @@ def test_run_tags(tmp_path, monkeypatch):
     tags = run_tags("resnet50", cache_dir, "cuda:0", "timm:resnet50.a1_in1k")
     assert tags["dvc_experiment"] == "bold-fern" and tags["weights"] == "timm:resnet50.a1_in1k"
     assert all(isinstance(value, str) for value in tags.values())
+
+
+def test_default_store_is_the_dvc_workspaces_even_from_an_experiment_copy(tmp_path, monkeypatch):
+    """`dvc exp run --queue/--temp` runs stages in .dvc/tmp/exps/<copy> with DVC_ROOT = the workspace."""
+    copy = tmp_path / "workspace" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))
+    uri = tracking.tracking_uri()
+    assert tracking.sqlite_path(uri) == tmp_path / "workspace" / "mlflow.db"
+    with tracking.model_run("cnn") as run:
+        pass
+    assert (tmp_path / "workspace" / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
+    assert run.info.artifact_uri.startswith(str(tmp_path / "workspace" / "mlruns"))
+    monkeypatch.delenv("DVC_ROOT")  # by hand, outside DVC: the current folder
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+    assert tracking.sqlite_path(tracking.tracking_uri()) == copy / "mlflow.db"
+
+
+def test_a_locked_store_fails_with_one_clear_error(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}?timeout=0.2")
+    with tracking.model_run("cnn"):
+        pass
+    holder = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's write transaction that never ends
+    try:
+        with pytest.raises(TrackingUnavailableError, match="stayed locked beyond its timeout"):
+            with tracking.model_run("cnn"):
+                pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_reopening_a_run_missing_from_the_store_names_it_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    with pytest.raises(tracking.RecordedRunMissingError, match="not in the store .*MLFLOW_TRACKING_URI"):
+        with tracking.model_run("cnn", run_id="0123456789abcdef0123456789abcdef"):
+            pass

@@ -142,21 +142,77 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
 
     `system_metrics` samples CPU, memory and (with pynvml on a GPU node) GPU utilisation and
     memory in the background while the run is open: use it for training.
+
+    Raises:
+        RecordedRunMissingError: `run_id` is not in the current store.
+        TrackingUnavailableError: the SQLite store stayed locked longer than the timeout.
     """
-    mlflow = _mlflow()
-    if run_id:
-        run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-    else:
-        # Within a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
-        experiment = dvc_experiment_name()
-        run = mlflow.start_run(run_name=f"{model_name} ({experiment})" if experiment else model_name,
-                               tags={"model": model_name, **(tags or {})}, log_system_metrics=system_metrics)
+    uri = tracking_uri()
+    with _explained_store_errors(uri):
+        mlflow = _mlflow()
+        if run_id:
+            _require_run(mlflow, run_id, model_name, uri)
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        else:
+            # In a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
+            experiment = dvc_experiment_name()
+            run = mlflow.start_run(run_name=f"{model_name} ({experiment})" if experiment else model_name,
+                                   tags={"model": model_name, **(tags or {})}, log_system_metrics=system_metrics)
     try:
         yield run
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as error:
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception as ending:  # the original error matters more; say the run stays open
+            log.warning("MLflow run %s could not be marked FAILED: %s", run.info.run_id, ending)
+        locked = _locked_store_error(error, uri)
+        if locked is not None:
+            raise locked from error
         raise
-    mlflow.end_run()
+    with _explained_store_errors(uri):
+        mlflow.end_run()
+
+
+class RecordedRunMissingError(RuntimeError):
+    """A model's recorded MLflow run is not in the store this process logs to."""
+
+
+def _require_run(mlflow, run_id: str, model_name: str, uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise RecordedRunMissingError(
+            f"MLflow run {run_id} of {model_name} (models/{model_name}/mlflow_run.json) is not in the store {uri}; "
+            "set MLFLOW_TRACKING_URI to the store it was trained against (the file names it), or re-train "
+            f"with `dvc repro --force train@{model_name}`"
+        ) from None
+
+
+def _locked_store_error(error: BaseException, uri: str) -> TrackingUnavailableError | None:
+    if "database is locked" not in str(error):
+        return None
+    return TrackingUnavailableError(
+        f"MLflow store {uri} stayed locked beyond its timeout ({SQLITE_TIMEOUT_SECONDS} s unless the URI sets "
+        "?timeout=) and MLflow's retries: another process holds a "
+        "write lock on it (a stuck queue worker or script); stop it and re-run, or log to an MLflow server "
+        "(MLFLOW_TRACKING_URI=http://...) when many workers write at once"
+    )
+
+
+@contextlib.contextmanager
+def _explained_store_errors(uri: str) -> Iterator[None]:
+    """Turn SQLite's "database is locked" (after the timeout and MLflow's retries) into one clear error."""
+    try:
+        yield
+    except Exception as error:
+        locked = _locked_store_error(error, uri)
+        if locked is not None:
+            raise locked from error
+        raise
 
 
 # MLflow 3's UI opens every experiment in its "GenAI" mode unless the page says otherwise (the
