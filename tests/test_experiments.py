@@ -1,0 +1,197 @@
+"""Queued, parallel and temporary `dvc exp` runs, as a user runs sweeps, against the real DVC queue.
+
+    PYTHONPATH=src python -m pytest -q tests/test_experiments.py
+
+A tiny copy of the project is reproduced once; then two experiments and one with a bad param
+are queued and run by two queue workers at once (`dvc queue start -j 2`), another runs with
+`--temp`. Every experiment runs in a temporary copy of the repository under `.dvc/tmp/exps/`;
+MLFLOW_TRACKING_URI is unset, as on a user's machine, so the runs must still land in the
+*workspace's* mlflow.db (two writers at once on one SQLite file), and only training and what
+follows may run: the data stages come from DVC's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import tiny_params
+from tests.test_pipeline_e2e import make_repo, run
+
+pytestmark = pytest.mark.slow
+DATA_STAGES = ("fetch", "split", "preprocess", "boxes")
+QUEUE_TIMEOUT_SECONDS = 1200
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A reproduced, committed tiny project whose MLflow store is the default (no MLFLOW_TRACKING_URI)."""
+    work = tmp_path_factory.mktemp("experiments") / "repo"
+    env = make_repo(work, tiny_params(models=["cnn"]))
+    del env["MLFLOW_TRACKING_URI"]
+    run(["dvc", "repro"], work, env)
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "baseline results"], work, env)
+    return work, env
+
+
+def _client(work: Path) -> mlflow.tracking.MlflowClient:
+    return mlflow.tracking.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+
+
+def _runs_by_experiment(work: Path) -> dict[str, list]:
+    client = _client(work)
+    experiment = client.get_experiment_by_name("cxr14")
+    runs: dict[str, list] = {}
+    for found in client.search_runs([experiment.experiment_id]):
+        runs.setdefault(found.data.tags.get("dvc_experiment", ""), []).append(found)
+    return runs
+
+
+def _queue_status(work: Path, env: dict) -> dict[str, str]:
+    table = run(["dvc", "queue", "status"], work, env)
+    status = {}
+    for line in table.splitlines():
+        match = re.match(r"^\w+\s+(\S+)\s+.*\s(Queued|Running|Success|Failed)\s*$", line)
+        if match:
+            status[match.group(1)] = match.group(2)
+    return status
+
+
+@pytest.fixture(scope="module")
+def queued(workspace):
+    """Two experiments and a bad one, queued and run by two workers at once."""
+    work, env = workspace
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.003", "-n", "exp-fast"], work, env)
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.0003", "-n", "exp-slow"], work, env)
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=-1", "-n", "exp-bad"], work, env)
+    run(["dvc", "queue", "start", "-j", "2"], work, env)
+    deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
+    while True:
+        status = _queue_status(work, env)
+        if len(status) == 3 and not {"Queued", "Running"} & set(status.values()):
+            break
+        assert time.monotonic() < deadline, f"queue still busy after {QUEUE_TIMEOUT_SECONDS} s: {status}"
+        time.sleep(5)
+    logs = {name: run(["dvc", "queue", "logs", name], work, env) for name in status}
+    return work, env, status, logs
+
+
+def test_parallel_queue_runs_both_experiments_and_reports_the_bad_one(queued):
+    _, _, status, logs = queued
+    assert status == {"exp-fast": "Success", "exp-slow": "Success", "exp-bad": "Failed"}, logs
+    # The bad param is refused by the first stage with one line naming the key, no traceback.
+    assert "params.yaml: train.lr must be > 0, got -1.0" in logs["exp-bad"]
+    assert "Traceback" not in logs["exp-bad"]
+
+
+def test_queued_experiments_rerun_no_data_stage(queued):
+    _, _, _, logs = queued
+    for name in ("exp-fast", "exp-slow"):
+        assert "Running stage 'train@cnn'" in logs[name]
+        rerun = [stage for stage in DATA_STAGES if f"Running stage '{stage}'" in logs[name]]
+        assert rerun == [], f"{name} re-ran {rerun}:\n{logs[name][-3000:]}"
+
+
+def test_queued_runs_land_in_the_workspace_store_with_test_metrics(queued):
+    work, _, _, logs = queued
+    runs = _runs_by_experiment(work)
+    client = _client(work)
+    for name, lr in (("exp-fast", "0.003"), ("exp-slow", "0.0003")):
+        assert len(runs.get(name, [])) == 1, f"{name}: {runs.keys()}\n{logs[name][-2000:]}"
+        found = runs[name][0]
+        assert found.info.status == "FINISHED"
+        assert float(found.data.params["train.lr"]) == float(lr)
+        assert 0.0 <= found.data.metrics["test_macro_auroc"] <= 1.0
+        # Artifacts live beside the workspace's database, not in the deleted temporary copy.
+        assert {Path(item.path).name for item in client.list_artifacts(found.info.run_id, "figures")} >= {
+            "roc_pr.png", "training.png"}
+        assert str(work / "mlruns") in found.info.artifact_uri
+        assert "Creating initial MLflow database tables" not in logs[name]  # the workspace's store existed
+    assert "exp-bad" not in runs  # refused before any run was created
+    experiment = client.get_experiment_by_name("cxr14")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dvc_exp_show_lists_the_headline_only(queued):
+    work, env, _, _ = queued
+    table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
+    names = json.dumps(table)
+    assert "exp-fast" in names and "exp-slow" in names
+    shown = run(["dvc", "exp", "show", "--md", "--only-changed", "--drop", "Created|State|Executor|^metrics/[a-z_]+$|^models/",
+                 "--sort-by", "metrics/cnn.json:macro_auroc", "--sort-order", "desc"], work, env)
+    header = [cell.strip() for cell in shown.splitlines()[0].strip("|").split("|")]
+    assert {"macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "train.lr"} <= set(header), header
+    assert len(header) <= 12, header  # the headline, not several hundred per-class columns
+    rows = [line for line in shown.splitlines() if "exp-fast" in line or "exp-slow" in line]
+    auroc = header.index("macro_auroc")
+    values = [float(row.strip("|").split("|")[auroc]) for row in rows]
+    assert len(values) == 2 and values == sorted(values, reverse=True)  # --sort-by works on the headline
+    metrics = run(["dvc", "metrics", "show", "--json"], work, env)
+    columns = json.loads(metrics)
+    flat = json.dumps(columns)
+    assert "Cardiomegaly" not in flat and "prevalence" not in flat  # per-class detail is not a metric
+
+
+def test_temp_experiment_logs_to_the_workspace_store(workspace):
+    work, env = workspace
+    output = run(["dvc", "exp", "run", "--temp", "-S", "train.epochs=1", "-n", "exp-temp"], work, env)
+    assert "Running stage 'train@cnn'" in output
+    assert not [stage for stage in DATA_STAGES if f"Running stage '{stage}'" in output]
+    runs = _runs_by_experiment(work)
+    assert len(runs.get("exp-temp", [])) == 1
+    assert "test_macro_auroc" in runs["exp-temp"][0].data.metrics
+
+
+def test_applied_experiment_reevaluates_into_its_own_run(queued):
+    work, env, _, _ = queued
+    fast_run = _runs_by_experiment(work)["exp-fast"][0].info.run_id
+    run(["dvc", "exp", "apply", "exp-fast"], work, env)
+    recorded = json.loads((work / "models" / "cnn" / "mlflow_run.json").read_text())
+    assert recorded["run_id"] == fast_run
+    client = _client(work)
+    before = len(client.get_metric_history(fast_run, "test_macro_auroc"))
+    run(["dvc", "repro", "--single-item", "--force", "evaluate@cnn"], work, env)
+    assert len(client.get_metric_history(fast_run, "test_macro_auroc")) == before + 1
+    assert len(_runs_by_experiment(work)["exp-fast"]) == 1  # updated, not duplicated
+
+
+def test_mlflow_ui_opens_on_the_training_runs_with_their_test_auroc(queued, tmp_path):
+    """The real `mlflow ui` on the workspace store, in headless Chromium, as a user opens it."""
+    from playwright.sync_api import sync_playwright
+
+    from cxr14.tracking import runs_page_url
+    from tests.browser import find_chromium, require_chromium
+    from tests.test_tracking import running_mlflow
+
+    require_chromium()
+    work, _, _, _ = queued
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    runs = [found for group in _runs_by_experiment(work).values() for found in group]
+    with running_mlflow(["ui", "--backend-store-uri", store], tmp_path) as ui:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page(viewport={"width": 1800, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(runs_page_url(ui, uri=store), wait_until="load")
+                page.get_by_text(f"{len(runs)} matching runs").wait_for()
+                assert "/runs" in page.url  # the training runs, not the GenAI overview
+                page.get_by_role("button", name="Columns", exact=True).click()
+                page.locator('span[title="test_macro_auroc"]').first.click()
+                page.keyboard.press("Escape")
+                page.get_by_role("columnheader", name="test_macro_auroc").first.wait_for()
+                rows = "\n".join(page.locator('[role="row"]').all_inner_texts())
+                page.screenshot(path=str(tmp_path / "mlflow_runs.png"))
+            finally:
+                browser.close()
+    for found in runs:
+        assert found.info.run_name in rows
+        assert f"{found.data.metrics['test_macro_auroc']:.4f}"[:5] in rows, (found.info.run_name, rows)
+    assert "cxr14-cache-train" in rows  # the dataset column: the cache the run trained on
