@@ -13,17 +13,21 @@ trees, heart, mediastinum, ribs, clavicles, spine, diaphragm), upsampled, then g
 full-resolution quantum noise. Patients keep their anatomy and finding sites across follow-ups
 (so a leaky split inflates scores); each finding leaves a location-plausible sign of random
 severity; `BBox_List_2017.csv` boxes where the 8 findings NIH boxed were drawn (see
-cxr14.data.phantom_boxes). A seed gives byte-identical files whatever the worker count, because every random
-stream is seeded from (seed, stream, patient[, follow-up]) and never from global state.
+cxr14.data.phantom_boxes). A seed gives byte-identical files whatever the worker count, the run or
+(as far as the libraries allow) the CPU: every random stream is seeded from (seed, stream,
+patient[, follow-up]) and never from global state, signs are drawn in a fixed order, and pixels
+are computed in float64, then quantised with a single rounding (see _expose).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 import multiprocessing
+import threading
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -68,7 +72,11 @@ class Anatomy:
     sites: dict[str, Site]
 
 
-_U = (np.arange(WORK, dtype=np.float32) + 0.5) / WORK
+# float64 throughout, deliberately. In float32 the maps came out an ulp apart on different CPUs
+# (numpy's AVX-512 power and arctan2 vs libm's, its AVX2 exp/sin vs its SSE ones, OpenCV's fused
+# vs unfused multiply-adds), ~1e-5 of a grey level: enough to flip a few pixels per image that
+# sat on a rounding boundary. A float64 ulp is ~1e9 times smaller.
+_U = (np.arange(WORK, dtype=np.float64) + 0.5) / WORK
 GX, GY = np.meshgrid(_U, _U)
 
 
@@ -81,7 +89,7 @@ def _canvas(draw: list[tuple], sigma: float) -> np.ndarray:
     canvas = np.zeros((WORK, WORK), np.uint8)
     for fn, *args in draw:
         fn(canvas, *args)
-    return cv2.GaussianBlur(canvas.astype(np.float32) / 255, (0, 0), sigma)
+    return cv2.GaussianBlur(canvas / 255.0, (0, 0), sigma)
 
 
 def _vessel_tree(rng: Gen, med: float) -> np.ndarray:
@@ -128,7 +136,7 @@ def make_anatomy(seed: int, patient_id: int) -> Anatomy:
         r = np.random.default_rng([seed, _SITE, patient_id, i]).random(7)
         sites[name] = dict(side=-1.0 if r[0] < .5 else 1.0, both=float(r[1] < .35), a=r[2], v=r[3],
                            size=r[4], sev=.35 + .65 * r[5], key=r[6])
-    return Anatomy(geo, female, static.astype(np.float32), _vessel_tree(rng, geo["med"]), sites)
+    return Anatomy(geo, female, static, _vessel_tree(rng, geo["med"]), sites)
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -167,7 +175,7 @@ def _blob(d: np.ndarray, x: float, y: float, r: float, amp: float, mask: np.ndar
 
 def _patches(rng: Gen, cells: int, threshold: float) -> np.ndarray:
     """Smooth random patch field in 0..1 (ill-defined opacities), about `cells` blobs across."""
-    field = rng.standard_normal((cells, cells)).astype(np.float32)
+    field = rng.standard_normal((cells, cells))
     return np.clip((cv2.resize(field, (WORK, WORK), interpolation=cv2.INTER_CUBIC) - threshold) / 1.5, 0, 1)
 
 
@@ -249,7 +257,7 @@ def _base_density(an: Anatomy, geo: NS, rng: Gen) -> np.ndarray:
     clav = _canvas([(cv2.polylines, [np.array([(_px(.5 + s * x), _px(g["clav_y"] + y)) for x, y in clav_pts],
                                               np.int32)], False, 255, _px(.018)) for s in (-1, 1)], 1.0)
     d += g["bone"] * ((0.7 * post + 0.3 * ant) * cage + 1.3 * clav)
-    mottle = rng.standard_normal((48, 48)).astype(np.float32)
+    mottle = rng.standard_normal((48, 48))
     return d + 0.012 * cv2.resize(mottle, (WORK, WORK), interpolation=cv2.INTER_CUBIC)
 
 
@@ -300,7 +308,7 @@ def _emphysema(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
 
 def _fibrosis(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
     """Bilateral reticular net (zero crossings of band-passed noise), upper and peripheral."""
-    noise = np.random.default_rng(int(site["key"] * 2**31)).standard_normal((WORK, WORK)).astype(np.float32)
+    noise = np.random.default_rng(int(site["key"] * 2**31)).standard_normal((WORK, WORK))
     noise = cv2.GaussianBlur(noise, (0, 0), 1.5)
     net = np.exp(-((noise / (0.3 * noise.std())) ** 2))
     for L in geo.lungs.values():
@@ -393,8 +401,32 @@ _SIGNS = {"Effusion": _effusion, "Pneumothorax": _pneumothorax, "Nodule": _nodul
 
 @lru_cache(maxsize=2)
 def _noise_tile(size: int) -> np.ndarray:
-    """A fixed full-resolution noise field; images read it at random offsets (far faster than drawing)."""
+    """A fixed full-resolution noise field; images read it at random offsets (far faster than drawing).
+
+    float32 on purpose: _expose relies on its 24-bit significands to add the noise exactly.
+    """
     return np.random.default_rng(12345).standard_normal((size + NOISE_PAD,) * 2, dtype=np.float32)
+
+
+_SCRATCH = threading.local()  # per thread: the full-resolution float64 image, reused image after image
+
+
+def _expose(img: np.ndarray, tile: np.ndarray, sigma: float, image_size: int) -> np.ndarray:
+    """The WORK-resolution float64 grey levels img, upsampled, plus sigma x tile noise, as uint8.
+
+    Quantising is where a last-bit difference shows, so it must compute the same on every CPU,
+    and cv2.addWeighted fuses a * alpha + b * beta, or not, depending on the SIMD path it
+    dispatches to. Here img is float64 and sigma is rounded to a multiple of 1/1024, so
+    sigma x tile (24 significant bits by 11) is exact in float64: img + sigma x tile is rounded
+    once, fused or not, then half to even to uint8. The float64 image goes into a reused
+    buffer: a fresh 8 MB array per image was page-faulted in again and again.
+    """
+    buf = getattr(_SCRATCH, "image", None)
+    if buf is None or buf.shape != (image_size, image_size):
+        buf = _SCRATCH.image = np.empty((image_size, image_size))
+    up = cv2.INTER_LINEAR if image_size >= WORK else cv2.INTER_AREA
+    img = cv2.resize(img, (image_size, image_size), dst=buf, interpolation=up)
+    return cv2.addWeighted(img, 1.0, tile, round(sigma * 1024) / 1024, 0.0, dtype=cv2.CV_8U)
 
 
 def render_image(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng: Gen, image_size: int,
@@ -422,7 +454,9 @@ def render_with_boxes(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng
     d = _base_density(anatomy, geo, base)
     haze = cv2.resize(cv2.resize(d, (16, 16), interpolation=cv2.INTER_AREA), (WORK, WORK))  # scatter
     extents = {"Cardiomegaly": sign_extent(geo.heart, 0.5)} if "Cardiomegaly" in sev else {}
-    for name in frng.keys() & _SIGNS.keys():
+    # In FINDINGS order, never a set's: `frng.keys() & _SIGNS.keys()` iterated in string-hash order,
+    # which PYTHONHASHSEED changes from run to run, and float sums in another order round apart.
+    for name in (name for name in frng if name in _SIGNS):
         before = d.copy() if name in BOXED else None
         _SIGNS[name](d, geo, anatomy.sites[name], frng[name], sev[name])
         if before is not None:
@@ -432,17 +466,16 @@ def render_with_boxes(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng
     scatter, gamma = base.uniform(0.05, 0.15) + 0.08 * geo.ap, base.uniform(0.8, 1.25)
     img = np.clip(((1 - scatter) * d + scatter * haze - lo) / (hi - lo), 0, 1) ** gamma
     img += base.uniform(-0.04, 0.04) * (GY - 0.5)  # heel effect
+    img *= 255.0  # grey levels from here on (cheaper here than at full resolution)
     angle, scale = base.normal(0, 1.2), base.uniform(.96, 1.03) + .03 * geo.ap  # positioning jitter
     m = cv2.getRotationMatrix2D((WORK / 2, WORK / 2), angle, scale)
     m[:, 2] += base.normal(0, .01, 2) * WORK
-    img = cv2.warpAffine(img.astype(np.float32), m, (WORK, WORK), borderMode=cv2.BORDER_REPLICATE)
-    up = cv2.INTER_LINEAR if image_size >= WORK else cv2.INTER_AREA
-    img = cv2.resize(img, (image_size, image_size), interpolation=up)
+    img = cv2.warpAffine(img, m, (WORK, WORK), borderMode=cv2.BORDER_REPLICATE)
     ox, oy = noise_rng.integers(0, NOISE_PAD, 2)
     tile = _noise_tile(image_size)[oy:oy + image_size, ox:ox + image_size]
     sigma = noise_rng.uniform(1.0, 2.2) + 0.6 * geo.ap  # grey levels
     boxes = {name: to_image_box(extent, m, WORK, image_size) for name, extent in extents.items() if extent}
-    return (cv2.addWeighted(img, 255.0, tile, sigma, 0.0, dtype=cv2.CV_8U),
+    return (_expose(img, tile, sigma, image_size),
             {name: box for name, box in boxes.items() if box is not None})
 
 
@@ -472,6 +505,21 @@ def _render_task(task: tuple[int, int, int, str, str, int, str]) -> list[tuple[s
         raise RuntimeError(f"PNG encoding failed for {path}")
     atomic_write_bytes(Path(path), buf.tobytes(), durable=False)
     return [(Path(path).name, finding, box) for finding, box in boxes.items()]
+
+
+def _keep_freed_heap() -> None:
+    """Pool initializer: let the worker keep the memory it frees (glibc; a no-op elsewhere).
+
+    Each image allocates and frees ~16 MB of float64 maps; glibc's default hands the top of the
+    heap back to the OS every time, and the next image page-faults it all in again: ~4 ms of
+    system time per 1024 px image, which is what float64 added to the run.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):
+        return
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of free heap
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (its maximum): maps this size come from the heap
 
 
 def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, seed: int = 0, workers: int = 0,
@@ -506,7 +554,8 @@ def generate_phantom(out_dir: Path, n_patients: int, image_size: int = 1024, see
         else:  # tasks are in patient order, so chunks mostly reuse the cached anatomy
             # fork: works from unguarded scripts and starts fast.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            with opencv_single_threaded(), multiprocessing.get_context(method).Pool(workers) as pool:
+            context = multiprocessing.get_context(method)
+            with opencv_single_threaded(), context.Pool(workers, initializer=_keep_freed_heap) as pool:
                 chunk = max(1, min(16, len(tasks) // (4 * workers)))
                 for image_boxes in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
                     boxes += image_boxes
