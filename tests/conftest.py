@@ -95,13 +95,18 @@ def _quiet_progress(monkeypatch):
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+def cache_of(raw: Path, cache_dir: Path, size: int = 32) -> Path:
+    """A `size` px cache of the NIH-layout folder `raw`, split 40/30/30 by patient (seed 0)."""
+    metadata = load_metadata(raw)
+    table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
+    splits_csv = cache_dir.parent / f"{cache_dir.name}_splits.csv"
+    table.to_csv(splits_csv, index=False)
+    frame, labels = attach_splits(metadata, splits_csv)
+    build_cache(frame, labels, metadata.images.paths, cache_dir, size=size, workers=1)
+    return cache_dir
+
+
 @pytest.fixture
 def tiny_cache(small_nih, tmp_path):
     """A 32 px cache of `small_nih` (30 images, 10 patients) split 40/30/30 by patient."""
-    metadata = load_metadata(small_nih)
-    table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
-    splits_csv = tmp_path / "splits.csv"
-    table.to_csv(splits_csv, index=False)
-    frame, labels = attach_splits(metadata, splits_csv)
-    build_cache(frame, labels, metadata.images.paths, tmp_path / "cache", size=32, workers=1)
-    return tmp_path / "cache"
+    return cache_of(small_nih, tmp_path / "cache")

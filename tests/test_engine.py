@@ -1,6 +1,8 @@
 """Training and evaluation on a tiny real cache, tracked in a real SQLite MLflow store."""
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import mlflow
 import pytest
@@ -40,14 +42,12 @@ def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_st
     assert {"history.csv", "checkpoint", "config.json"} <= artifacts
 
 
-def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_cache, tmp_path, mlflow_store, monkeypatch):
+@contextlib.contextmanager
+def killed_at_second_validation(monkeypatch) -> Iterator[None]:
+    """The block's training dies in the middle of epoch 2 (after its training steps, before its
+    checkpoint), as a kill would; the subprocess kill -9 version is in test_training_processes."""
     import cxr14.training.engine as engine
 
-    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
-    straight = train_model(cfg, "cnn", tiny_cache, tmp_path / "straight")
-
-    # Crash in the middle of epoch 2 (after its training steps, before its checkpoint), as a
-    # kill would; the subprocess kill -9 version belongs to the training-engine issue.
     real_validate, calls = engine._validate, []
 
     def crash_on_second_validation(*args, **kwargs):
@@ -57,9 +57,19 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_cache, tmp_path,
         return real_validate(*args, **kwargs)
 
     monkeypatch.setattr(engine, "_validate", crash_on_second_validation)
-    with pytest.raises(KeyboardInterrupt):
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(engine, "_validate", real_validate)
+
+
+def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_cache, tmp_path, mlflow_store, monkeypatch):
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
+    straight = train_model(cfg, "cnn", tiny_cache, tmp_path / "straight")
+
+    with killed_at_second_validation(monkeypatch):
         train_model(cfg, "cnn", tiny_cache, tmp_path / "killed")
-    monkeypatch.setattr(engine, "_validate", real_validate)
 
     resumed = train_model(cfg, "cnn", tiny_cache, tmp_path / "killed")
     assert resumed.epochs_run == 3

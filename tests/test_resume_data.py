@@ -4,24 +4,19 @@ training starts over, says why, and the abandoned MLflow run is ended and tagged
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
-from cxr14.config import SplitConfig, config_from_dict
-from cxr14.data.cache import build_cache
-from cxr14.data.metadata import load_metadata
-from cxr14.data.split import attach_splits, make_splits
+from cxr14.config import config_from_dict
 from cxr14.tracking import data_fingerprint
 from cxr14.training.checkpoint import save_checkpoint
 from cxr14.training.engine import resume_refusal, train_model, training_fingerprint
-from tests.conftest import tiny_params, write_nih_folder
-from tests.test_training_processes import _environment, _mid_epoch_checkpoint, _params_file, _train_command
+from tests.test_engine import killed_at_second_validation
+from tests.conftest import cache_of, tiny_params, write_nih_folder
+from tests.test_training_processes import _environment, _params_file, _train_command, kill_mid_epoch
 
 ENGINE_LOGGER = "cxr14.training.engine"
 
@@ -31,14 +26,7 @@ def _other_cache(tmp_path: Path) -> Path:
     findings = ["Effusion", "No Finding", "Atelectasis|Mass", "Pneumothorax", "Nodule", "No Finding", "Edema"]
     rows = [(f"{patient:08d}_{follow:03d}.png", findings[(2 * patient + follow) % len(findings)], str(patient))
             for patient in range(101, 113) for follow in range(3)]
-    raw = write_nih_folder(tmp_path / "raw_other", rows, seed=1)
-    metadata = load_metadata(raw)
-    table, _ = make_splits(metadata, SplitConfig(val_fraction=0.3, test_fraction=0.3), seed=0)
-    splits_csv = tmp_path / "splits_other.csv"
-    table.to_csv(splits_csv, index=False)
-    frame, labels = attach_splits(metadata, splits_csv)
-    build_cache(frame, labels, metadata.images.paths, tmp_path / "cache_other", size=32, workers=1)
-    return tmp_path / "cache_other"
+    return cache_of(write_nih_folder(tmp_path / "raw_other", rows, seed=1), tmp_path / "cache_other")
 
 
 def _warnings(caplog) -> list[str]:
@@ -59,16 +47,7 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
     params = _params_file(tmp_path, **overrides)
     out_dir = tmp_path / "cnn"
     last_path = out_dir / "last.pt"
-    process = subprocess.Popen(_train_command(params, tiny_cache, out_dir), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    state = None
-    while state is None and process.poll() is None and time.monotonic() < deadline:
-        state = _mid_epoch_checkpoint(last_path)
-        time.sleep(0.01)
-    assert state is not None, "the run ended before a mid-epoch checkpoint could be caught"
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_mid_epoch(_train_command(params, tiny_cache, out_dir), env, last_path)
     checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
     assert not checkpoint["finished"] and checkpoint["resume_key"]["data"] == old_data
     old_run_id = checkpoint["state"]["run_id"]
@@ -107,22 +86,10 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
 
 def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(tiny_cache, tmp_path, mlflow_store,
                                                                            monkeypatch, caplog):
-    import cxr14.training.engine as engine
-
     settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2, "train.lr": 1e-3}
-    real_validate, calls = engine._validate, []
-
-    def crash_on_second_validation(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real_validate(*args, **kwargs)
-
     out_dir = tmp_path / "cnn"
-    monkeypatch.setattr(engine, "_validate", crash_on_second_validation)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_second_validation(monkeypatch):
         train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir)
-    monkeypatch.setattr(engine, "_validate", real_validate)
     checkpoint = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)
     assert not checkpoint["finished"] and checkpoint["state"]["epoch"] == 1
     old_run_id = checkpoint["state"]["run_id"]

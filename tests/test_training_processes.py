@@ -48,6 +48,22 @@ def _mid_epoch_checkpoint(last_path: Path) -> dict | None:
     return state if state["partial"] is not None and state["epoch"] >= 1 else None
 
 
+def kill_mid_epoch(command: list[str], env: dict, last_path: Path) -> dict:
+    """Start a training process, kill -9 it once last.pt holds a mid-epoch checkpoint after the
+    first epoch, and return that checkpoint's state."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    state = None
+    while state is None and process.poll() is None and time.monotonic() < deadline:
+        state = _mid_epoch_checkpoint(last_path)
+        time.sleep(0.01)
+    assert state is not None, "the run ended before a mid-epoch checkpoint could be caught; kill test not exercised"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return state
+
+
 def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tiny_cache, tmp_path):
     env = _environment(tmp_path)
     params = _params_file(tmp_path, **{"train.epochs": 4, "train.checkpoint_every_steps": 1})
@@ -56,17 +72,7 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tiny_cache, tm
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(params, tiny_cache, killed_dir), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    state = None
-    while state is None and process.poll() is None and time.monotonic() < deadline:
-        state = _mid_epoch_checkpoint(killed_dir / "last.pt")
-        time.sleep(0.01)
-    assert state is not None, "the run ended before a mid-epoch checkpoint could be caught; kill test not exercised"
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    kill_mid_epoch(_train_command(params, tiny_cache, killed_dir), env, killed_dir / "last.pt")
     assert not (killed_dir / "train.json").exists()
 
     resumed = subprocess.run(_train_command(params, tiny_cache, killed_dir), env=env, capture_output=True,
