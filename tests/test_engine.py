@@ -270,3 +270,15 @@ def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(tiny
     last = torch.load(out_dir / "last.pt", weights_only=False)
     assert best["selected"] is False and best["epoch"] == 2 and math.isnan(best["val_macro_auroc"])
     assert all(torch.equal(best["model"][key], value) for key, value in last["model"].items())
+
+
+def test_an_override_that_replaces_a_general_setting_is_named():
+    from cxr14.training.engine import shadowed_settings
+
+    cfg = config_from_dict(tiny_params(**{"train.lr": 3e-4, "train.overrides": {"resnet18": {"lr": 1e-3}}}))
+    notes = shadowed_settings(cfg, "resnet18")
+    assert notes == ["resnet18: train.overrides.resnet18.lr = 0.001 replaces train.lr = 0.0003 "
+                     "(set -S train.overrides.resnet18.lr=... to change it)"]
+    assert shadowed_settings(cfg, "cnn") == []
+    same = config_from_dict(tiny_params(**{"train.lr": 1e-3, "train.overrides": {"resnet18": {"lr": 1e-3}}}))
+    assert shadowed_settings(same, "resnet18") == []

@@ -190,6 +190,21 @@ def epoch_batches(train: TrainConfig, images: np.ndarray, labels: np.ndarray, se
     return batches[: train.max_steps_per_epoch] if train.max_steps_per_epoch else batches
 
 
+def shadowed_settings(cfg: Config, model_name: str) -> list[str]:
+    """One line per `train.overrides.<model>` value that replaces a different `train.*` value, so
+    that a sweep of `-S train.lr=...` over a model with its own lr says why nothing changed."""
+    override = cfg.train.overrides.get(model_name)
+    if override is None:
+        return []
+    notes = []
+    for name, value in dataclasses.asdict(override).items():
+        general = getattr(cfg.train, name)
+        if value is not None and value != general:
+            notes.append(f"{model_name}: train.overrides.{model_name}.{name} = {value!r} replaces train.{name} = "
+                         f"{general!r} (set -S train.overrides.{model_name}.{name}=... to change it)")
+    return notes
+
+
 def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) -> TrainResult:
     """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`."""
     train = cfg.train_for(model_name)
@@ -206,6 +221,8 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     uri = tracking.tracking_uri()
     if main:
         tracking.check_reachable(uri)
+        for note in shadowed_settings(cfg, model_name):
+            log.info("%s", note)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir))
     fingerprint = training_fingerprint(key)
