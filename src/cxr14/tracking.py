@@ -158,18 +158,14 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
             experiment = dvc_experiment_name()
             run = mlflow.start_run(run_name=f"{model_name} ({experiment})" if experiment else model_name,
                                    tags={"model": model_name, **(tags or {})}, log_system_metrics=system_metrics)
-    try:
-        yield run
-    except BaseException as error:
         try:
-            mlflow.end_run(status="FAILED")
-        except Exception as ending:  # the original error matters more; say the run stays open
-            log.warning("MLflow run %s could not be marked FAILED: %s", run.info.run_id, ending)
-        locked = _locked_store_error(error, uri)
-        if locked is not None:
-            raise locked from error
-        raise
-    with _explained_store_errors(uri):
+            yield run
+        except BaseException:
+            try:
+                mlflow.end_run(status="FAILED")
+            except Exception as ending:  # the original error matters more; say the run stays open
+                log.warning("MLflow run %s could not be marked FAILED: %s", run.info.run_id, ending)
+            raise
         mlflow.end_run()
 
 
