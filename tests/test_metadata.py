@@ -151,3 +151,123 @@ def test_both_manifest_and_folder_or_neither_is_an_error(small_nih, tmp_path):
     (tmp_path / "bad" / IMAGES_MANIFEST).write_text("Image Index,path\na.png,/x/a.png\n")
     with pytest.raises(MetadataError, match=r"missing column\(s\) \['bytes', 'mtime_ns'\]"):
         image_files(tmp_path / "bad")
+
+
+# ------------------------------------------------------------------ data that can leak (issue 12)
+def _with_patient_ids(tmp_path, *patient_ids: str):
+    """An NIH folder whose 3rd, 4th ... rows (lines 4, 5 ...) have `patient_ids`, the others 1 and 2."""
+    rows = [("00000001_000.png", "Effusion", "1"), ("00000002_000.png", "No Finding", "2")]
+    rows += [(f"0000000{3 + i}_000.png", "Mass", patient) for i, patient in enumerate(patient_ids)]
+    return write_nih_folder(tmp_path / "raw", rows)
+
+
+@pytest.mark.parametrize("bad", ["", " ", "abc", "1.0", "0", "-3", "00012", "1e3"])
+def test_a_patient_id_that_is_not_a_positive_integer_is_refused(tmp_path, bad):
+    raw = _with_patient_ids(tmp_path, "3", bad)
+    csv = raw / "Data_Entry_2017.csv"
+    with pytest.raises(MetadataError) as refused:
+        load_metadata(raw)
+    message = str(refused.value)
+    assert message.startswith(f"{csv}: 1 row(s) have a Patient ID that is not a positive integer: ")
+    assert f"line 5 (00000004_000.png) {bad!r}" in message and "re-download Data_Entry_2017_v2020.csv" in message
+    assert "\n" not in message
+
+
+def test_an_empty_patient_id_cannot_split_a_patient(tmp_path):
+    """The bug: patient 1's third image had an empty id, so it went to val while its others went to train."""
+    rows = [(f"00000001_00{f}.png", "No Finding", "1") for f in range(3)]
+    rows += [(f"0000000{p}_000.png", "Effusion", str(p)) for p in range(2, 9)]
+    raw = write_nih_folder(tmp_path / "raw", rows)
+    csv = raw / "Data_Entry_2017.csv"
+    csv.write_text(csv.read_text().replace("00000001_002.png,No Finding,2,1,", "00000001_002.png,No Finding,2,,"))
+    with pytest.raises(MetadataError, match=r"1 row\(s\) have a Patient ID .*: line 4 \(00000001_002.png\) ''"):
+        load_metadata(raw)
+
+
+def test_many_bad_patient_ids_are_counted_after_the_first_few(tmp_path):
+    raw = _with_patient_ids(tmp_path, "x", "", "0", "3", "1.5")
+    with pytest.raises(MetadataError) as refused:
+        load_metadata(raw)
+    message = str(refused.value)
+    assert "4 row(s)" in message and "line 4 (00000003_000.png) 'x'" in message
+    assert "line 6 (00000005_000.png) '0'" in message and "and 1 more" in message and "'1.5'" not in message
+
+
+def test_patient_ids_are_read_as_written_and_blank_lines_keep_line_numbers(tmp_path):
+    raw = _with_patient_ids(tmp_path, " 30805 ", "3")
+    csv = raw / "Data_Entry_2017.csv"
+    lines = csv.read_text().splitlines(keepends=True)
+    csv.write_text("".join(lines[:2] + ["\n"] + lines[2:4] + ["00000009_000.png,Flu,0,9,50,M,PA\n"] + lines[4:]))
+    with pytest.raises(UnknownFindingError, match=r"line 6 \(00000009_000.png\)"):  # after a blank line
+        load_metadata(raw)
+    csv.write_text("".join(lines[:2] + ["\n"] + lines[2:] + ["\n"]))
+    metadata = load_metadata(raw)
+    assert metadata.frame["patient_id"].tolist() == ["1", "2", "30805", "3"]
+
+
+def test_an_empty_metadata_file_names_the_file_and_the_fix(tmp_path):
+    raw = _with_patient_ids(tmp_path)
+    csv = raw / "Data_Entry_2017.csv"
+    csv.write_bytes(b"")
+    with pytest.raises(MetadataError, match=rf"^{csv} is empty \(0 bytes\); re-download Data_Entry_2017_v2020.csv"):
+        load_metadata(raw)
+
+
+def test_a_header_only_metadata_file_is_refused(tmp_path):
+    raw = _with_patient_ids(tmp_path)
+    csv = raw / "Data_Entry_2017.csv"
+    csv.write_text(csv.read_text().splitlines()[0] + "\n")
+    with pytest.raises(MetadataError, match=rf"^{csv}: a header line but no rows; re-download Data_Entry_2017_v2020"):
+        load_metadata(raw)
+
+
+def test_a_latin1_byte_names_the_line_and_offset(tmp_path):
+    raw = _with_patient_ids(tmp_path)
+    csv = raw / "Data_Entry_2017.csv"
+    text = csv.read_text().replace("00000002_000.png,No Finding", "00000002_000.png,No Finding caf\u00e9")
+    csv.write_bytes(text.encode("latin-1"))
+    offset = text.index("\u00e9")
+    with pytest.raises(MetadataError, match=rf"^{csv} line 3: byte 0xe9 at offset {offset} is not UTF-8; "
+                                            r"save the file as UTF-8, or re-download"):
+        load_metadata(raw)
+
+
+def test_the_manifest_is_read_the_same_way(tmp_path):
+    _, raw = _fetched_nih(tmp_path)
+    manifest = raw / IMAGES_MANIFEST
+    header = manifest.read_text().splitlines()[0]
+    for content, refusal in ((b"", r"is empty \(0 bytes\)"), (f"{header}\n".encode(), "a header line but no rows"),
+                             (f"{header}\n\xe9.png,/x,1,2\n".encode("latin-1"), "line 2: byte 0xe9 at offset")):
+        manifest.write_bytes(content)
+        with pytest.raises(MetadataError, match=rf"^{manifest}:? {refusal}.*re-run it \(dvc repro -f fetch\)"):
+            image_files(raw)
+
+
+@pytest.mark.parametrize("case", ["patient_id", "empty", "latin1"])
+def test_split_stage_stops_on_bad_metadata_with_one_line(tmp_path, case):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO_ROOT, tiny_params
+
+    raw = _with_patient_ids(tmp_path, "3", "abc")
+    csv = raw / "Data_Entry_2017.csv"
+    if case == "empty":
+        csv.write_bytes(b"")
+    elif case == "latin1":
+        csv.write_bytes(csv.read_bytes().replace(b"No Finding", b"No Finding \xe9"))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params()))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "pipeline" / "split.py"), "--params", str(params),
+                           "--raw", str(raw), "--out", str(tmp_path / "splits.csv"),
+                           "--summary", str(tmp_path / "split.json")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    expected = {"patient_id": "line 5 (00000004_000.png) 'abc'", "empty": "is empty (0 bytes)",
+                "latin1": "line 3: byte 0xe9"}[case]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {csv}") and expected in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "splits.csv").exists()

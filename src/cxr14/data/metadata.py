@@ -7,6 +7,14 @@
 
 Validation stops with a message naming the file and row (unknown finding, missing column,
 duplicate image, missing image unless the policy says skip) so bad input never reaches training.
+The file itself must be readable: an empty file, a header without rows and a byte that is not
+UTF-8 each stop with one line naming the file (and the line) and the fix (:func:`read_table`).
+
+`Patient ID` must be a positive integer written as NIH writes it (`1`, `30805`): after stripping
+spaces it must match `[1-9][0-9]*`. Anything else (empty, `abc`, `1.0`, `0`, `-3`) is refused
+rather than guessed at, and so is `00012`: normalising it to `12` could merge two patients a tool
+wrote differently, and the split by patient must never see one patient under two ids (an empty
+id once sent one patient's image to val while the patient's other images went to train).
 
 Where the images are is answered here, once, for every reader (:func:`image_files`). The fetch
 stage's folder holds either the images themselves, `images/*.png` (the phantom), or the manifest
@@ -19,8 +27,10 @@ with its row and stops on any difference (:class:`ImageChangedError`).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +49,11 @@ IMAGES_FOLDER = "images"  # the images themselves (the phantom)
 IMAGES_MANIFEST = "images.csv"  # or where they are (NIH data)
 MANIFEST_COLUMNS = ("Image Index", "path", "bytes", "mtime_ns")
 REFETCH = "re-run `dvc repro -f fetch` to record the image folder as it is now"
+METADATA_FIX = ("re-download Data_Entry_2017_v2020.csv from NIH (https://nihcc.app.box.com/v/ChestXray-NIHCC) "
+                "and re-run the fetch stage (dvc repro -f fetch)")
+MANIFEST_FIX = "the fetch stage writes this file: re-run it (dvc repro -f fetch)"
+PATIENT_ID = re.compile(r"[1-9][0-9]*")
+SHOWN_BAD_ROWS = 3  # bad Patient IDs quoted in the message; the rest are counted
 
 
 class MetadataError(ValueError):
@@ -141,8 +156,42 @@ def _when(mtime_ns: int) -> str:
     return datetime.fromtimestamp(mtime_ns / 1e9).isoformat(sep=" ", timespec="microseconds")
 
 
+def read_table(path: Path, fix: str) -> pd.DataFrame:
+    """Read the CSV `path` as strings (no NA guessing), refusing what would fail obscurely later.
+
+    Every cell is a str, an empty or absent cell is "" and blank lines are dropped; the frame's index is
+    kept so that `index + 2` is the line an editor shows (header = line 1). A UTF-8 byte-order
+    mark is accepted.
+
+    Raises:
+        MetadataError: the file is empty, has a header but no rows, is not UTF-8 (the message
+            names the line and byte offset) or is not parseable CSV; each message names `path`
+            and ends with `fix`.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise MetadataError(
+            f"{path} line {line}: byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8; "
+            f"save the file as UTF-8, or {fix}"
+        ) from None
+    if not text.strip():
+        raise MetadataError(f"{path} is empty ({len(data)} bytes); {fix}")
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise MetadataError(f"{path}: not a readable CSV ({' '.join(str(error).split())}); {fix}") from None
+    frame = frame.fillna("")  # the cells a short row lacks
+    frame = frame.loc[~frame.apply(lambda column: column.str.strip().eq("")).all(axis=1)]
+    if frame.empty:
+        raise MetadataError(f"{path}: a header line but no rows; {fix}")
+    return frame
+
+
 def _read_manifest(path: Path) -> ImageFiles:
-    frame = pd.read_csv(path, dtype={"Image Index": str, "path": str}, keep_default_na=False)
+    frame = read_table(path, MANIFEST_FIX)
     missing = [column for column in MANIFEST_COLUMNS if column not in frame.columns]
     if missing:
         raise MetadataError(f"{path}: missing column(s) {missing}; expected {','.join(MANIFEST_COLUMNS)}. "
@@ -196,10 +245,14 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
     raw_dir = Path(raw_dir)
     csv_path = find_metadata_csv(raw_dir)
     images = image_files(raw_dir)
-    frame = pd.read_csv(csv_path, dtype={"Patient ID": str, "Image Index": str}, keep_default_na=False)
+    frame = read_table(csv_path, METADATA_FIX)
     missing_columns = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing_columns:
         raise MetadataError(f"{csv_path}: missing required column(s) {missing_columns}")
+    # line = index + 2: the header is line 1 (read_table keeps the index across blank lines), so
+    # every message matches what an editor shows
+    lines = (frame.index + 2).to_numpy()
+    _check_patient_ids(csv_path, frame, lines)
     duplicated = frame["Image Index"].duplicated(keep=False)
     if duplicated.any():
         first = frame.index[duplicated][0]
@@ -209,8 +262,7 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
         )
     labels = np.zeros((len(frame), NUM_CLASSES), dtype=np.uint8)
     for row, (cell, image) in enumerate(zip(frame["Finding Labels"], frame["Image Index"])):
-        # line = row + 2: the header is line 1, so the message matches what an editor shows
-        labels[row] = encode_findings(cell, where=f"{csv_path} line {row + 2} ({image})")
+        labels[row] = encode_findings(cell, where=f"{csv_path} line {lines[row]} ({image})")
 
     on_disk = images.paths.keys()
     present = frame["Image Index"].isin(on_disk).to_numpy()
@@ -218,7 +270,7 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
     if dropped and missing_images == "error":
         row = int(np.flatnonzero(~present)[0])
         raise MetadataError(
-            f"{csv_path} line {row + 2}: image {frame.at[row, 'Image Index']!r} not found in "
+            f"{csv_path} line {lines[row]}: image {frame['Image Index'].iat[row]!r} not found in "
             f"{images.source} ({dropped} row(s) in all have no image; set data.missing_images: skip "
             "to drop them)"
         )
@@ -245,3 +297,19 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
     )
     log.info("metadata: %d images, %d patients from %s", len(table), table["patient_id"].nunique(), csv_path)
     return Metadata(table, labels[present], images, csv_path, dropped, orphans)
+
+
+def _check_patient_ids(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -> None:
+    """Refuse any Patient ID that is not a positive integer as NIH writes it (module docstring)."""
+    ids = frame["Patient ID"].str.strip()
+    bad = np.flatnonzero(~ids.str.fullmatch(PATIENT_ID.pattern).to_numpy(dtype=bool))
+    if not len(bad):
+        return
+    shown = ", ".join(f"line {lines[row]} ({frame['Image Index'].iat[row]}) {frame['Patient ID'].iat[row]!r}"
+                      for row in bad[:SHOWN_BAD_ROWS])
+    more = f" and {len(bad) - SHOWN_BAD_ROWS} more" if len(bad) > SHOWN_BAD_ROWS else ""
+    raise MetadataError(
+        f"{csv_path}: {len(bad)} row(s) have a Patient ID that is not a positive integer: {shown}{more}. "
+        f"NIH writes it as 1, 30805, ... and the split by patient needs it to keep a patient's images "
+        f"together; write the patient's number in those cells, or {METADATA_FIX}"
+    )
