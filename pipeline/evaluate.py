@@ -12,13 +12,17 @@ import pandas as pd
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
+from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.evaluation.evaluate import compact_metrics, evaluate_model, log_to_run, write_figures
 from cxr14.io import atomic_write_json, atomic_write_text
+from cxr14.models.registry import check_model_names
 
 
 def main(args) -> None:
     cfg = load_config(args.params)
     model_dir = Path(args.model_dir or f"models/{args.model}")
+    check_model_names([args.model], "models", args.params)
+    check_cache_for_trained_model(Path(args.cache), model_dir)  # a cache rebuilt smaller since training
     record = evaluate_model(cfg, args.model, Path(args.cache), model_dir)
     atomic_write_json(Path(args.metrics), compact_metrics(record))
     details = {key: record[key] for key in ("model", "metrics", "training")}

@@ -10,13 +10,17 @@ import pandas as pd
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
+from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.data.boxes import BOX_COLUMNS
 from cxr14.evaluation.explain import explain_model, log_explanation, write_explanation
+from cxr14.models.registry import check_model_names
 
 
 def main(args) -> None:
     cfg = load_config(args.params)
     model_dir = Path(args.model_dir or f"models/{args.model}")
+    check_model_names([args.model], "models", args.params)
+    check_cache_for_trained_model(Path(args.cache), model_dir)  # a cache rebuilt smaller since training
     boxes = pd.read_csv(args.boxes, dtype={"image_id": str}) if args.boxes else pd.DataFrame(columns=list(BOX_COLUMNS))
     missing = [column for column in BOX_COLUMNS if column not in boxes.columns]
     if missing:

@@ -15,12 +15,15 @@ from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.evaluation.profiling import log_profile, profile_model
 from cxr14.io import atomic_write_json
+from cxr14.models.registry import check_model_names
 from cxr14.models.structure import write_layer_csv
 
 
 def main(args) -> None:
     cfg = load_config(args.params)
     model_dir = Path(args.model_dir or f"models/{args.model}")
+    check_model_names([args.model], "models", args.params)
+    check_model_names(cfg.train.overrides, "train.overrides", args.params)
     table, figures = profile_model(cfg, args.model, model_dir)
     write_layer_csv(table, Path(args.structure))
     atomic_write_json(Path(args.efficiency), figures)

@@ -18,6 +18,7 @@ from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.io import atomic_write_json, atomic_write_text
+from cxr14.models.registry import check_model_names
 from cxr14.models.structure import write_structure_workbook
 from cxr14.reporting.comparison import load_predictions, paired_comparisons
 from cxr14.reporting.html import render_html
@@ -31,6 +32,7 @@ TITLE = "cxr14 — model comparison"
 
 def main(args) -> None:
     cfg = load_config(args.params)
+    check_model_names(cfg.models, "models", args.params)
     models = list(cfg.models)
     records = load_records(Path(args.details), models)
     efficiency = load_efficiency(Path(args.efficiency), models)

@@ -11,12 +11,19 @@ from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
+from cxr14.data.cache import check_cache_size
 from cxr14.models import available_models, describe_model
+from cxr14.models.registry import check_model_names
 from cxr14.training.engine import train_model
 
 
 def main(args) -> None:
     cfg = load_config(args.params)
+    # Names and the cache on disk, before any work (config validation compares params with params).
+    check_model_names([args.model], "models", args.params)
+    check_model_names(cfg.train.overrides, "train.overrides", args.params)
+    check_cache_size(Path(args.cache), cfg.train_for(args.model).image_size, cfg.preprocess.size,
+                     model=args.model, source=args.params)
     train_model(cfg, args.model, Path(args.cache), Path(args.out or f"models/{args.model}"))
 
 

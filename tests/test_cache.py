@@ -82,3 +82,42 @@ def test_16_bit_and_rgba_become_8_bit_gray(tmp_path):
 
     cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((64, 64), np.uint8))
     assert [_decode(tmp_path / name, 32)[1] for name in ("deep.png", "rgba.png", "gray.png")] == [True, True, False]
+
+
+def test_stale_or_too_small_cache_is_refused_naming_cache_json(tiny_cache):
+    from cxr14.data.cache import CacheMismatchError, check_cache_size
+
+    summary = tiny_cache / "cache.json"
+    assert check_cache_size(tiny_cache, image_size=32, preprocess_size=32) == 32
+    assert check_cache_size(tiny_cache, image_size=16, preprocess_size=32) == 32  # downsampling is honest
+    # Built at 32 px while params say 64: stale, whatever image_size asks.
+    with pytest.raises(CacheMismatchError, match=rf"^{summary}: the cache was built at 32 px but preprocess.size is "
+                                                 r"64 in p.yaml: the cache is stale; rebuild it with `dvc repro "
+                                                 r"preprocess` \(or set preprocess.size back to 32\)$"):
+        check_cache_size(tiny_cache, image_size=32, preprocess_size=64, model="cnn", source="p.yaml")
+    with pytest.raises(CacheMismatchError, match=rf"^{summary}: the cache holds 32 px images but train.image_size "
+                                                 r"\(or train.overrides.cnn.image_size\) is 64 in params.yaml: the "
+                                                 r"model would see upsampled 32 px images; lower it to at most 32"):
+        check_cache_size(tiny_cache, image_size=64, model="cnn")
+    assert issubclass(CacheMismatchError, ValueError)  # a one-line error in the stage scripts
+
+
+def test_cache_smaller_than_a_trained_model_is_refused(tiny_cache, tmp_path):
+    from cxr14.data.cache import CacheMismatchError, check_cache_for_trained_model
+
+    model_dir = tmp_path / "models" / "cnn"
+    model_dir.mkdir(parents=True)
+    assert check_cache_for_trained_model(tiny_cache, model_dir) is None  # nothing recorded yet
+    (model_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 32}))
+    assert check_cache_for_trained_model(tiny_cache, model_dir) == 32
+    (model_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 64}))
+    with pytest.raises(CacheMismatchError, match=rf"{tiny_cache / 'cache.json'}: the cache holds 32 px images but the "
+                                                 rf"model in {model_dir} was trained at 64 px"):
+        check_cache_for_trained_model(tiny_cache, model_dir)
+
+
+def test_cache_without_summary_says_to_run_preprocess(tmp_path):
+    from cxr14.data.cache import check_cache_size
+
+    with pytest.raises(FileNotFoundError, match=r"cache.json: cache file missing; run the preprocess stage"):
+        check_cache_size(tmp_path, image_size=32)

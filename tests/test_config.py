@@ -106,3 +106,59 @@ def test_a_bad_train_value_is_reported_once_not_per_override():
     with pytest.raises(ConfigError) as caught:
         config_from_dict(tiny_params(**{"train.momentum": 2.0}))
     assert str(caught.value).count("momentum") == 1
+
+
+def _leaves(raw: dict, prefix: str = ""):
+    """(dotted key, value) for every value params.yaml sets; per-model overrides down to their keys."""
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, dotted)
+        else:
+            yield dotted, value
+
+
+def _lookup(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def test_committed_params_equal_the_built_in_defaults():
+    """A partial params file is completed with the defaults, so they must be the committed values."""
+    committed = load_config(REPO_ROOT / "params.yaml")
+    defaults = config_from_dict({})
+    differing = [f"{key}: params.yaml has {_lookup(committed, key)!r}, the default in config.py is "
+                 f"{_lookup(defaults, key)!r}"
+                 for key, _ in _leaves(real_params()) if _lookup(committed, key) != _lookup(defaults, key)]
+    assert not differing, "; ".join(differing)
+    # Also no override (or other dict entry) that the defaults have and params.yaml lacks.
+    assert set(defaults.train.overrides) == set(committed.train.overrides)
+    assert committed == defaults
+
+
+def test_partial_params_file_takes_the_committed_values(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 3.0e-4\n")
+    cfg = load_config(path)
+    committed = load_config(REPO_ROOT / "params.yaml")
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert (cfg.train.epochs, cfg.train.image_size, cfg.models) == (
+        committed.train.epochs, committed.train.image_size, committed.models)
+    assert cfg.train.overrides == committed.train.overrides
+
+
+@pytest.mark.parametrize("text", ["", "# every setting was here\n", "{}\n", "null\n"])
+def test_empty_params_file_is_refused(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{path}: empty params file; restore it with `git checkout params.yaml`"):
+        load_config(path)
+
+
+def test_params_file_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- seed\n- 42\n")
+    with pytest.raises(ConfigError, match=r"expected a mapping of settings \(key: value\), got a list; restore it"):
+        load_config(path)

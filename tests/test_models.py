@@ -254,3 +254,58 @@ def test_every_registered_model_is_described():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UnknownModelError, match=r"unknown model 'resnet_9000'.*cnn.*vit_v1"):
         build_model("resnet_9000", num_classes=NUM_CLASSES, image_size=64)
+
+
+def test_unknown_names_in_models_or_overrides_are_config_errors_with_a_suggestion():
+    from cxr14.config import ConfigError
+    from cxr14.models.registry import check_model_names
+
+    check_model_names(["cnn", "convnextv2_seed", "resnet18", "timm:convnext_tiny"], "models")  # all valid
+    with pytest.raises(ConfigError, match=r"^params.yaml: train.overrides: unknown model 'convnextv2_sed' \(did you "
+                                          r"mean 'convnextv2_seed'\?\); valid names: cnn, .*vit_v1.*, or any timm "
+                                          r"model name, e.g. timm:convnext_tiny"):
+        check_model_names({"convnextv2_sed": None, "cnn": None}, "train.overrides", "params.yaml")
+    with pytest.raises(ConfigError, match=r"models: unknown model 'resnet_9000' .*, 'timm:convnext_tiy' \(did you "
+                                          r"mean 'timm:convnext_tiny'\?\)"):
+        check_model_names(["resnet_9000", "cnn", "timm:convnext_tiy"], "models")
+
+
+def test_unknown_model_error_is_a_one_line_config_error():
+    from cxr14.cli import EXPECTED_ERRORS
+
+    with pytest.raises(EXPECTED_ERRORS) as caught:
+        build_model("convnextv2_sed", num_classes=NUM_CLASSES, image_size=64)
+    assert isinstance(caught.value, UnknownModelError)
+    assert str(caught.value).startswith("unknown model 'convnextv2_sed' (did you mean 'convnextv2_seed'?)")
+
+
+@pytest.mark.parametrize("target", ["densenet121", "resnet34"])
+def test_pretrained_file_of_another_architecture_is_refused(tmp_path, target):
+    import timm
+
+    weights_file = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights_file)
+    with pytest.raises(PretrainedWeightsError) as caught:
+        build_model(target, NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(weights_file))
+    message = str(caught.value)
+    assert message.startswith(f"{target}: weights in {str(weights_file)!r} do not fit the model: ")
+    assert "outside the classifier head are missing from the file (e.g. [" in message
+    assert f"train.overrides.{target}.pretrained_path" in message
+    if target == "resnet34":  # a partial fit: the extra blocks of resnet34 would stay random
+        assert "'layer1.2.conv1.weight'" in message and "80 of its 180 tensors" in message and "100 found" in message
+    else:
+        assert "604 of its 604 tensors" in message and "0 found" in message
+
+
+def test_pretrained_file_of_the_same_architecture_with_another_head_loads(tmp_path):
+    import timm
+
+    torch.manual_seed(11)
+    source = timm.create_model("resnet34", pretrained=False, num_classes=7)
+    weights_file = tmp_path / "resnet34.pth"
+    torch.save(source.state_dict(), weights_file)
+    bundle = build_model("resnet34", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(weights_file))
+    assert bundle.weights == str(weights_file)
+    loaded, saved = bundle.model.state_dict(), source.state_dict()
+    assert all(torch.equal(tensor, saved[key]) for key, tensor in loaded.items() if not key.startswith("fc."))
+    assert loaded["fc.weight"].shape == (NUM_CLASSES, 512)

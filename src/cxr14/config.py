@@ -8,6 +8,18 @@ Every stage reads its settings through :func:`load_config`, so a typo such as
 
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
 key (with a "did you mean" hint) and the file.
+
+Missing keys: a *partial* params file is completed with the dataclass defaults below, which
+equal the committed params.yaml (tests/test_config.py keeps the two from drifting apart), so
+leaving a key out means "the committed value", never a second, hidden set of defaults. An
+*empty* file (nothing but comments, or not a mapping) is refused: it is far more likely a
+truncated or clobbered params.yaml than a request for defaults.
+
+Checks that need more than the file live with what they check and run at the start of the
+stages concerned: model names in ``models`` and ``train.overrides`` against the registry and
+timm (:func:`cxr14.models.registry.check_model_names`, kept out of here so that stages without
+torch do not import the model zoo), and ``preprocess.size`` / ``train.image_size`` against the
+cache actually on disk (:func:`cxr14.data.cache.check_cache_size`).
 """
 
 from __future__ import annotations
@@ -29,9 +41,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    # ~800 patients x 3.6 follow-ups ~= 2,900 images: enough for every finding but Hernia
-    # to appear in each split, small enough to generate in about a minute on 2 cores.
-    n_patients: int = 800
+    # ~600 patients x 3.6 follow-ups ~= 2,150 images, small enough to generate in about a
+    # minute on 2 cores.
+    n_patients: int = 600
     # NIH images are 1024 x 1024; the phantom matches so preprocess does real work.
     image_size: int = 1024
 
@@ -122,9 +134,22 @@ class TrainOverride:
     freeze_backbone: bool | None = None
 
 
+# The committed params.yaml's train.overrides (see there for the reasons).
+DEFAULT_OVERRIDES: dict[str, TrainOverride] = {
+    "resnet18": TrainOverride(lr=1e-3),
+    "resnet34": TrainOverride(lr=1e-3),
+    "vit_v2": TrainOverride(optimizer="sgd", lr=1e-2, weight_decay=1e-4),
+    "efficientnet_b4": TrainOverride(image_size=380, freeze_backbone=True, lr=1e-3),
+    "resnet50": TrainOverride(freeze_backbone=True, lr=1e-3),
+    "densenet169": TrainOverride(freeze_backbone=True, lr=1e-3),
+    "vgg16": TrainOverride(freeze_backbone=True, lr=1e-3),
+    "mobilenetv2_100": TrainOverride(freeze_backbone=True, lr=1e-3),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 32
     # The seed's AdamW settings.
     lr: float = 1e-4
@@ -161,7 +186,8 @@ class TrainConfig:
     # torch.compile the model (CUDA; first epoch pays the compilation).
     compile: bool = False
     # Resolution the models see; the loader resizes the cache on the device when smaller.
-    image_size: int = 224
+    # 128 keeps a CPU `dvc repro` short; 224 (the cache's size) on a GPU node.
+    image_size: int = 128
     # Caps batches per epoch (0 = all); for smoke tests and quick experiments.
     max_steps_per_epoch: int = 0
     num_workers: int = 0
@@ -176,7 +202,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # model name -> replacements; train@<model> uses cfg.train_for(model).
-    overrides: dict[str, TrainOverride] = field(default_factory=dict)
+    overrides: dict[str, TrainOverride] = field(default_factory=lambda: dict(DEFAULT_OVERRIDES))
 
 
 @dataclass(frozen=True)
@@ -230,7 +256,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
-    models: tuple[str, ...] = ("cnn", "vit_v1")
+    models: tuple[str, ...] = ("cnn", "vit_v1", "resnet18", "convnextv2_seed")
 
     def train_for(self, model_name: str) -> TrainConfig:
         """The training settings of one model: `train.*` with its overrides applied."""
@@ -428,9 +454,15 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: no such params file (run from the repository root)")
     with path.open(encoding="utf-8") as handle:
         try:
-            raw = yaml.safe_load(handle) or {}
+            raw = yaml.safe_load(handle)
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    restore = (f"restore it with `git checkout {path.name}` (a partial file is fine: keys left out take "
+               "the committed values)")
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path}: empty params file; {restore}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (key: value), got a {type(raw).__name__}; {restore}")
     return config_from_dict(raw, source=str(path))
 
 

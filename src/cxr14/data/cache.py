@@ -2,6 +2,7 @@
 
     build_cache(frame, labels, images, cache_dir=Path("data/cache"), size=224, workers=0)
     images, index = open_split(Path("data/cache"), "train")   # uint8 memmap [N, S, S], DataFrame
+    check_cache_size(Path("data/cache"), image_size=128, preprocess_size=224)  # before training on it
 
 Each PNG is decoded exactly once, here, in parallel, resized with area interpolation and
 stored as grayscale uint8 in one `<split>.npy` per split (memory-mapped by training), beside
@@ -39,6 +40,10 @@ PROGRESS_SAVE_SECONDS = 2.0  # how often resumable progress is recorded (at most
 
 class ImageDecodeError(ValueError):
     """A PNG that cannot be decoded (corrupt, truncated, or not an image)."""
+
+
+class CacheMismatchError(ValueError):
+    """The cache on disk does not match the settings a stage is about to use it with."""
 
 
 def decode_and_resize(path: Path, size: int) -> np.ndarray:
@@ -220,3 +225,79 @@ def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
 def split_labels(index: pd.DataFrame) -> np.ndarray:
     """The [N, 15] float32 label matrix of an index frame, in LABELS order."""
     return index[list(LABELS)].to_numpy(dtype=np.float32)
+
+
+def cache_size(cache_dir: Path) -> int:
+    """The side in pixels of the images in `cache_dir`, as its cache.json records it."""
+    summary_path = Path(cache_dir) / "cache.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path}: cache file missing; run the preprocess stage (dvc repro preprocess)")
+    try:
+        return int(json.loads(summary_path.read_text(encoding="utf-8"))["size"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CacheMismatchError(f"{summary_path}: unreadable cache summary ({error!r}); rebuild the cache with "
+                                 "`dvc repro -f preprocess`") from None
+
+
+def check_cache_size(cache_dir: Path, image_size: int, preprocess_size: int | None = None, *,
+                     model: str | None = None, source: str = "params.yaml") -> int:
+    """Refuse a cache that the settings would silently misuse; return its size.
+
+    Call it before any computation in a stage that feeds the cache to a model: the checks in
+    cxr14.config compare params with params, this one compares them with the cache actually read.
+
+    Args:
+        cache_dir: the cache folder (its cache.json records the size it was built at).
+        image_size: the resolution the model sees (after per-model overrides).
+        preprocess_size: ``preprocess.size``; when given, the cache must have been built at it
+            (otherwise the cache is stale: built for other params than the ones recorded with the run).
+        model: whose image_size it is (train.overrides.<model>.image_size may set it), for the message.
+        source: the params file, for the message.
+
+    Raises:
+        CacheMismatchError: the cache is stale, or smaller than `image_size` (the model would see
+            upsampled images); the message names cache.json, both sizes and the fix.
+        FileNotFoundError: no cache.json (the cache was never built).
+    """
+    size = cache_size(cache_dir)
+    summary_path = Path(cache_dir) / "cache.json"
+    if preprocess_size is not None and preprocess_size != size:
+        raise CacheMismatchError(
+            f"{summary_path}: the cache was built at {size} px but preprocess.size is {preprocess_size} in "
+            f"{source}: the cache is stale; rebuild it with `dvc repro preprocess` (or set preprocess.size "
+            f"back to {size})"
+        )
+    if image_size > size:
+        key = "train.image_size" if model is None else f"train.image_size (or train.overrides.{model}.image_size)"
+        raise CacheMismatchError(
+            f"{summary_path}: the cache holds {size} px images but {key} is {image_size} in {source}: "
+            f"the model would see upsampled {size} px images; lower it to at most {size}, or raise "
+            f"preprocess.size to {image_size} and rebuild the cache with `dvc repro preprocess`"
+        )
+    return size
+
+
+def check_cache_for_trained_model(cache_dir: Path, model_dir: Path) -> int | None:
+    """check_cache_size against the image size a trained model recorded in `model_dir/train.json`.
+
+    For stages that run a trained model on the cache (evaluate, explain): a cache rebuilt smaller
+    since training would otherwise be upsampled to the model's input size without a word. Returns
+    the cache size, or None when there is no train.json to compare with (loading the model then
+    reports the missing training).
+    """
+    summary_path = Path(model_dir) / "train.json"
+    if not summary_path.is_file():
+        return None
+    try:
+        image_size = int(json.loads(summary_path.read_text(encoding="utf-8"))["image_size"])
+    except (ValueError, KeyError, TypeError):
+        return None  # an older or partial record: nothing reliable to compare with
+    size = cache_size(cache_dir)
+    if image_size > size:
+        raise CacheMismatchError(
+            f"{Path(cache_dir) / 'cache.json'}: the cache holds {size} px images but the model in {model_dir} was "
+            f"trained at {image_size} px ({summary_path}): it would see upsampled {size} px images; rebuild the "
+            f"cache with preprocess.size >= {image_size} (`dvc repro preprocess`), or retrain the model with "
+            f"train.image_size <= {size}"
+        )
+    return size

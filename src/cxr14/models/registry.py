@@ -24,7 +24,10 @@ Where weights come from (``ModelBundle.weights`` records it; None means random i
 * ``pretrained_path`` given: that file, for any model. A checkpoint of this very model (our
   ``best.pt`` is ``{"model": state_dict, ...}``) is loaded strictly, head included; for
   timm-backed models any other file goes to timm, which drops a classifier of the wrong size and
-  adapts position embeddings.
+  adapts position embeddings, once the file is known to fit: every tensor of the model outside
+  its classifier head must be in the file under timm's name, otherwise
+  :class:`PretrainedWeightsError` (a file of another architecture, or a resnet18 file for a
+  resnet34, would leave layers at random init while the run records the file as its weights).
 * otherwise ``pretrained`` (true, false or "auto" = what the design calls for, see
   :func:`resolve_pretrained`): timm's published weights, from its Hugging Face cache or the
   network. Project models trained from scratch have none to fetch.
@@ -38,9 +41,10 @@ price is a first convolution over 3 channels instead of 1.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -49,6 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from cxr14.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +105,12 @@ class ModelBundle:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-class UnknownModelError(KeyError):
-    """The name is neither registered nor a timm architecture."""
+class UnknownModelError(ConfigError, KeyError):
+    """The name is neither registered nor a timm architecture.
+
+    A ConfigError (the name comes from params.yaml or the command line), so stages report it in
+    one line; also a KeyError, as a lookup that failed.
+    """
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
@@ -183,17 +193,56 @@ def _create_plain_timm(
     return create_timm_model(architecture, pretrained, pretrained_file, num_classes=num_classes)
 
 
+def _is_known(name: str) -> bool:
+    if name in _REGISTRY:
+        return True
+    import timm
+
+    return timm.is_model(name.removeprefix("timm:"))
+
+
+def _with_close_match(name: str) -> str:
+    """'name' (did you mean 'closest'?): the closest registered name, else the closest timm name."""
+    import timm
+
+    close = difflib.get_close_matches(name, available_models(), n=1)
+    if not close:
+        prefix = "timm:" if name.startswith("timm:") else ""
+        close = [prefix + match for match in difflib.get_close_matches(name.removeprefix("timm:"),
+                                                                       timm.list_models(), n=1)]
+    return f"{name!r} (did you mean '{close[0]}'?)" if close else repr(name)
+
+
+def _valid_names() -> str:
+    return (f"valid names: {', '.join(available_models())}, or any timm model name, e.g. timm:convnext_tiny "
+            "(see timm.list_models())")
+
+
+def check_model_names(names: Iterable[str], key: str = "models", source: str | None = None) -> None:
+    """Refuse names that are neither registered nor timm architectures, before any work starts.
+
+    Args:
+        names: model names, e.g. ``cfg.models``, the keys of ``cfg.train.overrides`` or a
+            stage's model argument.
+        key: the params key the names come from (``models`` or ``train.overrides``), for the message.
+        source: the params file, for the message.
+
+    Raises:
+        UnknownModelError: a ConfigError naming every unknown name with a close match, and the valid names.
+    """
+    unknown = [str(name) for name in names if not _is_known(str(name))]
+    if unknown:
+        where = f"{source}: " if source else ""
+        raise UnknownModelError(f"{where}{key}: unknown model {', '.join(map(_with_close_match, unknown))}; "
+                                f"{_valid_names()}")
+
+
 def _spec_for(name: str) -> ModelSpec:
     if name in _REGISTRY:
         return _REGISTRY[name]
-    import timm
-
+    if not _is_known(name):
+        raise UnknownModelError(f"unknown model {_with_close_match(name)}; {_valid_names()}")
     architecture = name.removeprefix("timm:")
-    if not timm.is_model(architecture):
-        raise UnknownModelError(
-            f"unknown model {name!r}: use one of {', '.join(available_models())} "
-            "or a timm architecture name (see timm.list_models(), e.g. 'resnet34')"
-        )
     return ModelSpec(
         partial(_create_plain_timm, architecture), in_chans=3, mean=None, std=None, pretrained=False,
         timm_weights=True, description=f"timm architecture {architecture}",
@@ -274,6 +323,7 @@ def _build_timm_backed(
             # A checkpoint of this very model (e.g. an earlier run's best.pt): keep its head too.
             model.load_state_dict(state_dict)
             return model, str(weights_file)
+        _refuse_unless_backbone_fits(model, state_dict, name, weights_file)
         try:
             model = build(pretrained=True, pretrained_file=str(weights_file))
         except _FETCH_ERRORS as error:
@@ -281,7 +331,6 @@ def _build_timm_backed(
                 f"{name}: timm could not load {str(weights_file)!r} ({error}); the file must hold "
                 f"weights of the {name} architecture (train.pretrained_path)"
             ) from error
-        _warn_if_nothing_matched(model, state_dict, name, weights_file)
         return model, str(weights_file)
     if not want_published:
         return build(pretrained=False, pretrained_file=None), None
@@ -375,14 +424,48 @@ def _load_exactly(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name
     model.load_state_dict(state_dict)
 
 
-def _warn_if_nothing_matched(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str, path: Path) -> None:
-    # timm loads non-strictly once it has dropped a classifier, so a file of another
-    # architecture would silently leave the random init in place. Converted foreign formats can
-    # legitimately share no names, hence a warning rather than an error.
-    backbone = getattr(model, "backbone", model)
-    if not set(backbone.state_dict()) & set(state_dict):
-        log.warning("%s: no parameter name in %s matches the model; check that it holds %s weights",
-                    name, path, name)
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier that timm drops from a file of another class count.
+
+    They are the modules named by the model's ``pretrained_cfg["classifier"]`` ("fc" for ResNets,
+    "head.fc" for ConvNeXt, ...), else the module returned by ``get_classifier()``.
+    """
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names:
+        get_classifier = getattr(model, "get_classifier", None)
+        classifier = get_classifier() if callable(get_classifier) else None
+        names = tuple(module_name for module_name, module in model.named_modules()
+                      if classifier is not None and module is classifier and module_name)
+    return {key for key in model.state_dict() if any(key.startswith(f"{name}.") for name in names)}
+
+
+def _refuse_unless_backbone_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str,
+                                 path: Path) -> None:
+    """Raise PretrainedWeightsError unless the file holds every tensor of the model's body.
+
+    timm loads non-strictly once it has dropped a classifier, so a file of another architecture
+    (or of a smaller sibling, resnet18 for resnet34) would leave some or all layers at their random
+    init while the run records the file as its weights. Only the classifier head may be absent
+    (it is replaced for our classes); the file may hold more (its own head, timm's pre-logits).
+    Tensors present under the right name but with another shape make timm's load fail, unless
+    timm adapts them (ViT position embeddings at another image size).
+    """
+    target = getattr(model, "backbone", model)  # TransferNet: timm loads the file into its backbone
+    head = _classifier_keys(target)
+    body = [key for key in target.state_dict() if key not in head and not key.endswith("num_batches_tracked")]
+    missing = [key for key in body if key not in state_dict]
+    if not missing and body:
+        return
+    shown = 3
+    matched = len(body) - len(missing)
+    raise PretrainedWeightsError(
+        f"{name}: weights in {str(path)!r} do not fit the model: {len(missing)} of its {len(body)} tensors "
+        f"outside the classifier head are missing from the file (e.g. {missing[:shown]}), {matched} "
+        f"found; the file holds {len(state_dict)} tensors, e.g. {list(state_dict)[:shown]}. "
+        f"train.pretrained_path (or train.overrides.{name}.pretrained_path) must hold {name} weights under "
+        "timm's parameter names; only the classifier head may differ"
+    )
 
 
 def _head_of(model: nn.Module, name: str) -> nn.Module:
