@@ -10,6 +10,7 @@ import pytest
 from cxr14.config import config_from_dict
 from cxr14.evaluation.evaluate import evaluate_model, log_to_run
 from cxr14.tracking import EXPERIMENT, TrackingUnavailableError
+from cxr14.training.checkpoint import load_checkpoint
 from cxr14.training.engine import train_model
 from tests.conftest import tiny_params
 
@@ -106,7 +107,7 @@ def test_frozen_pretrained_backbone_stays_exactly_as_loaded(tiny_cache, tmp_path
     out_dir = tmp_path / "models" / "mobilenetv2_100"
     train_model(cfg, "mobilenetv2_100", tiny_cache, out_dir)
 
-    trained = torch.load(out_dir / "best.pt", weights_only=False)["model"]
+    trained = load_checkpoint(out_dir / "best.pt")["model"]
     for key, value in source.state_dict().items():
         assert torch.equal(trained[f"backbone.{key}"], value), key  # incl. BatchNorm running statistics
     summary = json.loads((out_dir / "train.json").read_text())
@@ -152,8 +153,8 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlf
     accumulated = config_from_dict(tiny_params(**base, **{"train.batch_size": 2, "train.grad_accum_steps": 2}))
     train_model(big, "cnn", tiny_cache, tmp_path / "big")
     train_model(accumulated, "cnn", tiny_cache, tmp_path / "accumulated")
-    big_weights = torch.load(tmp_path / "big" / "last.pt", weights_only=False)["model"]
-    accumulated_weights = torch.load(tmp_path / "accumulated" / "last.pt", weights_only=False)["model"]
+    big_weights = load_checkpoint(tmp_path / "big" / "last.pt")["model"]
+    accumulated_weights = load_checkpoint(tmp_path / "accumulated" / "last.pt")["model"]
     for key, value in big_weights.items():
         assert torch.allclose(accumulated_weights[key], value, atol=1e-6), key
     from cxr14.models import build_model
@@ -192,7 +193,7 @@ def test_validation_loss_is_the_training_loss_without_label_smoothing(kind, tiny
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
 
     bundle = build_model("cnn", 15, 32, pretrained=False)
-    bundle.model.load_state_dict(torch.load(tmp_path / "cnn" / "last.pt", weights_only=False)["model"])
+    bundle.model.load_state_dict(load_checkpoint(tmp_path / "cnn" / "last.pt")["model"])
     val_images, val_index = open_split(tiny_cache, "val")
     _, train_index = open_split(tiny_cache, "train")
     val_labels = torch.from_numpy(split_labels(val_index)).double()
@@ -235,9 +236,7 @@ def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(aurocs, best
     assert result.best_epoch == best and result.best_val_auroc == aurocs[best - 1]
     summary = json.loads((tmp_path / "cnn" / "train.json").read_text())
     assert summary["best_epoch"] == best and summary["best_val_macro_auroc"] == aurocs[best - 1]
-    import torch
-
-    checkpoint = torch.load(tmp_path / "cnn" / "best.pt", weights_only=False)
+    checkpoint = load_checkpoint(tmp_path / "cnn" / "best.pt")
     assert (checkpoint["epoch"], checkpoint["selected"]) == (best, True)
 
 
@@ -266,8 +265,8 @@ def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(tiny
     assert summary["best_epoch"] == 0 and summary["best_val_macro_auroc"] is None
     assert "undefined in all 2 epochs" in summary["selection"]
     assert any("undefined in all 2 epochs" in r.getMessage() for r in caplog.records)
-    best = torch.load(out_dir / "best.pt", weights_only=False)
-    last = torch.load(out_dir / "last.pt", weights_only=False)
+    best = load_checkpoint(out_dir / "best.pt")
+    last = load_checkpoint(out_dir / "last.pt")
     assert best["selected"] is False and best["epoch"] == 2 and math.isnan(best["val_macro_auroc"])
     assert all(torch.equal(best["model"][key], value) for key, value in last["model"].items())
 

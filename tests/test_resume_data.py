@@ -8,15 +8,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 
 from cxr14.config import config_from_dict
 from cxr14.tracking import data_fingerprint
-from cxr14.training.checkpoint import save_checkpoint
+from cxr14.training.checkpoint import load_checkpoint, save_checkpoint
 from cxr14.training.engine import resume_refusal, train_model, training_fingerprint
 from tests.test_engine import killed_at_second_validation
 from tests.conftest import cache_of, tiny_params, write_nih_folder
-from tests.test_training_processes import _environment, _params_file, _train_command, kill_mid_epoch
+from tests.test_training_processes import _environment, _params_file, _train_command, kill_at
 
 ENGINE_LOGGER = "cxr14.training.engine"
 
@@ -47,8 +46,9 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
     params = _params_file(tmp_path, **overrides)
     out_dir = tmp_path / "cnn"
     last_path = out_dir / "last.pt"
-    kill_mid_epoch(_train_command(params, tiny_cache, out_dir), env, last_path)
-    checkpoint = torch.load(last_path, map_location="cpu", weights_only=False)
+    # epoch 1 writes 5 mid-epoch last.pt, best.pt and last.pt; the 8th write is epoch 2's first
+    kill_at("checkpoint", 8, _train_command(params, tiny_cache, out_dir), env)
+    checkpoint = load_checkpoint(last_path)
     assert not checkpoint["finished"] and checkpoint["resume_key"]["data"] == old_data
     old_run_id = checkpoint["state"]["run_id"]
     client = mlflow.tracking.MlflowClient(mlflow_store)
@@ -80,7 +80,7 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
     assert new_run.data.tags["data_fingerprint"] == new_data
     assert [m.step for m in client.get_metric_history(result.run_id, "val_macro_auroc")] == [1, 2, 3]
 
-    final = torch.load(last_path, map_location="cpu", weights_only=False)
+    final = load_checkpoint(last_path)
     assert final["finished"] and final["resume_key"]["data"] == new_data and final["state"]["run_id"] == result.run_id
 
 
@@ -90,7 +90,7 @@ def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(tiny_
     out_dir = tmp_path / "cnn"
     with killed_at_second_validation(monkeypatch):
         train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir)
-    checkpoint = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(out_dir / "last.pt")
     assert not checkpoint["finished"] and checkpoint["state"]["epoch"] == 1
     old_run_id = checkpoint["state"]["run_id"]
 

@@ -1,4 +1,5 @@
-"""Training as real processes: kill -9 mid-epoch then resume, and 2-process DDP under torchrun."""
+"""Training as real processes: 2-process DDP under torchrun, and the helpers that run or kill -9
+a real training (the kill points themselves are tested in test_resume_points.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from cxr14.tracking import EXPERIMENT
@@ -39,59 +38,12 @@ def _train_command(params: Path, cache: Path, out: Path, model: str = "cnn") -> 
             "--cache", str(cache), "--out", str(out)]
 
 
-def _mid_epoch_checkpoint(last_path: Path) -> dict | None:
-    """The resumable state in last.pt if it was written inside an epoch after the first."""
-    try:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)["state"]
-    except (FileNotFoundError, EOFError, RuntimeError, KeyError):
-        return None  # not written yet (the rename is atomic, so never half a file)
-    return state if state["partial"] is not None and state["epoch"] >= 1 else None
-
-
-def kill_mid_epoch(command: list[str], env: dict, last_path: Path) -> dict:
-    """Start a training process, kill -9 it once last.pt holds a mid-epoch checkpoint after the
-    first epoch, and return that checkpoint's state."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    state = None
-    while state is None and process.poll() is None and time.monotonic() < deadline:
-        state = _mid_epoch_checkpoint(last_path)
-        time.sleep(0.01)
-    assert state is not None, "the run ended before a mid-epoch checkpoint could be caught; kill test not exercised"
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    return state
-
-
-def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tiny_cache, tmp_path):
-    env = _environment(tmp_path)
-    params = _params_file(tmp_path, **{"train.epochs": 4, "train.checkpoint_every_steps": 1})
-    straight = subprocess.run(_train_command(params, tiny_cache, tmp_path / "straight"), env=env,
-                              capture_output=True, text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
-    killed_dir = tmp_path / "killed"
-    kill_mid_epoch(_train_command(params, tiny_cache, killed_dir), env, killed_dir / "last.pt")
-    assert not (killed_dir / "train.json").exists()
-
-    resumed = subprocess.run(_train_command(params, tiny_cache, killed_dir), env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming cnn" in resumed.stderr and ", batch " in resumed.stderr
-    expected = pd.read_csv(tmp_path / "straight" / "history.csv")
-    actual = pd.read_csv(killed_dir / "history.csv")
-    columns = ["epoch", "train_loss", "val_loss", "val_macro_auroc", "lr"]
-    pd.testing.assert_frame_equal(actual[columns], expected[columns], rtol=1e-6)
-    straight_weights = torch.load(tmp_path / "straight" / "best.pt", weights_only=False)["model"]
-    resumed_weights = torch.load(killed_dir / "best.pt", weights_only=False)["model"]
-    assert all(torch.allclose(resumed_weights[key], value, atol=1e-6) for key, value in straight_weights.items())
-
-    client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    assert len(runs) == 2  # the straight run and the killed-then-continued one, not three
-    run_id = json.loads((killed_dir / "mlflow_run.json").read_text())["run_id"]
-    assert [m.step for m in client.get_metric_history(run_id, "val_macro_auroc")] == [1, 2, 3, 4]
+def kill_at(point: str, count: int, command: list[str], env: dict) -> None:
+    """Run the training `command` under tests/kill_at.py, which SIGKILLs it at the `count`th
+    `point` (step, checkpoint, checkpoint-write, validation): a kill chosen by counting, not timing."""
+    killed = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "kill_at.py"), point, str(count), *command[1:]],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was not reached: {killed.stderr[-2000:]}"
 
 
 def test_torchrun_two_processes_train_one_model_with_one_run(tiny_cache, tmp_path):

@@ -375,3 +375,24 @@ def end_abandoned_run(run_id: str, reason: str, superseded_by: str | None = None
         client.set_terminated(run_id, status=status)
         return status
     return run.info.status
+
+
+def end_orphaned_run(run_id: str, reason: str, superseded_by: str | None = None) -> str | None:
+    """Mark KILLED a run whose process died before it wrote anything to continue from.
+
+    Unlike :func:`end_abandoned_run` this leaves an ended run alone (a finished training whose
+    folder is re-used is not abandoned): only a run still RUNNING gets the tags `abandoned` and
+    `superseded_by` and the status KILLED. Returns the run's status afterwards, or None when it
+    is not in this store.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:
+        return None
+    if status != "RUNNING":
+        return status
+    return end_abandoned_run(run_id, reason, superseded_by=superseded_by)

@@ -171,7 +171,11 @@ def make_loader(
         plan = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if max_batches:
         plan = plan[:max_batches]
-    return DataLoader(dataset, sampler=plan, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+    # Its own generator: starting an iteration draws a base seed (for worker processes), which
+    # from the global torch RNG would shift dropout after a resume restored that RNG mid-epoch.
+    private = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(dataset, sampler=plan, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=private)
 
 
 def _random_affine(batch: int, cfg: AugmentConfig, generator: torch.Generator, device: torch.device) -> torch.Tensor:

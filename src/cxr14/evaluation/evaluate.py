@@ -28,6 +28,7 @@ from cxr14.models import build_model
 from cxr14.reporting.comparison import TRUTH_COLUMNS, truth_and_scores
 from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figures, training_figure
 from cxr14.training.engine import predict, select_device
+from cxr14.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_
     checkpoint_path = model_dir / "best.pt"
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"{checkpoint_path}: no trained checkpoint; run `dvc repro train@{model_name}`")
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    checkpoint = load_checkpoint(checkpoint_path)  # data only: a shared model folder cannot run code
     # The checkpoint holds every weight: never fetch pretrained ones here.
     bundle = build_model(model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False,
                          freeze_backbone=freeze_backbone)

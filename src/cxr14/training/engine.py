@@ -51,7 +51,9 @@ from cxr14.evaluation.metrics import macro_auroc
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
-from cxr14.training.checkpoint import capture_rng, restore_rng, save_checkpoint
+from cxr14.training.checkpoint import (
+    capture_rng, load_checkpoint, remove_stale_temporaries, restore_rng, save_checkpoint,
+)
 from cxr14.training.distributed import (
     DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed, select_device,
     sum_across,
@@ -161,7 +163,7 @@ def _validate(bundle, images, labels, train: TrainConfig, device, loss_fn: torch
     logits = torch.from_numpy(predict_logits(bundle, images, labels, train.batch_size, train.image_size, device,
                                              desc="validate"))
     loss = float(loss_fn(logits, torch.from_numpy(np.asarray(labels, np.float32)))) if len(logits) else math.nan
-    return loss, macro_auroc(labels, torch.sigmoid(logits).numpy())
+    return loss, float(macro_auroc(labels, torch.sigmoid(logits).numpy()))
 
 
 def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
@@ -205,6 +207,17 @@ def shadowed_settings(cfg: Config, model_name: str) -> list[str]:
     return notes
 
 
+_OUTPUT_FILES = ("last.pt", "best.pt", "history.csv", "train.json", "config.json", "mlflow_run.json")
+
+
+def _recorded_run(out_dir: Path) -> str | None:
+    """The MLflow run id an earlier training recorded in `out_dir`, if any."""
+    try:
+        return json.loads((out_dir / "mlflow_run.json").read_text(encoding="utf-8")).get("run_id")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+
+
 def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) -> TrainResult:
     """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`."""
     train = cfg.train_for(model_name)
@@ -224,6 +237,8 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
         for note in shadowed_settings(cfg, model_name):
             log.info("%s", note)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if main:  # what a kill during an atomic write left behind (one training per model folder)
+        remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir))
     fingerprint = training_fingerprint(key)
 
@@ -253,7 +268,7 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     resume_rng = None
     abandoned = None  # (old run id, reason) of an unfinished checkpoint that is not resumed
     if last_path.is_file():
-        checkpoint = torch.load(last_path, map_location=device, weights_only=False)
+        checkpoint = load_checkpoint(last_path)
         finished = bool(checkpoint.get("finished"))
         refusal = None if finished else resume_refusal(checkpoint, key)
         if finished:
@@ -276,10 +291,13 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
             if main:
                 log.warning("%s: not resuming the unfinished %s: %s; starting over at epoch 1 in a new MLflow run "
                             "(the old run %s is marked abandoned)", model_name, last_path, refusal, old_run)
+    # A run recorded here that no checkpoint continues (its process died before the first
+    # last.pt): it can never be resumed, so it must not stay RUNNING in MLflow.
+    orphan = _recorded_run(out_dir) if main and state["run_id"] is None else None
     best_weights = None
     # best_epoch 0: no epoch selected yet, so a best.pt there belongs to an earlier run.
     if main and state["best_epoch"] and (out_dir / "best.pt").is_file():
-        best_weights = torch.load(out_dir / "best.pt", map_location=device, weights_only=False)["model"]
+        best_weights = load_checkpoint(out_dir / "best.pt")["model"]
 
     network: torch.nn.Module = model
     if context.enabled:
@@ -304,6 +322,9 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     with run_context as run:
         if main and state["run_id"] is None:
             state["run_id"] = run.info.run_id
+            if orphan and orphan != (abandoned or (None,))[0]:
+                tracking.end_orphaned_run(orphan, f"its process died before writing {last_path}; training restarted "
+                                          f"in run {run.info.run_id}", superseded_by=run.info.run_id)
             if abandoned is not None and abandoned[0]:
                 tracking.end_abandoned_run(
                     abandoned[0], f"{last_path} not resumed: {abandoned[1]}; training restarted in run "
