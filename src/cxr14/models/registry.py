@@ -64,7 +64,7 @@ ModelBuilder = Callable[..., nn.Module]
 _FETCH_ERRORS = (OSError, RuntimeError, ValueError)
 # Our checkpoints store metrics such as a numpy float next to the weights; allowing the numpy
 # scalar types keeps torch.load in its safe weights_only mode for them.
-_NUMPY_SCALAR_GLOBALS = [
+NUMPY_SCALAR_GLOBALS = [
     np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
     np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.BoolDType,
 ]
@@ -370,7 +370,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             checkpoint = load_file(str(path))
         else:
-            with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         raise PretrainedWeightsError(

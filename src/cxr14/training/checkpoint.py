@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from cxr14.io import atomic_write_bytes
+from cxr14.models.registry import NUMPY_SCALAR_GLOBALS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        # NumPy scalars (metrics in checkpoints of earlier versions) are data too.
+        with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"(Unsupported global|unsupported GLOBAL)[^\n]*", str(error))
         detail = f" ({found.group(0).strip()})" if found else ""
