@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.evaluation.evaluate import compact_metrics, evaluate_model, log_to_run, write_figures
-from cxr14.io import atomic_write_json, atomic_write_text
+from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 from cxr14.models.registry import check_model_names
 
 
@@ -23,16 +24,24 @@ def main(args) -> None:
     model_dir = Path(args.model_dir or f"models/{args.model}")
     check_model_names([args.model], "models", args.params)
     check_cache_for_trained_model(Path(args.cache), model_dir)  # a cache rebuilt smaller since training
-    record = evaluate_model(cfg, args.model, Path(args.cache), model_dir)
-    atomic_write_json(Path(args.metrics), compact_metrics(record))
-    details = {key: record[key] for key in ("model", "metrics", "training")}
-    atomic_write_json(Path(args.details), details)
-    atomic_write_text(Path(args.roc), pd.DataFrame(record["roc"], columns=["fpr", "tpr"]).to_csv(index=False))
-    atomic_write_text(Path(args.curves), record["history"].to_csv(index=False))
-    if args.predictions:
-        atomic_write_text(Path(args.predictions), record["predictions"].to_csv(index=False, float_format="%.5f"))
-    figures = write_figures(record, Path(args.figures)) if args.figures else []
-    log_to_run(record, model_dir / "mlflow_run.json", figures, cache_dir=Path(args.cache))
+    # Store, then output folders, before the work; every output is renamed into place only
+    # after all are written and logged (cxr14.io: all outputs or none).
+    tracking.require_store(model_dir / "mlflow_run.json", args.model)
+    outputs = [Path(path) for path in (args.metrics, args.details, args.roc, args.curves, args.predictions,
+                                       args.figures) if path]
+    with staged_outputs(outputs) as stage:
+        record = evaluate_model(cfg, args.model, Path(args.cache), model_dir)
+        atomic_write_json(stage.path(Path(args.metrics)), compact_metrics(record))
+        details = {key: record[key] for key in ("model", "metrics", "training")}
+        atomic_write_json(stage.path(Path(args.details)), details)
+        atomic_write_text(stage.path(Path(args.roc)),
+                          pd.DataFrame(record["roc"], columns=["fpr", "tpr"]).to_csv(index=False))
+        atomic_write_text(stage.path(Path(args.curves)), record["history"].to_csv(index=False))
+        if args.predictions:
+            atomic_write_text(stage.path(Path(args.predictions)),
+                              record["predictions"].to_csv(index=False, float_format="%.5f"))
+        figures = write_figures(record, stage.path(Path(args.figures))) if args.figures else []
+        log_to_run(record, model_dir / "mlflow_run.json", figures, cache_dir=Path(args.cache))
 
 
 if __name__ == "__main__":

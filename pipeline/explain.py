@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.data.boxes import BOX_COLUMNS
 from cxr14.evaluation.explain import explain_model, log_explanation, write_explanation
+from cxr14.io import staged_outputs
 from cxr14.models.registry import check_model_names
 
 
@@ -25,9 +27,13 @@ def main(args) -> None:
     missing = [column for column in BOX_COLUMNS if column not in boxes.columns]
     if missing:
         raise ValueError(f"{args.boxes}: missing column(s) {missing}; rebuild it with `dvc repro boxes`")
-    record = explain_model(cfg, args.model, Path(args.cache), model_dir, boxes)
-    figures = write_explanation(record, boxes, Path(args.summary), Path(args.figures))
-    log_explanation(record, figures, model_dir / "mlflow_run.json")
+    # Store and output folders first; both outputs are renamed into place together, after logging.
+    tracking.require_store(model_dir / "mlflow_run.json", args.model)
+    summary, figure_dir = Path(args.summary), Path(args.figures)
+    with staged_outputs([summary, figure_dir]) as stage:
+        record = explain_model(cfg, args.model, Path(args.cache), model_dir, boxes)
+        figures = write_explanation(record, boxes, stage.path(summary), stage.path(figure_dir))
+        log_explanation(record, figures, model_dir / "mlflow_run.json")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ image, size on disk, batch-1 latency and batched throughput on `profile.device`.
 
 from pathlib import Path
 
+from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.evaluation.profiling import log_profile, profile_model
-from cxr14.io import atomic_write_json
+from cxr14.io import atomic_write_json, staged_outputs
 from cxr14.models.registry import check_model_names
 from cxr14.models.structure import write_layer_csv
 
@@ -24,10 +25,14 @@ def main(args) -> None:
     model_dir = Path(args.model_dir or f"models/{args.model}")
     check_model_names([args.model], "models", args.params)
     check_model_names(cfg.train.overrides, "train.overrides", args.params)
-    table, figures = profile_model(cfg, args.model, model_dir)
-    write_layer_csv(table, Path(args.structure))
-    atomic_write_json(Path(args.efficiency), figures)
-    log_profile(figures, Path(args.structure), model_dir / "mlflow_run.json")
+    # Store and output folders first; both outputs are renamed into place together, after logging.
+    tracking.require_store(model_dir / "mlflow_run.json", args.model)
+    structure, efficiency = Path(args.structure), Path(args.efficiency)
+    with staged_outputs([structure, efficiency]) as stage:
+        table, figures = profile_model(cfg, args.model, model_dir)
+        write_layer_csv(table, stage.path(structure))
+        atomic_write_json(stage.path(efficiency), figures)
+        log_profile(figures, stage.path(structure), model_dir / "mlflow_run.json")
 
 
 if __name__ == "__main__":

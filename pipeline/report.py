@@ -12,12 +12,13 @@ run shows where it stood in the comparison it took part in.
 """
 
 import json
+import os
 from pathlib import Path
 
 from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
-from cxr14.io import atomic_write_json, atomic_write_text
+from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 from cxr14.models.registry import check_model_names
 from cxr14.models.structure import write_structure_workbook
 from cxr14.reporting.comparison import load_predictions, paired_comparisons
@@ -33,6 +34,16 @@ TITLE = "cxr14 — model comparison"
 def main(args) -> None:
     cfg = load_config(args.params)
     check_model_names(cfg.models, "models", args.params)
+    tracking.require_store()
+    report_path, html_path, summary_path = Path(args.out), Path(args.html), Path(args.summary)
+    workbook, figures_out = Path(args.workbook), Path(args.figures_out)
+    # All five outputs or none: written beside, logged, then renamed into place together.
+    with staged_outputs([report_path, html_path, summary_path, workbook, figures_out]) as stage:
+        _report(cfg, args, stage, report_path, html_path, summary_path, workbook, figures_out)
+
+
+def _report(cfg, args, stage, report_path: Path, html_path: Path, summary_path: Path, workbook: Path,
+            figures_out: Path) -> None:
     models = list(cfg.models)
     records = load_records(Path(args.details), models)
     efficiency = load_efficiency(Path(args.efficiency), models)
@@ -46,19 +57,25 @@ def main(args) -> None:
     resamples = cfg.evaluate.bootstrap_resamples
     predictions = load_predictions(Path(args.predictions), models)
     comparisons = paired_comparisons(predictions, ranking, resamples, cfg.seed)
-    comparison_figures = draw_comparison_figures(ranked, predictions, load_histories(Path(args.curves), models),
-                                                 Path(args.figures_out))
-    report_path = Path(args.out)
+    staged_figures = draw_comparison_figures(ranked, predictions, load_histories(Path(args.curves), models),
+                                             stage.path(figures_out))
+    # The report links the figures where they will be; the HTML embeds them from where they are now.
+    comparison_figures = {name: figures_out / path.name for name, path in staged_figures.items()}
+    report_dir = report_path.parent
     markdown, summary = build_report(records, split_summary, efficiency, tables, comparisons, resamples,
                                      chexnet_reference=cfg.data.source == "nih", explanations=explanations,
                                      comparison_figures=comparison_figures, model_figures=model_figures,
-                                     report_dir=report_path.parent)
-    write_structure_workbook(tables, Path(args.workbook))
-    atomic_write_text(report_path, markdown)
-    atomic_write_text(Path(args.html), render_html(markdown, report_path.parent, TITLE))
-    atomic_write_json(Path(args.summary), summary)
+                                     report_dir=report_dir)
+    final_link, staged_link = (Path(os.path.relpath(folder, report_dir)).as_posix()
+                               for folder in (figures_out, stage.path(figures_out)))
+    html_source = markdown.replace(f"]({final_link}/", f"]({staged_link}/")
+    write_structure_workbook(tables, stage.path(workbook))
+    atomic_write_text(stage.path(report_path), markdown)
+    atomic_write_text(stage.path(html_path), render_html(html_source, report_dir, TITLE))
+    atomic_write_json(stage.path(summary_path), summary)
     run_ids = {record["model"]: record["training"]["run_id"] for record in ranked}
-    tracking.log_artifacts_to_runs(run_ids, [report_path, Path(args.html), *comparison_figures.values()], "report")
+    tracking.log_artifacts_to_runs(
+        run_ids, [stage.path(report_path), stage.path(html_path), *staged_figures.values()], "report")
 
 
 if __name__ == "__main__":

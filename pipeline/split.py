@@ -10,17 +10,19 @@ from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.metadata import load_metadata
 from cxr14.data.split import make_splits, split_sizes
-from cxr14.io import atomic_write_json, atomic_write_text
+from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 
 
 def main(args) -> None:
     cfg = load_config(args.params)
-    metadata = load_metadata(Path(args.raw), cfg.data.missing_images, cfg.data.orphan_images)
-    table, summary = make_splits(metadata, cfg.split, cfg.seed, source=cfg.data.source)
-    atomic_write_text(Path(args.out), table.to_csv(index=False))
-    atomic_write_json(Path(args.summary), summary)
-    if args.sizes:
-        atomic_write_json(Path(args.sizes), split_sizes(summary))
+    outputs = [Path(path) for path in (args.out, args.summary, args.sizes) if path]
+    with staged_outputs(outputs) as stage:  # all three files or none
+        metadata = load_metadata(Path(args.raw), cfg.data.missing_images, cfg.data.orphan_images)
+        table, summary = make_splits(metadata, cfg.split, cfg.seed, source=cfg.data.source)
+        atomic_write_text(stage.path(Path(args.out)), table.to_csv(index=False))
+        atomic_write_json(stage.path(Path(args.summary)), summary)
+        if args.sizes:
+            atomic_write_json(stage.path(Path(args.sizes)), split_sizes(summary))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from cxr14.io import atomic_directory, atomic_write_json
+from cxr14.io import OutputNotWritableError, atomic_directory, atomic_write_json, staged_outputs
 
 
 def test_atomic_json_is_stable_and_readable_by_others(tmp_path):
@@ -31,3 +31,80 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _outputs(tmp_path):
+    """Two files and a folder with old content; returns (paths, {path: bytes})."""
+    metrics, table, figures = tmp_path / "m.json", tmp_path / "tables" / "t.csv", tmp_path / "figures" / "cnn"
+    figures.mkdir(parents=True)
+    table.parent.mkdir()
+    for path, content in ((metrics, b"old m"), (table, b"old t"), (figures / "a.png", b"old a")):
+        path.write_bytes(content)
+    return [metrics, table, figures]
+
+
+def _files(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_staged_outputs_replace_every_output_together(tmp_path):
+    metrics, table, figures = _outputs(tmp_path)
+    with staged_outputs([metrics, table, figures]) as stage:
+        atomic_write_json(stage.path(metrics), {"new": 1})
+        stage.path(table).write_bytes(b"new t")
+        assert stage.path(table).name == "t.csv"  # staged under its own name (MLflow artifacts keep it)
+        stage.path(figures).mkdir()
+        (stage.path(figures) / "b.png").write_bytes(b"new b")
+        assert metrics.read_bytes() == b"old m" and (figures / "a.png").is_file()  # nothing replaced yet
+    assert _files(tmp_path) == {"m.json": b'{\n  "new": 1\n}\n', "tables/t.csv": b"new t",
+                                "figures/cnn/b.png": b"new b"}  # no staging folder left
+    assert stat.S_IMODE(os.stat(figures).st_mode) == 0o777 & ~_umask()
+
+
+def test_a_failure_mid_stage_leaves_every_old_output(tmp_path):
+    outputs = _outputs(tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        with staged_outputs(outputs) as stage:
+            stage.path(outputs[0]).write_bytes(b"new m")
+            stage.path(outputs[2]).mkdir()
+            raise RuntimeError("model crashed")
+    assert _files(tmp_path) == before
+    assert not list(tmp_path.rglob(".*"))
+
+
+def test_an_output_the_stage_did_not_write_changes_nothing(tmp_path):
+    outputs = _outputs(tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(RuntimeError, match="did not write .*t.csv"):
+        with staged_outputs(outputs) as stage:
+            stage.path(outputs[0]).write_bytes(b"new m")
+            stage.path(outputs[2]).mkdir()
+    assert _files(tmp_path) == before and not list(tmp_path.rglob(".*"))
+
+
+def test_an_unwritable_output_folder_fails_before_the_stage_runs(tmp_path):
+    outputs = _outputs(tmp_path)
+    before = _files(tmp_path)
+    (tmp_path / "blocked").write_bytes(b"a file where a folder should be")
+    ran = []
+    with pytest.raises(OutputNotWritableError, match=f"{tmp_path / 'blocked'} is a file, not a folder"):
+        with staged_outputs([*outputs, tmp_path / "blocked" / "figures" / "cnn"]):
+            ran.append(True)
+    assert not ran
+    assert _files(tmp_path) == {**before, "blocked": b"a file where a folder should be"}
+    assert not list(tmp_path.rglob(".*"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_a_read_only_old_folder_fails_before_the_stage_runs(tmp_path):
+    outputs = _outputs(tmp_path)
+    before = _files(tmp_path)
+    outputs[2].chmod(0o500)
+    try:
+        with pytest.raises(OutputNotWritableError, match=f"folder {outputs[2]} is not writable"):
+            with staged_outputs(outputs):
+                pass
+    finally:
+        outputs[2].chmod(0o700)
+    assert _files(tmp_path) == before and not list(tmp_path.rglob(".*"))

@@ -1,7 +1,8 @@
 """MLflow bookkeeping: one run per trained model, which evaluate later reopens.
 
     uri = tracking_uri()                 # $MLFLOW_TRACKING_URI or sqlite:///<workspace>/mlflow.db
-    check_reachable(uri)                 # fails before training if a server is down
+    check_reachable(uri)                 # fails before training if the store cannot be written
+    require_store(Path("models/cnn/mlflow_run.json"), "cnn")   # + the recorded run is in it
     tags = run_tags("cnn", cache_dir, "cuda:0", weights=None)   # what the run was trained on
     with model_run("cnn", run_id=None, tags=tags, system_metrics=True) as run: ...
 
@@ -12,6 +13,12 @@ run --queue` and `--temp` run each experiment in a copy of the repository under
 runs land in the same `mlflow.db` as the workspace's and survive the copy. Several queue
 workers may write at once: SQLite connections wait up to `SQLITE_TIMEOUT_SECONDS` for a lock,
 and creating the store and the experiment is serialised by a file lock.
+
+Every stage that logs checks the store before it computes (`check_reachable`, `require_store`):
+a server that does not answer or a SQLite file or folder that cannot be written is one
+`TrackingUnavailableError` naming MLFLOW_TRACKING_URI (or saying that the default store is
+used), not a traceback after the work is done. A store that fails later, inside `model_run`,
+is the same one-line error with MLflow's own message in it.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ FINGERPRINT_FILES = ("*.csv", "cache.json")
 
 
 class TrackingUnavailableError(RuntimeError):
-    """The MLflow tracking server cannot be reached."""
+    """The MLflow tracking store cannot be reached or written."""
 
 
 def workspace_root() -> Path:
@@ -68,7 +75,27 @@ def tracking_uri() -> str:
     configured = os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
         return configured
+    return _default_uri()
+
+
+def _default_uri() -> str:
     return f"sqlite:///{workspace_root() / DEFAULT_STORE}?timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def describe_store(uri: str) -> str:
+    """Where `uri` came from, for error messages: the variable to fix, or that it is the default."""
+    if uri == _default_uri():
+        return (f"the default MLflow store {uri} (MLFLOW_TRACKING_URI is not set; the store is "
+                f"$DVC_ROOT/{DEFAULT_STORE}, or {DEFAULT_STORE} in the current folder outside DVC)")
+    return f"MLFLOW_TRACKING_URI={uri}"
+
+
+def _store_fix(uri: str) -> str:
+    if uri == _default_uri():
+        return ("fix that file or folder, or set MLFLOW_TRACKING_URI to a store you can write "
+                "(sqlite:////absolute/path/mlflow.db or http://host:port)")
+    return (f"fix MLFLOW_TRACKING_URI, or unset it to use the default store sqlite:///"
+            f"{workspace_root() / DEFAULT_STORE}")
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -82,17 +109,96 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """For http(s) stores, GET /health now rather than failing after an epoch of training."""
-    if not uri.startswith(("http://", "https://")):
+    """Fail now, not after the stage's work, when the store cannot take what the stage logs.
+
+    http(s): GET /health answers. sqlite: the database's folder exists (or can be created) and
+    is writable, the database file (if any) is a writable SQLite file, and the artifact folder
+    beside it (if any) is writable. Other schemes are not checked.
+
+    Raises:
+        TrackingUnavailableError: one line naming MLFLOW_TRACKING_URI (or the default store),
+            the server or path, and the fix.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise TrackingUnavailableError(
+                f"{describe_store(uri)}: MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+                "MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
+            ) from None
         return
+    database = sqlite_path(uri)
+    if database is not None:
+        problem = _sqlite_problem(database)
+        if problem:
+            raise TrackingUnavailableError(f"{describe_store(uri)}: {problem}; {_store_fix(uri)}")
+
+
+def _sqlite_problem(database: Path) -> str | None:
+    """Why SQLite could not write `database` (and MLflow its artifacts beside it), or None."""
+    import sqlite3
+    import tempfile
+
+    folder = database.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create the SQLite store {database}: {existing} is a file, not a folder"
+    if existing != folder:  # created on first use (with its parents)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"cannot create the SQLite store {database}: folder {folder} is missing and {existing} is not writable"
+        return None
+    try:  # SQLite writes its journal beside the database: the folder must take new files
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot write the SQLite store {database}: folder {folder} is not writable ({error.strerror or error})"
+    for artifacts in (folder / ARTIFACT_FOLDER, *(folder / ARTIFACT_FOLDER).glob("*")):
+        if artifacts.is_dir() and not os.access(artifacts, os.W_OK | os.X_OK):
+            return f"cannot write MLflow artifacts beside the store: folder {artifacts} is not writable"
+    if not database.exists():
+        return None
+    if not database.is_file():
+        return f"the SQLite store {database} is not a file"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise TrackingUnavailableError(
-            f"MLflow tracking server {uri} is unreachable ({error}); start it, fix "
-            "MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
-        ) from None
+        with open(database, "r+b"):
+            pass
+        connection = sqlite3.connect(f"file:{urllib.parse.quote(str(database))}?mode=rw", uri=True, timeout=1)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+        finally:
+            connection.close()
+    except OSError as error:
+        return f"cannot write the SQLite store {database} ({error.strerror or error})"
+    except sqlite3.Error as error:
+        if "locked" in str(error):  # busy with another writer: model_run waits for it
+            return None
+        return f"cannot open the SQLite store {database} ({error})"
+    return None
+
+
+def require_store(run_file: Path | None = None, model_name: str | None = None) -> None:
+    """Check the store before a stage computes: writable or reachable (`check_reachable`) and,
+    given the model's `run_file` (models/<model>/mlflow_run.json), holding its recorded run.
+
+    Raises:
+        TrackingUnavailableError: the store cannot be reached or written.
+        RecordedRunMissingError: the recorded run is not in this store.
+        FileNotFoundError: `run_file` is missing (the model was not trained).
+    """
+    uri = tracking_uri()
+    check_reachable(uri)
+    if run_file is None:
+        return
+    run_id = recorded_run_id(Path(run_file))
+    from mlflow.tracking import MlflowClient
+
+    with _explained_store_errors(uri):
+        _require_run(MlflowClient(uri), run_id, model_name or Path(run_file).parent.name, uri)
 
 
 @contextlib.contextmanager
@@ -151,7 +257,7 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
     with _explained_store_errors(uri):
         mlflow = _mlflow()
         if run_id:
-            _require_run(mlflow, run_id, model_name, uri)
+            _require_run(mlflow.MlflowClient(), run_id, model_name, uri)
             run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
         else:
             # In a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
@@ -173,11 +279,11 @@ class RecordedRunMissingError(RuntimeError):
     """A model's recorded MLflow run is not in the store this process logs to."""
 
 
-def _require_run(mlflow, run_id: str, model_name: str, uri: str) -> None:
+def _require_run(client, run_id: str, model_name: str, uri: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        client.get_run(run_id)
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
@@ -199,15 +305,42 @@ def _locked_store_error(error: BaseException, uri: str) -> TrackingUnavailableEr
     )
 
 
+# Errors of the store's client libraries: MLflow's own, SQLAlchemy/alembic (SQLite), requests/urllib3 (HTTP).
+_STORE_ERROR_MODULES = ("mlflow", "sqlalchemy", "alembic", "requests", "urllib3", "sqlite3")
+
+
+def _is_store_error(error: BaseException) -> bool:
+    """Raised by MLflow or its store libraries (an OSError counts when raised inside MLflow's code,
+    e.g. copying an artifact into an unwritable folder)."""
+    if isinstance(error, (RecordedRunMissingError, TrackingUnavailableError)):
+        return False
+    if type(error).__module__.split(".")[0] in _STORE_ERROR_MODULES:
+        return True
+    if isinstance(error, OSError):
+        frame = error.__traceback__
+        while frame is not None:
+            if f"{os.sep}mlflow{os.sep}" in frame.tb_frame.f_code.co_filename:
+                return True
+            frame = frame.tb_next
+    return False
+
+
 @contextlib.contextmanager
 def _explained_store_errors(uri: str) -> Iterator[None]:
-    """Turn SQLite's "database is locked" (after the timeout and MLflow's retries) into one clear error."""
+    """Turn SQLite's "database is locked" (after the timeout and MLflow's retries), and any other
+    failure of the store, into one line naming the store and MLFLOW_TRACKING_URI."""
     try:
         yield
     except Exception as error:
         locked = _locked_store_error(error, uri)
         if locked is not None:
             raise locked from error
+        if _is_store_error(error):
+            message = " ".join(str(error).split())[:400] or type(error).__name__
+            raise TrackingUnavailableError(
+                f"{describe_store(uri)}: the MLflow store failed ({type(error).__name__}: {message}); "
+                f"check that the store is up and writable and re-run the stage (or {_store_fix(uri)})"
+            ) from error
         raise
 
 
