@@ -69,16 +69,21 @@ def write_nih_folder(root: Path, rows: list[tuple[str, str, str]], size: int = 4
     return root
 
 
-@pytest.fixture
-def small_nih(tmp_path) -> Path:
-    """30 images of 10 patients with a mix of findings, in the NIH layout."""
+def write_small_nih(root: Path) -> Path:
+    """30 images of 10 patients with a mix of findings, in the NIH layout, under `root`."""
     findings = ["No Finding", "Effusion", "Mass|Nodule", "Cardiomegaly", "No Finding", "Infiltration"]
     rows = [
         (f"{patient:08d}_{follow:03d}.png", findings[(patient + follow) % len(findings)], str(patient))
         for patient in range(1, 11)
         for follow in range(3)
     ]
-    return write_nih_folder(tmp_path / "raw", rows)
+    return write_nih_folder(root, rows)
+
+
+@pytest.fixture
+def small_nih(tmp_path) -> Path:
+    """30 images of 10 patients with a mix of findings, in the NIH layout."""
+    return write_small_nih(tmp_path / "raw")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import torch
 
 from cxr14.tracking import EXPERIMENT
 from cxr14.training.checkpoint import load_checkpoint
-from tests.conftest import cache_of, write_nih_folder
+from tests.conftest import cache_of, write_small_nih
 from tests.test_training_processes import _environment, _params_file, _train_command, kill_at
 
 pytestmark = pytest.mark.slow
@@ -41,10 +41,7 @@ HISTORY = ["epoch", "train_loss", "val_loss", "val_macro_auroc", "lr"]
 def setting(tmp_path_factory):
     """The cache, params and environment shared by every kill point, and the uninterrupted run."""
     root = tmp_path_factory.mktemp("resume_points")
-    findings = ["No Finding", "Effusion", "Mass|Nodule", "Cardiomegaly", "No Finding", "Infiltration"]
-    rows = [(f"{patient:08d}_{follow:03d}.png", findings[(patient + follow) % len(findings)], str(patient))
-            for patient in range(1, 11) for follow in range(3)]
-    cache = cache_of(write_nih_folder(root / "raw", rows), root / "cache")
+    cache = cache_of(write_small_nih(root / "raw"), root / "cache")
     env = _environment(root)
     params = _params_file(root, **{"train.epochs": 3, "train.checkpoint_every_steps": 2, "models": [MODEL]})
     straight = subprocess.run(_train_command(params, cache, root / "straight", MODEL), env=env, capture_output=True,

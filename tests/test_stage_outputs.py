@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from cxr14.config import config_from_dict
-from tests.conftest import REPO_ROOT, cache_of, tiny_params, write_nih_folder
+from tests.conftest import REPO_ROOT, cache_of, tiny_params, write_small_nih
 from tests.test_tracking import free_port
 
 IS_ROOT = os.geteuid() == 0  # root ignores permission bits: a regular file stands in for a folder
@@ -35,10 +35,7 @@ def trained(tmp_path_factory):
     from cxr14.training.engine import train_model
 
     root = tmp_path_factory.mktemp("stage_outputs")
-    findings = ["No Finding", "Effusion", "Mass|Nodule", "Cardiomegaly", "No Finding", "Infiltration"]
-    rows = [(f"{patient:08d}_{follow:03d}.png", findings[(patient + follow) % len(findings)], str(patient))
-            for patient in range(1, 11) for follow in range(3)]
-    cache = cache_of(write_nih_folder(root / "raw", rows), root / "cache")
+    cache = cache_of(write_small_nih(root / "raw"), root / "cache")
     (root / "store").mkdir()
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     (root / "params.yaml").write_text(yaml.safe_dump(_params()))
