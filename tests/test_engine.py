@@ -184,7 +184,7 @@ def test_validation_loss_is_the_training_loss_without_label_smoothing(kind, tiny
 
     from cxr14.data.cache import open_split, split_labels
     from cxr14.models import build_model
-    from cxr14.training.engine import predict
+    from cxr14.inference import predict
     from cxr14.training.losses import make_loss
 
     settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "train.loss": kind,

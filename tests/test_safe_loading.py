@@ -18,7 +18,7 @@ import yaml
 
 from cxr14 import tracking
 from cxr14.config import config_from_dict
-from cxr14.evaluation.evaluate import load_trained
+from cxr14.inference import load_trained
 from cxr14.io import atomic_write_json
 from cxr14.models import PretrainedWeightsError, build_model
 from cxr14.training.checkpoint import CheckpointError, load_checkpoint

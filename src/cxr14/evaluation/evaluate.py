@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cxr14 import tracking
 from cxr14.config import Config
@@ -23,31 +22,12 @@ from cxr14.evaluation.metrics import max_f1_thresholds, micro_roc_points, test_m
 from cxr14.evaluation.statistics import (
     bootstrap_intervals, calibration, seed_accuracy, sensitivity_thresholds, threshold_metrics,
 )
-from cxr14.labels import LABELS, NUM_CLASSES
-from cxr14.models import build_model
+from cxr14.labels import LABELS
 from cxr14.reporting.comparison import TRUTH_COLUMNS, truth_and_scores
 from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figures, training_figure
-from cxr14.training.engine import predict, select_device
-from cxr14.training.checkpoint import load_checkpoint
+from cxr14.inference import load_trained, predict, select_device
 
 log = logging.getLogger(__name__)
-
-
-def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_backbone: bool = False):
-    """Rebuild the architecture and load `best.pt` (the early-stopping choice).
-
-    `freeze_backbone` only restores which parameters were trainable (for the layer table).
-    """
-    checkpoint_path = model_dir / "best.pt"
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_path}: no trained checkpoint; run `dvc repro train@{model_name}`")
-    checkpoint = load_checkpoint(checkpoint_path)  # data only: a shared model folder cannot run code
-    # The checkpoint holds every weight: never fetch pretrained ones here.
-    bundle = build_model(model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False,
-                         freeze_backbone=freeze_backbone)
-    bundle.model.load_state_dict(checkpoint["model"])
-    bundle.model.to(device)
-    return bundle, checkpoint["image_size"]
 
 
 def evaluate_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path) -> dict:

@@ -22,12 +22,12 @@ from cxr14 import tracking
 from cxr14.config import Config
 from cxr14.data.cache import open_split, split_labels
 from cxr14.evaluation.embeddings import extract_embeddings, finding_groups, retrieval_metrics, tsne_layout
-from cxr14.evaluation.evaluate import load_trained
+from cxr14.inference import load_trained
 from cxr14.evaluation.gradcam import find_taps, grad_cam, localisation_scores
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import LABEL_INDEX, LABELS, NO_FINDING
 from cxr14.reporting.figures import gradcam_figure, save_figures, tsne_figure
-from cxr14.training.engine import select_device
+from cxr14.inference import select_device
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import pandas as pd
 from cxr14 import tracking
 from cxr14.config import Config
 from cxr14.evaluation.efficiency import measure_efficiency
-from cxr14.evaluation.evaluate import load_trained
+from cxr14.inference import load_trained
 from cxr14.models.structure import layer_table
-from cxr14.training.engine import select_device
+from cxr14.inference import select_device
 
 log = logging.getLogger(__name__)
 

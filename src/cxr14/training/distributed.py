@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cxr14.inference import select_device  # noqa: F401 (the device rule, shared with inference)
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -32,18 +34,6 @@ class DistributedContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def select_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """"auto" = CUDA when present; under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine")
-        if world_size > 1:  # one GPU per process, chosen by torchrun's LOCAL_RANK
-            name = f"cuda:{local_rank}"
-    return torch.device(name)
 
 
 def init_distributed(device_name: str) -> DistributedContext:

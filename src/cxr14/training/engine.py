@@ -48,6 +48,8 @@ from cxr14.config import Config, TrainConfig, config_to_dict, flatten
 from cxr14.data.cache import open_split, split_labels
 from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.evaluation.metrics import macro_auroc
+from cxr14.inference import autocast as _autocast
+from cxr14.inference import predict_logits
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
@@ -55,7 +57,7 @@ from cxr14.training.checkpoint import (
     capture_rng, load_checkpoint, remove_stale_temporaries, restore_rng, save_checkpoint,
 )
 from cxr14.training.distributed import (
-    DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed, select_device,
+    DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed,
     sum_across,
 )
 from cxr14.training.losses import make_loss
@@ -64,7 +66,7 @@ from cxr14.training.schedule import LearningRateSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train_model", "predict", "predict_logits", "validation_loss", "select_device",
+__all__ = ["TrainResult", "train_model", "validation_loss",
            "make_optimizer", "save_checkpoint"]
 
 
@@ -115,39 +117,6 @@ def resume_refusal(checkpoint: dict, key: dict) -> str | None:
     if old.get("world_size") != key["world_size"]:
         reasons.append(f"another world size ({old.get('world_size')} -> {key['world_size']} processes)")
     return "it was trained with " + ("; ".join(reasons) or "other settings")
-
-
-def predict(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
-            device: torch.device, desc: str = "predict") -> np.ndarray:
-    """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation)."""
-    return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=True)
-
-
-def predict_logits(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
-                   device: torch.device, desc: str = "predict") -> np.ndarray:
-    """float32 logits [N, 15] for a cache split, in its row order (no augmentation)."""
-    return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=False)
-
-
-@torch.no_grad()
-def _forward(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
-             device: torch.device, desc: str, sigmoid: bool) -> np.ndarray:
-    bundle.model.eval()
-    loader = make_loader(images, labels, batch_size, shuffle=False, seed=0, pin_memory=device.type == "cuda")
-    outputs = []
-    for pixels, _ in progress(loader, desc=desc, unit="batch", leave=False):
-        inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std,
-                               image_size)
-        with _autocast(device):
-            logits = bundle.model(inputs).float()
-            outputs.append((torch.sigmoid(logits) if sigmoid else logits).cpu())
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, NUM_CLASSES), np.float32)
-
-
-def _autocast(device: torch.device):
-    # bf16 on CUDA keeps fp32's range, so no loss scaler is needed; on the CPU autocast would
-    # only slow the seed models down.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
 def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Module:
