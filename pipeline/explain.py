@@ -12,7 +12,7 @@ from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.cache import check_cache_for_trained_model
-from cxr14.data.boxes import BOX_COLUMNS
+from cxr14.data.boxes import BOX_COLUMNS, BoxError
 from cxr14.evaluation.explain import explain_model, log_explanation, write_explanation
 from cxr14.io import staged_outputs
 from cxr14.models.registry import check_model_names
@@ -26,7 +26,7 @@ def main(args) -> None:
     boxes = pd.read_csv(args.boxes, dtype={"image_id": str}) if args.boxes else pd.DataFrame(columns=list(BOX_COLUMNS))
     missing = [column for column in BOX_COLUMNS if column not in boxes.columns]
     if missing:
-        raise ValueError(f"{args.boxes}: missing column(s) {missing}; rebuild it with `dvc repro boxes`")
+        raise BoxError(f"{args.boxes}: missing column(s) {missing}; rebuild it with `dvc repro boxes`")
     # Store and output folders first; both outputs are renamed into place together, after logging.
     tracking.require_store(model_dir / "mlflow_run.json", args.model)
     summary, figure_dir = Path(args.summary), Path(args.figures)

@@ -3,8 +3,9 @@
     parser = stage_parser("Split the metadata by patient.", __doc__)
     args = parser.parse_args(); cfg = load_config(args.params)
 
-`run_stage` turns the project's own exceptions into a one-line error and exit code 2, so
-`dvc repro` shows the offending file/row/key instead of a traceback.
+`run_stage` turns the project's own errors (`cxr14.errors.Cxr14Error`: bad input, a missing file,
+a bad setting) into a one-line error and exit code 2, so `dvc repro` shows the offending
+file/row/key instead of a traceback. Every other exception is a bug: it keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import logging
 import sys
 from collections.abc import Callable
 
-from cxr14.config import ConfigError
+from cxr14.errors import Cxr14Error
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
+# What `run_stage` reports in one line; a builtin ValueError or RuntimeError (a torch shape
+# error, say) is a bug and must keep its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (Cxr14Error,)
 
 
 def stage_parser(description: str, epilog: str | None = None) -> argparse.ArgumentParser:

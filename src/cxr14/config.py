@@ -34,8 +34,10 @@ from typing import Any, Literal
 
 import yaml
 
+from cxr14.errors import Cxr14Error
 
-class ConfigError(ValueError):
+
+class ConfigError(Cxr14Error, ValueError):
     """params.yaml holds an unknown key, a wrong type or a bad value."""
 
 

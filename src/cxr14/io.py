@@ -41,6 +41,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cxr14.errors import Cxr14Error
+
 # mkstemp creates 0600 files; outputs should get the usual mode the umask allows.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -104,7 +106,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     os.replace(staging, path)
 
 
-class OutputNotWritableError(RuntimeError):
+class OutputNotWritableError(Cxr14Error, RuntimeError):
     """A stage's output cannot be written where it was asked for (checked before computing)."""
 
 

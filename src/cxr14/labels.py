@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxr14.errors import Cxr14Error
+
 LABELS: tuple[str, ...] = (
     "Cardiomegaly",
     "Emphysema",
@@ -33,7 +35,7 @@ NUM_CLASSES = len(LABELS)
 LABEL_INDEX: dict[str, int] = {name: index for index, name in enumerate(LABELS)}
 
 
-class UnknownFindingError(ValueError):
+class UnknownFindingError(Cxr14Error, ValueError):
     """A finding name outside the 15-name vocabulary."""
 
 

@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cxr14.errors import Cxr14Error, MissingInputError
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "cxr14"
@@ -61,7 +63,7 @@ DVC_ROOT_VARIABLE = "DVC_ROOT"
 FINGERPRINT_FILES = ("*.csv", "cache.json")
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(Cxr14Error, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
 
 
@@ -275,8 +277,12 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
         mlflow.end_run()
 
 
-class RecordedRunMissingError(RuntimeError):
+class RecordedRunMissingError(Cxr14Error, RuntimeError):
     """A model's recorded MLflow run is not in the store this process logs to."""
+
+
+class NoExperimentError(Cxr14Error, LookupError):
+    """The tracking store has no experiment of this project yet (nothing was run against it)."""
 
 
 def _require_run(client, run_id: str, model_name: str, uri: str) -> None:
@@ -361,7 +367,7 @@ def _mlflow_for(uri: str) -> str:
 
     experiment = mlflow.MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        raise LookupError(f"{uri}: no MLflow experiment {EXPERIMENT!r} yet; run `dvc repro` first")
+        raise NoExperimentError(f"{uri}: no MLflow experiment {EXPERIMENT!r} yet; run `dvc repro` first")
     return experiment.experiment_id
 
 
@@ -425,7 +431,7 @@ def log_artifacts_to_runs(run_ids: dict[str, str], paths: list[Path], artifact_p
 def recorded_run_id(run_file: Path) -> str:
     """The run id that train@<model> wrote to models/<model>/mlflow_run.json."""
     if not run_file.is_file():
-        raise FileNotFoundError(f"{run_file}: no MLflow run recorded; run the train stage first")
+        raise MissingInputError(f"{run_file}: no MLflow run recorded; run the train stage first")
     with run_file.open(encoding="utf-8") as handle:
         return json.load(handle)["run_id"]
 
@@ -451,10 +457,10 @@ def data_fingerprint(cache_dir: Path) -> str:
     """12 hex characters identifying the training data: a hash of the cache's indexes and summary."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
-        raise FileNotFoundError(f"{cache_dir}: cache folder missing; run the preprocess stage (dvc repro preprocess)")
+        raise MissingInputError(f"{cache_dir}: cache folder missing; run the preprocess stage (dvc repro preprocess)")
     files = sorted({path for pattern in FINGERPRINT_FILES for path in cache_dir.glob(pattern) if path.is_file()})
     if not files:
-        raise FileNotFoundError(f"{cache_dir}: no <split>.csv or cache.json to fingerprint; rerun the preprocess stage")
+        raise MissingInputError(f"{cache_dir}: no <split>.csv or cache.json to fingerprint; rerun the preprocess stage")
     digest = hashlib.sha256()
     for path in files:
         content = path.read_bytes()

@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from cxr14.data.cache import open_split
+from cxr14.errors import Cxr14Error
 from cxr14.io import atomic_write_text
 from cxr14.labels import LABELS
 
@@ -44,7 +45,7 @@ _RENAME = {"Image Index": "image_id", "Finding Label": "finding", "Bbox [x": "x"
 assert set(BOX_FINDINGS.values()) <= set(LABELS)
 
 
-class BoxError(ValueError):
+class BoxError(Cxr14Error, ValueError):
     """A bounding-box file or row that cannot be used; the message names the file and line."""
 
 

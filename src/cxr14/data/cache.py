@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxr14.data.parallel import opencv_single_threaded
+from cxr14.errors import Cxr14Error, InputDataError, MissingInputError
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import LABELS
 
@@ -38,11 +39,11 @@ CHUNK = 64  # images per worker task: amortises process overhead, bounds memory 
 PROGRESS_SAVE_SECONDS = 2.0  # how often resumable progress is recorded (at most this much work is redone)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(Cxr14Error, ValueError):
     """A PNG that cannot be decoded (corrupt, truncated, or not an image)."""
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(Cxr14Error, ValueError):
     """The cache on disk does not match the settings a stage is about to use it with."""
 
 
@@ -134,7 +135,7 @@ def build_cache(
         plan[split] = (rows.iloc[order].reset_index(drop=True), labels[mask][order])
     missing = [image_id for image_id in metadata["image_id"] if image_id not in images]
     if missing:
-        raise ValueError(f"{len(missing)} image(s) of the metadata have no file, e.g. {missing[0]!r}")
+        raise InputDataError(f"{len(missing)} image(s) of the metadata have no file, e.g. {missing[0]!r}")
     paths = {image_id: os.fspath(images[image_id]) for image_id in metadata["image_id"]}
     with opencv_single_threaded():  # one decode per process; the pool gives the parallelism
         return _build_cache(plan, paths, Path(cache_dir), size, workers)
@@ -214,11 +215,11 @@ def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     index_path = Path(cache_dir) / f"{split}.csv"
     for path in (array_path, index_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: cache file missing; run the preprocess stage (dvc repro preprocess)")
+            raise MissingInputError(f"{path}: cache file missing; run the preprocess stage (dvc repro preprocess)")
     images = np.load(array_path, mmap_mode="r")
     index = pd.read_csv(index_path, dtype={"image_id": str, "patient_id": str})
     if len(index) != len(images):
-        raise ValueError(f"{cache_dir}: {split}.csv has {len(index)} rows but {split}.npy has {len(images)} images")
+        raise CacheMismatchError(f"{cache_dir}: {split}.csv has {len(index)} rows but {split}.npy has {len(images)} images")
     return images, index
 
 
@@ -231,7 +232,7 @@ def cache_size(cache_dir: Path) -> int:
     """The side in pixels of the images in `cache_dir`, as its cache.json records it."""
     summary_path = Path(cache_dir) / "cache.json"
     if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path}: cache file missing; run the preprocess stage (dvc repro preprocess)")
+        raise MissingInputError(f"{summary_path}: cache file missing; run the preprocess stage (dvc repro preprocess)")
     try:
         return int(json.loads(summary_path.read_text(encoding="utf-8"))["size"])
     except (ValueError, KeyError, TypeError) as error:

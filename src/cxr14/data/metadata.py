@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr14.errors import Cxr14Error
 from cxr14.labels import NUM_CLASSES, encode_findings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ PATIENT_ID = re.compile(r"[1-9][0-9]*")
 SHOWN_BAD_ROWS = 3  # bad Patient IDs quoted in the message; the rest are counted
 
 
-class MetadataError(ValueError):
+class MetadataError(Cxr14Error, ValueError):
     """The metadata file or the image folder does not match what the pipeline needs."""
 
 

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from cxr14.errors import Cxr14Error, MissingInputError
 from cxr14.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cxr14.io import progress as progress_bar
 
@@ -57,7 +58,7 @@ _PERMANENT_HTTP_ERRORS = frozenset(range(400, 500)) - {408, 425, 429}
 _HASH_BLOCK_BYTES = 1 << 22
 
 
-class NihDownloadError(RuntimeError):
+class NihDownloadError(Cxr14Error, RuntimeError):
     """Base class: fetching or unpacking the NIH archives failed."""
 
 
@@ -480,7 +481,7 @@ def fetch_metadata(source: str, dest: Path) -> Path:
     else:
         source_path = Path(source).expanduser()
         if not source_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"metadata source {source_path} does not exist; give the path of the downloaded file or its "
                 "http(s) URL"
             )

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cxr14.data.boxes import BBOX_FILE
 from cxr14.data.metadata import IMAGES_MANIFEST, METADATA_NAMES, write_manifest
+from cxr14.errors import Cxr14Error
 from cxr14.io import atomic_directory, progress
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ _EXPECTED = (
 )
 
 
-class NihLayoutError(ValueError):
+class NihLayoutError(Cxr14Error, ValueError):
     """`data.nih.path` does not hold a usable NIH ChestX-ray14 layout, or recording it failed."""
 
 

@@ -21,7 +21,9 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
+from cxr14.config import ConfigError
 from cxr14.data.split import LeakageError, split_patients
+from cxr14.errors import InstallationError
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +39,21 @@ def official_test_images() -> frozenset[str]:
     """The 25,596 image names of the official test split (read once, then cached).
 
     Raises:
-        RuntimeError: the packaged list is missing or damaged (a broken install: the wheel was
+        InstallationError: the packaged list is missing or damaged (a broken install: the wheel was
             built without the package data).
     """
     resource = files(RESOURCE_PACKAGE).joinpath(TEST_LIST_RESOURCE)
     try:
         text = gzip.decompress(resource.read_bytes()).decode("ascii")
     except (FileNotFoundError, OSError, UnicodeDecodeError) as error:
-        raise RuntimeError(
+        raise InstallationError(
             f"package data {RESOURCE_PACKAGE}/{TEST_LIST_RESOURCE} is missing or damaged ({error}); reinstall "
             f"cxr14 (pyproject.toml must list it under [tool.setuptools.package-data])"
         ) from error
     names = frozenset(line.strip() for line in text.splitlines() if line.strip())
     bad = next((name for name in names if not NIH_IMAGE_NAME.fullmatch(name)), None)
     if len(names) != OFFICIAL_TEST_IMAGES or bad is not None:
-        raise RuntimeError(
+        raise InstallationError(
             f"package data {RESOURCE_PACKAGE}/{TEST_LIST_RESOURCE}: expected {OFFICIAL_TEST_IMAGES:,} names like "
             f"00000003_000.png, got {len(names):,}" + (f" (e.g. {bad!r})" if bad else "") + "; reinstall cxr14"
         )
@@ -79,13 +81,13 @@ def official_split(
             their own).
 
     Raises:
-        ValueError: no image is in the list (not NIH data, e.g. the phantom or a renamed set),
+        ConfigError: no image is in the list (not NIH data, e.g. the phantom or a renamed set),
             every image is, or val_fraction is outside (0, 1).
         LeakageError: a patient has images both in and outside the list; the official split is
             patient-disjoint, so the names do not belong to NIH ChestX-ray14.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"split.val_fraction must be in (0, 1) for split.method: official, got {val_fraction}")
+        raise ConfigError(f"split.val_fraction must be in (0, 1) for split.method: official, got {val_fraction}")
     _check_aligned(metadata, labels)
     test_list = official_test_images() if test_list is None else test_list
     image_ids = metadata["image_id"].astype(str)
@@ -93,13 +95,13 @@ def official_split(
     in_test = image_ids.isin(test_list).to_numpy()
     n_test = int(in_test.sum())
     if n_test == 0:
-        raise ValueError(
+        raise ConfigError(
             f"split.method: official needs NIH image names, but none of the {len(metadata):,} images "
             f"(e.g. {image_ids.iloc[0]!r}) is in the official test list of {len(test_list):,} names; "
             f"use split.method: patient for this data"
         )
     if n_test == len(metadata):
-        raise ValueError(
+        raise ConfigError(
             f"all {n_test:,} images are in the official test list, so nothing is left to train on; "
             f"use split.method: patient for this subset"
         )
@@ -137,19 +139,19 @@ def filter_views(
         The kept rows (index reset) and their labels.
 
     Raises:
-        ValueError: an unknown view name, an empty `views`, or no row left (e.g. a metadata file
+        ConfigError: an unknown view name, an empty `views`, or no row left (e.g. a metadata file
             without a View Position column).
     """
     wanted = tuple(str(view).strip().upper() for view in views)
     unknown = [view for view in views if str(view).strip().upper() not in VIEWS]
     if not wanted or unknown:
-        raise ValueError(f"split.views: {list(views)!r} is not valid; use one or both of {list(VIEWS)}")
+        raise ConfigError(f"split.views: {list(views)!r} is not valid; use one or both of {list(VIEWS)}")
     _check_aligned(metadata_frame, labels)
     view_positions = metadata_frame["view_position"].astype(str).str.strip().str.upper()
     keep = view_positions.isin(wanted).to_numpy()
     if not keep.any():
         found = sorted(view_positions.unique())[:5]
-        raise ValueError(
+        raise ConfigError(
             f"split.views {list(wanted)} keeps none of the {len(keep):,} images (view positions found: {found}); "
             f"the metadata needs a 'View Position' column, or remove split.views"
         )

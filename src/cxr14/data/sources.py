@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from cxr14.config import Config
+from cxr14.errors import MissingInputError
 from cxr14.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def fetch_nih(cfg: Config, out_dir: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         download_nih(official_archives(nih.base_url), download_dir=root / "archives", extract_dir=root)
     elif not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"data.nih.path {root} is not a folder; point it at the NIH images or set data.nih.download: true"
         )
     layout_metadata = None

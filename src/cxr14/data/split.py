@@ -15,6 +15,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from cxr14.errors import Cxr14Error, InputDataError
 from cxr14.labels import LABELS
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,13 @@ SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"  # rows dropped by split.views / split.one_per_patient, kept visible in splits.csv
 
 
-class LeakageError(AssertionError):
-    """A patient appears in more than one split."""
+class LeakageError(Cxr14Error, ValueError):
+    """A patient appears in more than one split: bad data (or a stale splits.csv), not a bug.
+
+    Not an AssertionError any more: that base says "broken invariant in the code", and callers
+    that catch ValueError for bad input should catch this too. The check always runs either way:
+    it is a `raise`, and `python -O` strips only `assert` statements, never raises.
+    """
 
 
 def split_patients(
@@ -150,7 +156,7 @@ def attach_splits(metadata, splits_csv) -> tuple[pd.DataFrame, np.ndarray]:
     """Metadata rows with their split column, and their labels, without the excluded rows.
 
     Raises:
-        ValueError: an image has no row in the split table (the split is stale: re-run it).
+        InputDataError: an image has no row in the split table (the split is stale: re-run it).
     """
     splits = pd.read_csv(splits_csv, dtype={"Image Index": str, "Patient ID": str})
     lookup = dict(zip(splits["Image Index"], splits["split"]))
@@ -158,7 +164,7 @@ def attach_splits(metadata, splits_csv) -> tuple[pd.DataFrame, np.ndarray]:
     frame["split"] = frame["image_id"].map(lookup)
     unassigned = frame["split"].isna()
     if unassigned.any():
-        raise ValueError(
+        raise InputDataError(
             f"{splits_csv}: {int(unassigned.sum())} image(s) have no split, e.g. "
             f"{frame.loc[unassigned, 'image_id'].iloc[0]!r}; re-run the split stage"
         )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cxr14.data.loader import prepare_batch
+from cxr14.errors import InputDataError
 from cxr14.evaluation.gradcam import ModelTaps
 from cxr14.io import progress
 from cxr14.labels import LABELS
@@ -122,7 +123,7 @@ def tsne_layout(vectors: np.ndarray, max_points: int, perplexity: float, seed: i
     if n > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
     if len(rows) < 3:
-        raise ValueError(f"t-SNE needs at least 3 embeddings, got {len(rows)}")
+        raise InputDataError(f"t-SNE needs at least 3 embeddings (test images), got {len(rows)}")
     # Perplexity must stay below the number of points; sklearn refuses otherwise.
     usable = min(perplexity, (len(rows) - 1) / 3)
     layout = TSNE(n_components=2, perplexity=usable, init="pca", random_state=seed, n_jobs=1)

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr14.data.loader import prepare_batch
+from cxr14.errors import Cxr14Error
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import ModelBundle
 
 MAX_PREFIX_TOKENS = 8  # class + register tokens a ViT may put before its patch tokens
 
 
-class ExplainError(RuntimeError):
+class ExplainError(Cxr14Error, RuntimeError):
     """The model has no layer Grad-CAM or the embedding extraction can use."""
 
 

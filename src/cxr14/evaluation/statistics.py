@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from scipy.stats import norm
 
+from cxr14.errors import InputDataError
 from cxr14.labels import LABELS, NUM_CLASSES
 
 # Resamples are processed in chunks whose micro-average weight matrix holds about this many
@@ -305,7 +306,8 @@ def paired_bootstrap(
     ones = np.ones((1, len(positive)))
     observed = float(_macro_difference(model_a, model_b, ones)[0])
     if np.isnan(observed):
-        raise ValueError("no class has both positives and negatives: the macro AUROC is undefined")
+        raise InputDataError("no class has both positives and negatives in the test split: the macro AUROC is "
+                             "undefined; use a larger split.test_fraction or more images")
     differences = np.concatenate(
         [
             _macro_difference(model_a, model_b, weights)

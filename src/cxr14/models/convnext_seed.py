@@ -37,6 +37,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.nn import functional
 
+from cxr14.config import ConfigError
 from cxr14.models.registry import register
 
 KERAS_LAYER_NORM_EPS = 1e-3
@@ -146,5 +147,5 @@ class SeedConvNeXtV2(nn.Module):
 @register("convnextv2_seed", description="seed ConvNeXt-V2: dims 25/50/100, one block each, GRN (158 k params)")
 def convnextv2_seed(num_classes: int, image_size: int) -> nn.Module:
     if image_size < 16:
-        raise ValueError(f"convnextv2_seed: image_size {image_size} is below 16 (stem 4x, then two 2x downsamples)")
+        raise ConfigError(f"convnextv2_seed: image_size {image_size} is below 16 (stem 4x, then two 2x downsamples)")
     return SeedConvNeXtV2(num_classes=num_classes)

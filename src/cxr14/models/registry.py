@@ -55,6 +55,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from cxr14.config import ConfigError
+from cxr14.errors import Cxr14Error
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class UnknownModelError(ConfigError, KeyError):
         return str(self.args[0])
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(Cxr14Error, RuntimeError):
     """Requested weights could not be fetched or loaded; the message says how to provide them."""
 
 
@@ -175,14 +176,14 @@ def resolve_pretrained(name: str, pretrained: bool | str) -> bool:
             False for plain timm names, which are trained from scratch unless asked).
 
     Raises:
-        ValueError: `pretrained` is anything else.
+        ConfigError: `pretrained` is anything else.
     """
     if pretrained is True or pretrained is False:
         return pretrained
     if pretrained == "auto":
         spec = _REGISTRY.get(name)
         return spec.pretrained if spec is not None else False
-    raise ValueError(f"train.pretrained must be true, false or 'auto', got {pretrained!r}")
+    raise ConfigError(f"train.pretrained must be true, false or 'auto', got {pretrained!r}")
 
 
 def _create_plain_timm(
@@ -475,7 +476,7 @@ def _head_of(model: nn.Module, name: str) -> nn.Module:
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
         return get_classifier()
-    raise ValueError(
+    raise ConfigError(
         f"{name}: freeze_backbone needs a classifier head (model.head or timm's get_classifier()) and "
         f"{type(model).__name__} has neither; set train.freeze_backbone: false for this model"
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cxr14.config import ConfigError
 from cxr14.models.registry import register
 
 
@@ -81,7 +82,7 @@ class SeedViT(nn.Module):
     ) -> None:
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"vit: image_size {image_size} is not a multiple of patch size {patch_size}")
+            raise ConfigError(f"vit: image_size {image_size} is not a multiple of patch size {patch_size}")
         self.patch_size = patch_size
         num_patches = (image_size // patch_size) ** 2
         self.projection = nn.Linear(patch_size * patch_size * in_chans, dim)
@@ -111,7 +112,7 @@ class SeedViT(nn.Module):
 def cnn_gap(num_classes: int, image_size: int) -> nn.Module:
     """Five Conv-BN-ReLU-MaxPool blocks, then global pooling: the size only needs to be >= 32."""
     if image_size < 32:
-        raise ValueError(f"cnn_gap: image_size {image_size} is below 32 (five 2x2 poolings need 32 px)")
+        raise ConfigError(f"cnn_gap: image_size {image_size} is below 32 (five 2x2 poolings need 32 px)")
     layers: list[nn.Module] = []
     in_channels = 3
     for width in (32, 64, 128, 256, 512):

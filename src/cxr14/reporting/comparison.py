@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr14.errors import Cxr14Error
 from cxr14.evaluation.statistics import paired_bootstrap
 from cxr14.labels import LABELS
 from cxr14.reporting.files import per_model_files
@@ -33,7 +34,7 @@ CHEXNET_AUROC = {
 TRUTH_COLUMNS = tuple(f"true_{name}" for name in LABELS)
 
 
-class ComparisonError(ValueError):
+class ComparisonError(Cxr14Error, ValueError):
     """Prediction files that cannot be compared (scored on different test images)."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxr14.errors import Cxr14Error
 
-class ReportError(ValueError):
+
+class ReportError(Cxr14Error, ValueError):
     """The report inputs are missing or inconsistent."""
 
 

@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr14.errors import Cxr14Error
 from cxr14.io import atomic_write_bytes
 from cxr14.models.registry import NUMPY_SCALAR_GLOBALS
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Cxr14Error, ValueError):
     """A checkpoint file that cannot be loaded safely: foreign objects, truncated or not a checkpoint."""
 
 

@@ -44,9 +44,10 @@ import pandas as pd
 import torch
 
 from cxr14 import tracking
-from cxr14.config import Config, TrainConfig, config_to_dict, flatten
+from cxr14.config import Config, ConfigError, TrainConfig, config_to_dict, flatten
 from cxr14.data.cache import open_split, split_labels
 from cxr14.data.loader import make_loader, prepare_batch
+from cxr14.errors import InputDataError
 from cxr14.evaluation.metrics import macro_auroc
 from cxr14.inference import autocast as _autocast
 from cxr14.inference import predict_logits
@@ -140,7 +141,7 @@ def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
     bundle = build_model(model_name, NUM_CLASSES, train.image_size, pretrained=train.pretrained,
                          pretrained_path=train.pretrained_path, freeze_backbone=train.freeze_backbone)
     if train.freeze_backbone and bundle.weights is None:
-        raise ValueError(
+        raise ConfigError(
             f"{model_name}: train.freeze_backbone is true but the backbone has no pretrained weights "
             "(set train.pretrained: true or train.overrides.<model>.pretrained_path)"
         )
@@ -215,7 +216,8 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     val_images, val_index = open_split(cache_dir, "val")
     train_labels, val_labels = split_labels(train_index), split_labels(val_index)
     if len(train_images) == 0 or len(val_images) == 0:
-        raise ValueError(f"{cache_dir}: the train and val splits must not be empty")
+        raise InputDataError(f"{cache_dir}: the train and val splits must not be empty; lower split.test_fraction "
+                             "or use more images")
 
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(model_name, train)

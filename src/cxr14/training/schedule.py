@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from cxr14.config import TrainConfig
+from cxr14.config import ConfigError, TrainConfig
 
 WARMUP_START = 0.01  # warm-up ramps the lr from 1 % of its value
 PLATEAU_FACTOR = 0.1  # CheXNet: divide by 10 when validation stops improving
@@ -27,7 +27,7 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Op
     """`train.optimizer` over the trainable parameters only (a frozen backbone is left out)."""
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not trainable:
-        raise ValueError("the model has no trainable parameters (check train.freeze_backbone)")
+        raise ConfigError("the model has no trainable parameters (check train.freeze_backbone)")
     if train.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     if train.optimizer == "adam":
