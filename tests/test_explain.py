@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr14.data.loader import prepare_batch
 from cxr14.evaluation.embeddings import extract_embeddings, finding_groups, retrieval_metrics, tsne_layout
 from cxr14.evaluation.explain import select_gradcam_images
 from cxr14.evaluation.gradcam import ExplainError, box_scores, find_taps, grad_cam, localisation_scores
@@ -123,6 +126,35 @@ def test_every_registered_model_gives_maps_and_embeddings(name):
     assert ((0 <= probabilities) & (probabilities <= 1)).all()
     vectors = extract_embeddings(bundle, taps, pixels, batch_size=1, image_size=size, device=CPU)
     assert vectors.shape == (2, taps.embedding_dim) and np.isfinite(vectors).all()
+    # timm's interface gives the feature map, except where a ViT pools its class token (see below).
+    assert taps.from_interface == (name != "vit_b16")
+
+
+@pytest.mark.parametrize("name", ["cnn_gap", "convnextv2_seed", "resmobilenet_v1", "vit_v1", "mobilenetv2_100"])
+def test_interface_taps_read_exactly_what_the_hooks_read(name):
+    from cxr14.evaluation.gradcam import _find_taps_by_hooks
+
+    torch.manual_seed(0)
+    bundle = build_model(name, NUM_CLASSES, 64, pretrained=False)
+    by_interface, by_hooks = find_taps(bundle, 64, CPU), _find_taps_by_hooks(bundle, 64, CPU, 0)
+    assert by_interface.from_interface and not by_hooks.from_interface
+    assert by_interface == dataclasses.replace(by_hooks, from_interface=True)  # same names recorded
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 72, 72), dtype=np.uint8)
+    for left, right in zip(grad_cam(bundle, by_interface, pixels, [1, 7, 0], 64, CPU),
+                           grad_cam(bundle, by_hooks, pixels, [1, 7, 0], 64, CPU)):
+        np.testing.assert_array_equal(left, right)
+    # Embeddings: forward_head(pre_logits=True) against the input of the classifier Linear.
+    captured = []
+    classifier = dict(bundle.model.named_modules())[by_hooks.classifier_layer]
+    hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            bundle.model(prepare_batch(torch.from_numpy(pixels).unsqueeze(1), bundle.in_chans, bundle.mean,
+                                       bundle.std, 64))
+    finally:
+        hook.remove()
+    vectors = extract_embeddings(bundle, by_interface, pixels, batch_size=3, image_size=64, device=CPU)
+    np.testing.assert_array_equal(vectors, captured[0].float().flatten(1).numpy())
 
 
 def test_vit_with_class_token_is_read_before_its_last_attention():

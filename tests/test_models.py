@@ -153,8 +153,62 @@ def test_freeze_backbone_trains_only_the_head():
 
 
 def test_freeze_backbone_needs_a_head():
-    with pytest.raises(ValueError, match="cnn.*train.freeze_backbone: false"):
-        build_model("cnn", NUM_CLASSES, IMAGE_SIZE, freeze_backbone=True)
+    from cxr14.models import freeze_all_but_head
+
+    headless = nn.Sequential(nn.Flatten(), nn.Linear(3 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES))
+    with pytest.raises(ValueError, match="headless.*train.freeze_backbone: false"):
+        freeze_all_but_head(headless, "headless")
+    # The seed CNN has no `head`, but timm's get_classifier() names its last Linear.
+    model = build_model("cnn", NUM_CLASSES, IMAGE_SIZE, freeze_backbone=True).model
+    assert [key for key, p in model.named_parameters() if p.requires_grad] == ["9.weight", "9.bias"]
+
+
+TOKEN_MODELS = {"vit_v1", "vit_v2", "vit_b16"}
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_registered_model_has_timms_interface(name):
+    """forward == forward_head(forward_features); features are a map (CNNs) or tokens (ViTs);
+    pre_logits is the classifier's input; reset_classifier changes the number of outputs."""
+    torch.manual_seed(0)
+    model = build_model(name, NUM_CLASSES, 64, pretrained=False).model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(images)
+        assert torch.equal(model.forward_head(features), model(images))
+        embedding = model.forward_head(features, pre_logits=True)
+    assert features.ndim == (3 if name in TOKEN_MODELS else 4)
+    classifier = model.get_classifier()
+    assert isinstance(classifier, nn.Linear) and classifier.out_features == NUM_CLASSES
+    assert embedding.shape == (2, classifier.in_features)
+    with torch.no_grad():
+        assert torch.equal(classifier(embedding), model(images))
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5
+    with torch.no_grad():
+        assert model(images).shape == (2, 5)
+
+
+def test_a_bare_timm_name_is_built_with_a_warning_naming_the_timm_prefix(caplog):
+    with caplog.at_level("WARNING", logger="cxr14.models.registry"):
+        build_model("timm:resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+        build_model("resnet34", NUM_CLASSES, IMAGE_SIZE, pretrained=False)  # registered
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="cxr14.models.registry"):
+        build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+    assert any("not registered" in r.getMessage() and "timm:resnet18" in r.getMessage() for r in caplog.records)
+
+
+def test_the_registry_imports_no_model_module():
+    """Model modules import the registry, never the reverse (no import circle)."""
+    import ast
+    import inspect
+
+    from cxr14.models import registry
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(registry)))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {module for module in imported if module.startswith("cxr14.models")}
 
 
 def test_pretrained_path_feeds_a_plain_timm_state_dict_to_the_backbone(tmp_path):

@@ -4,8 +4,10 @@
     scores = retrieval_metrics(vectors, labels, patient_ids)   # P@1, R@5, mAP, chance level
     xy, rows = tsne_layout(vectors, max_points=2000, perplexity=30, seed=42)
 
-The embedding is what the classifier Linear reads (its input, found by
-cxr14.evaluation.gradcam.find_taps), so every architecture is compared at the same place.
+The embedding is what the classifier Linear reads: ``forward_head(features, pre_logits=True)``
+of timm's interface, which every registered and timm model has (for any other model, the input of
+the Linear found by cxr14.evaluation.gradcam.find_taps), so every architecture is compared at the
+same place.
 Retrieval uses cosine similarity; an image is relevant to a query when the two share at least
 one of the 15 labels ("No Finding" included, so two normal images match). Images of the
 query's own patient are left out of its gallery: follow-ups of one patient look alike, and
@@ -20,7 +22,7 @@ from torch import nn
 
 from cxr14.data.loader import prepare_batch
 from cxr14.errors import InputDataError
-from cxr14.evaluation.gradcam import ModelTaps
+from cxr14.evaluation.gradcam import ModelTaps, has_model_interface
 from cxr14.io import progress
 from cxr14.labels import LABELS
 from cxr14.models import ModelBundle
@@ -35,15 +37,24 @@ def extract_embeddings(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray,
     """float32 [N, embedding_dim]: the input of the classifier for each cache image, in row order."""
     model = bundle.model
     model.eval()
-    classifier: nn.Module = dict(model.named_modules())[taps.classifier_layer]
     captured: list[torch.Tensor] = []
-    hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().float().cpu()))
+    interface = has_model_interface(model)
+    hook = None
+    if not interface:
+        classifier: nn.Module = dict(model.named_modules())[taps.classifier_layer]
+        hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().float().cpu()))
     try:
         for start in progress(range(0, len(images), batch_size), desc="embeddings", unit="batch", leave=False):
             batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1).to(device)
-            model(prepare_batch(batch, bundle.in_chans, bundle.mean, bundle.std, image_size))
+            inputs = prepare_batch(batch, bundle.in_chans, bundle.mean, bundle.std, image_size)
+            if interface:
+                embedding = model.forward_head(model.forward_features(inputs), pre_logits=True)
+                captured.append(embedding.detach().float().cpu())
+            else:
+                model(inputs)
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
     if not captured:
         return np.zeros((0, taps.embedding_dim), np.float32)
     return torch.cat(captured).flatten(1).numpy()

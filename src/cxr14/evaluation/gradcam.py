@@ -5,13 +5,17 @@
     scores = localisation_scores(maps_by_box, boxes, threshold=0.5)
 
 Grad-CAM (Selvaraju et al., 2017) weights the channels of the last spatial feature map by the
-mean gradient of the class logit and keeps the positive part. No model is edited for it: a
-forward pass with hooks finds, by execution order, the last module whose output is still
-spatial — a channels-first map [N, C, h, w] with h, w > 1 (CNNs, ConvNeXt, the transfer
-backbones) or a token sequence [N, T, C] whose last g*g tokens form a grid (ViTs; leading
-class/register tokens are dropped) — and the last Linear producing the class logits, whose
-input is the penultimate embedding (see cxr14.evaluation.embeddings). Maps are returned at the
-cache resolution S, so they compare directly with boxes in cache pixels.
+mean gradient of the class logit and keeps the positive part. No model is edited for it. Every
+registered model, and every timm model, has timm's interface: ``forward_features`` gives the
+last feature map — channels-first [N, C, h, w] (CNNs, ConvNeXt, the transfer backbones) or a
+token sequence [N, T, C] whose last g*g tokens form a grid (ViTs; leading class/register tokens
+are dropped) — ``forward_head`` turns it into the logits, and ``forward_head(pre_logits=True)``
+gives the penultimate embedding, the input of ``get_classifier()`` (see
+cxr14.evaluation.embeddings). Two cases fall back to hooks on every module: models without the
+interface, and models whose forward_features output does not reach the logits at its image
+positions (a ViT that pools its class token); the hooks find, by execution order, the last
+spatial module output the logits depend on, and the last Linear with the class logits. Maps
+are returned at the cache resolution S, so they compare directly with boxes in cache pixels.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class ModelTaps:
         prefix_tokens: leading non-patch tokens to drop (tokens layout only).
         classifier_layer: the Linear producing the logits; its input is the embedding.
         embedding_dim: width of that input.
+        from_interface: the feature map is ``model.forward_features(x)`` and the logits are
+            ``model.forward_head`` of it (`feature_layer` then names the module whose output that
+            map is); otherwise a hook on `feature_layer` reads it.
     """
 
     feature_layer: str
@@ -54,6 +61,12 @@ class ModelTaps:
     prefix_tokens: int
     classifier_layer: str
     embedding_dim: int
+    from_interface: bool = False
+
+
+def has_model_interface(model: nn.Module) -> bool:
+    """The model has timm's ``forward_features`` and ``forward_head(x, pre_logits)``."""
+    return callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None))
 
 
 def _token_prefix(tokens: int) -> int | None:
@@ -91,28 +104,87 @@ def _spatial_gradient(gradient: torch.Tensor | None, kind: str, prefix: int) -> 
     return float(gradient[:, prefix:].abs().sum() if kind == "tokens" else gradient.abs().sum())
 
 
+def _noise_inputs(bundle: ModelBundle, image_size: int, device: torch.device, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 256, (1, 1, image_size, image_size), generator=generator, dtype=torch.uint8)
+    return prepare_batch(noise.to(device), bundle.in_chans, bundle.mean, bundle.std, image_size)
+
+
 def find_taps(bundle: ModelBundle, image_size: int, device: torch.device, seed: int = 0) -> ModelTaps:
+    """Choose where to read the model, from one noise image.
+
+    With timm's interface the feature map is ``forward_features``, provided its image positions
+    move the logits, and the embedding is ``forward_head(pre_logits=True)``. Otherwise (see
+    :func:`_find_taps_by_hooks`) hooks on every module choose.
+
+    Raises:
+        ExplainError: no spatial layer the logits depend on, or no classifier with NUM_CLASSES outputs.
+    """
+    if has_model_interface(bundle.model):
+        taps = _find_taps_by_interface(bundle, image_size, device, seed)
+        if taps is not None:
+            return taps
+    return _find_taps_by_hooks(bundle, image_size, device, seed)
+
+
+def _find_taps_by_interface(bundle: ModelBundle, image_size: int, device: torch.device, seed: int) -> ModelTaps | None:
+    """Taps on ``forward_features``/``forward_head``; None when that map is not spatial or the
+    logits do not depend on its image positions."""
+    model = bundle.model
+    # Hooks only name the module whose output the feature map is (for the record), they choose nothing.
+    completed: list[tuple[str, object]] = []
+    hooks = [module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, out)))
+             for name, module in model.named_modules() if name]
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _noise_inputs(bundle, image_size, device, seed)
+        with torch.enable_grad():
+            features = model.forward_features(inputs.requires_grad_(True))
+            for hook in hooks:
+                hook.remove()
+            kind = _spatial_kind(features)
+            if kind is None or not features.requires_grad:
+                return None
+            embedding = model.forward_head(features, pre_logits=True)
+            logits = model.forward_head(features).float()
+            (gradient,) = torch.autograd.grad(logits.sum(), features, allow_unused=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if _spatial_gradient(gradient, *kind) == 0:
+        return None
+    if logits.shape[-1] != NUM_CLASSES:
+        raise ExplainError(f"{bundle.name}: forward_head gives {logits.shape[-1]} outputs, not {NUM_CLASSES}")
+    feature_layer = next((name for name, out in reversed(completed) if out is features), "forward_features")
+    get_classifier = getattr(model, "get_classifier", None)
+    classifier = get_classifier() if callable(get_classifier) else None
+    classifier_layer = next((name for name, module in model.named_modules() if name and module is classifier),
+                            "forward_head")
+    layout, prefix = kind
+    return ModelTaps(feature_layer, layout, prefix, classifier_layer, embedding.flatten(1).shape[1],
+                     from_interface=True)
+
+
+def _find_taps_by_hooks(bundle: ModelBundle, image_size: int, device: torch.device, seed: int) -> ModelTaps:
     """Run one noise image through the model with hooks on every module and choose the taps.
 
     The feature layer is the last spatial output (in completion order, attention internals
     excluded) whose image positions still move the logits: in a ViT that pools its class
     token, the patch tokens after the last attention no longer matter, so the choice falls
-    on the last block's attention input, where Grad-CAM on ViTs is usually taken.
-
-    Raises:
-        ExplainError: no such spatial layer, or no Linear with NUM_CLASSES outputs, was run.
+    on the last block's attention input, where Grad-CAM on ViTs is usually taken. The
+    classifier is the last Linear run with NUM_CLASSES outputs.
     """
     model = bundle.model
     modules = dict(model.named_modules())
     completed: list[tuple[str, nn.Module, object]] = []
     hooks = [module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, mod, out)))
              for name, module in modules.items() if name]
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randint(0, 256, (1, 1, image_size, image_size), generator=generator, dtype=torch.uint8)
     was_training = model.training
     model.eval()
     try:
-        inputs = prepare_batch(noise.to(device), bundle.in_chans, bundle.mean, bundle.std, image_size)
+        inputs = _noise_inputs(bundle, image_size, device, seed)
         with torch.enable_grad():
             logits = model(inputs.requires_grad_(True)).float()
             candidates = [(name, out, kind) for name, _, out in completed
@@ -169,20 +241,25 @@ def grad_cam(bundle: ModelBundle, taps: ModelTaps, pixels: np.ndarray, classes: 
     model = bundle.model
     model.eval()
     captured: dict[str, torch.Tensor] = {}
-    hook = _module(model, taps.feature_layer).register_forward_hook(
+    hook = None if taps.from_interface else _module(model, taps.feature_layer).register_forward_hook(
         lambda mod, args, out: captured.__setitem__("activations", out))
     side = pixels.shape[-1]
     try:
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1).to(device)
         inputs = prepare_batch(batch, bundle.in_chans, bundle.mean, bundle.std, image_size)
         with torch.enable_grad():  # the input needs a gradient when the backbone is frozen
-            logits = model(inputs.requires_grad_(True)).float()
+            if taps.from_interface:
+                activations = model.forward_features(inputs.requires_grad_(True))
+                logits = model.forward_head(activations).float()
+            else:
+                logits = model(inputs.requires_grad_(True)).float()
+                activations = captured["activations"]
             chosen = logits[torch.arange(len(classes)), torch.as_tensor(classes, device=logits.device)]
-            activations = captured["activations"]
             # Samples do not interact in eval mode, so one backward pass serves the batch.
             (gradients,) = torch.autograd.grad(chosen.sum(), activations)
     finally:
-        hook.remove()
+        if hook is not None:
+            hook.remove()
     feature_grid, gradient_grid = _as_grid(activations.detach().float(), taps), _as_grid(gradients.float(), taps)
     weights = gradient_grid.mean(dim=(2, 3), keepdim=True)
     maps = F.relu((weights * feature_grid).sum(dim=1, keepdim=True))

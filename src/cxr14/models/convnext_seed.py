@@ -33,9 +33,8 @@ Decisions:
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath
+from timm.layers import DropPath, LayerNorm2d
 from torch import nn
-from torch.nn import functional
 
 from cxr14.config import ConfigError
 from cxr14.models.registry import register
@@ -44,19 +43,19 @@ KERAS_LAYER_NORM_EPS = 1e-3
 BLOCK_LAYER_NORM_EPS = 1e-6
 
 
-class ChannelsFirstLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channel axis of an (N, C, H, W) tensor."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        channels_last = images.permute(0, 2, 3, 1)
-        normed = functional.layer_norm(channels_last, self.normalized_shape, self.weight, self.bias, self.eps)
-        return normed.permute(0, 3, 1, 2)
+# Channels-first LayerNorms (stem, downsampling) are timm's LayerNorm2d: an nn.LayerNorm applied
+# channels-last between two permutes, as this module's own ChannelsFirstLayerNorm was.
 
 
 class GlobalResponseNorm(nn.Module):
     """GRN on channels-last input: scale each channel by its spatial L2 norm over the channel mean.
 
     gamma and beta start at zero, so a fresh GRN is the identity.
+
+    Kept instead of timm.layers.grn.GlobalResponseNorm: timm names the parameters weight/bias
+    (trained checkpoints hold gamma/beta) and computes ``x + addcmul(beta, gamma, x * n)``, which
+    rounds differently from ``gamma * (x * n) + beta + x`` (up to 1e-6 apart once gamma and beta
+    are trained), so trained models would no longer reproduce their results bit for bit.
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
@@ -115,7 +114,7 @@ class SeedConvNeXtV2(nn.Module):
         if len(dims) != len(depths):
             raise ValueError(f"convnextv2_seed: {len(dims)} dims {dims} but {len(depths)} depths {depths}")
         self.stem = nn.Sequential(
-            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), ChannelsFirstLayerNorm(dims[0], eps=KERAS_LAYER_NORM_EPS)
+            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=KERAS_LAYER_NORM_EPS)
         )
         block_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages: list[nn.Module] = []
@@ -123,7 +122,7 @@ class SeedConvNeXtV2(nn.Module):
             layers: list[nn.Module] = []
             if index > 0:
                 layers += [
-                    ChannelsFirstLayerNorm(dims[index - 1], eps=KERAS_LAYER_NORM_EPS),
+                    LayerNorm2d(dims[index - 1], eps=KERAS_LAYER_NORM_EPS),
                     nn.Conv2d(dims[index - 1], dim, kernel_size=2, stride=2),
                 ]
             first_block = sum(depths[:index])
@@ -140,8 +139,25 @@ class SeedConvNeXtV2(nn.Module):
             nn.Linear(dense_units, num_classes),
         )
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature map after the last stage, [N, dims[-1], H/16, W/16]."""
+        return self.stages(self.stem(images))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; with `pre_logits` the input of the last Linear (the dense_units embedding)."""
+        embedding = self.head[:-1](features)
+        return embedding if pre_logits else self.head[-1](embedding)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh last Linear with `num_classes` outputs (0: none)."""
+        width = self.head[-1].in_features
+        self.head[-1] = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(images)))
+        return self.forward_head(self.forward_features(images))
 
 
 @register("convnextv2_seed", description="seed ConvNeXt-V2: dims 25/50/100, one block each, GRN (158 k params)")

@@ -14,8 +14,10 @@ A project architecture is one decorated builder::
 
 A builder registered with ``timm_weights=True`` instead takes
 ``(num_classes, image_size, pretrained, pretrained_file)`` and lets timm fetch or read its
-weights. Any other name, or ``timm:<name>`` (which always bypasses the registry), goes straight to
-``timm.create_model``. Normalisation is either declared at registration (``mean``/``std`` in
+weights. ``timm:<name>`` (which always bypasses the registry) goes straight to
+``timm.create_model``; so does any other timm name, with a logged warning, because a project model
+whose module is missing from the imports in ``cxr14.models`` would otherwise silently become
+timm's model of the same name. Normalisation is either declared at registration (``mean``/``std`` in
 [0, 1] pixel units) or, with ``mean=None``, read from ``timm.data.resolve_model_data_config``,
 never a hard-coded ImageNet constant.
 
@@ -186,11 +188,24 @@ def resolve_pretrained(name: str, pretrained: bool | str) -> bool:
     raise ConfigError(f"train.pretrained must be true, false or 'auto', got {pretrained!r}")
 
 
+def create_timm_model(architecture: str, pretrained: bool, pretrained_file: str | None, **kwargs) -> nn.Module:
+    """``timm.create_model`` reading weights from `pretrained_file` when given, else timm's source.
+
+    Args:
+        architecture: timm name, optionally with a pretrained tag ("resnet50.a1_in1k").
+        pretrained: load weights at all.
+        pretrained_file: local .pth/.safetensors state dict replacing timm's download.
+        **kwargs: passed to timm (num_classes, img_size, global_pool, ...).
+    """
+    import timm
+
+    overlay = dict(file=pretrained_file) if pretrained_file else None
+    return timm.create_model(architecture, pretrained=pretrained, pretrained_cfg_overlay=overlay, in_chans=3, **kwargs)
+
+
 def _create_plain_timm(
     architecture: str, num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None
 ) -> nn.Module:
-    from cxr14.models.transfer import create_timm_model  # transfer imports this module
-
     return create_timm_model(architecture, pretrained, pretrained_file, num_classes=num_classes)
 
 
@@ -244,6 +259,10 @@ def _spec_for(name: str) -> ModelSpec:
     if not _is_known(name):
         raise UnknownModelError(f"unknown model {_with_close_match(name)}; {_valid_names()}")
     architecture = name.removeprefix("timm:")
+    if not name.startswith("timm:"):
+        # A project model whose module cxr14.models forgets to import would land here silently.
+        log.warning("model %r is not registered; building timm's architecture of that name. If it is a project "
+                    "model, import its module in cxr14.models; if timm's is meant, write timm:%s", name, name)
     return ModelSpec(
         partial(_create_plain_timm, architecture), in_chans=3, mean=None, std=None, pretrained=False,
         timm_weights=True, description=f"timm architecture {architecture}",

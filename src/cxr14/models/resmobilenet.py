@@ -3,6 +3,8 @@
     model = build_model("resmobilenet_v2", num_classes=15, image_size=224).model
     logits = model(images)
     embeddings = model.forward_embedding(images)  # (N, 512), unit L2 norm
+    # timm's interface: forward_features (N, 160, H/32, W/32), forward_head(features, pre_logits),
+    # get_classifier, reset_classifier
 
     stem   v1: MobileNet, Conv 3x3 stride 2, 3 -> 16, BN, Hardswish           (H/2, 16 channels)
            v2: ResNet, Conv 7x7 stride 2, 3 -> 64, BN, ReLU, MaxPool 3 stride 2 (H/4, 64 channels)
@@ -147,8 +149,20 @@ class ResMobileNet(nn.Module):
         """L2-normalised embedding, (N, embedding_dim)."""
         return self.head.embed(self.forward_features(images))
 
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of a feature map; with `pre_logits` the L2-normalised embedding."""
+        return self.head.embed(features) if pre_logits else self.head(features)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier Linear with `num_classes` outputs (0: none, logits = the embedding)."""
+        width = self.head.fc.out_features
+        self.head.classifier = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(images))
+        return self.forward_head(self.forward_features(images))
 
 
 @register("resmobilenet_v1", description="MobileNetV3-Large body, 6 ResNet bottlenecks, embedding head (3.1 M)")

@@ -14,7 +14,10 @@
              rest of the seed's second ViT run (SGD with momentum, weight decay) is training
              regime, set under train.overrides.vit_v2 in params.yaml rather than here.
 
-All take 3-channel input (the seed fed RGB-converted PNGs); the loader expands grayscale.
+All take 3-channel input (the seed fed RGB-converted PNGs); the loader expands grayscale, and
+all have timm's model interface: ``forward_features`` (the last feature map [N, C, h, w] of the
+CNNs, the normalised patch tokens [N, T, C] of the ViTs), ``forward_head(x, pre_logits=False)``
+(``pre_logits=True``: the input of the last Linear), ``get_classifier`` and ``reset_classifier``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,46 @@ from cxr14.config import ConfigError
 from cxr14.models.registry import register
 
 
+class SeedSequential(nn.Sequential):
+    """A plain layer stack with timm's interface; parameter names stay those of nn.Sequential.
+
+    Layers ``[0, feature_layers)`` are the features, the rest the head; the last layer is the
+    classifier Linear.
+    """
+
+    def __init__(self, *layers: nn.Module, feature_layers: int) -> None:
+        super().__init__(*layers)
+        self.feature_layers = feature_layers
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        for layer in list(self)[: self.feature_layers]:  # (slicing self would build a new SeedSequential)
+            images = layer(images)
+        return images
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        for layer in list(self)[self.feature_layers : -1]:
+            features = layer(features)
+        return features if pre_logits else self[-1](features)
+
+    def get_classifier(self) -> nn.Module:
+        return self[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier Linear with `num_classes` outputs (0: none)."""
+        self[-1] = _new_classifier(self[-1], num_classes)
+
+
+def _new_classifier(classifier: nn.Module, num_classes: int) -> nn.Module:
+    if not isinstance(classifier, nn.Linear):
+        raise ValueError(f"reset_classifier: the classifier is a {type(classifier).__name__}, not a Linear")
+    return nn.Linear(classifier.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
 @register("cnn", description="seed CNN: 2 convs, Flatten, Dense 512 (95.6 M params at 224 px)")
 def cnn(num_classes: int, image_size: int) -> nn.Module:
     """The seed CNN; its Flatten makes the Dense layer depend on `image_size`."""
     side = ((image_size - 2) // 2 - 2) // 2  # two valid 3x3 convs, each followed by 2x2 pooling
-    return nn.Sequential(
+    return SeedSequential(
         nn.Conv2d(3, 32, 3),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
@@ -41,6 +79,7 @@ def cnn(num_classes: int, image_size: int) -> nn.Module:
         nn.Linear(64 * side * side, 512),
         nn.ReLU(inplace=True),
         nn.Linear(512, num_classes),
+        feature_layers=6,  # up to the second pooling
     )
 
 
@@ -98,14 +137,30 @@ class SeedViT(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.head = nn.Sequential(*layers)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised patch tokens [N, patches, dim] (no class token)."""
         batch, channels, _, _ = images.shape
         size = self.patch_size
         # [B, C, H, W] -> [B, N, size*size*C], row-major patches like tf.image.extract_patches.
         patches = images.unfold(2, size, size).unfold(3, size, size)  # B, C, h, w, size, size
         patches = patches.permute(0, 2, 3, 4, 5, 1).reshape(batch, -1, size * size * channels)
         tokens = self.projection(patches) + self.position
-        return self.head(self.norm(self.blocks(tokens)))
+        return self.norm(self.blocks(tokens))
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; with `pre_logits` the input of the last Linear (the embedding)."""
+        embedding = self.head[:-1](tokens)
+        return embedding if pre_logits else self.head[-1](embedding)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier Linear with `num_classes` outputs (0: none)."""
+        self.head[-1] = _new_classifier(self.head[-1], num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
 
 
 @register("cnn_gap", description="seed CNN fixed: 5 conv-BN blocks, global average pooling (1.6 M params)")
@@ -124,8 +179,9 @@ def cnn_gap(num_classes: int, image_size: int) -> nn.Module:
             nn.MaxPool2d(2),
         ]
         in_channels = width
+    feature_layers = len(layers)  # up to the last pooling
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(in_channels, num_classes)]
-    return nn.Sequential(*layers)
+    return SeedSequential(*layers, feature_layers=feature_layers)
 
 
 @register("vit_v1", description="seed ViT: 32 px patches, 8 blocks of width 64, flattened MLP head")

@@ -24,26 +24,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxr14.models.registry import register
+from cxr14.models.registry import create_timm_model, register
 
 TRANSFER_BACKBONES = ("efficientnet_b4", "resnet50", "densenet169", "vgg16", "mobilenetv2_100")
 TRANSFER_HIDDEN_UNITS = 1024
 TRANSFER_DROPOUT = 0.4
-
-
-def create_timm_model(architecture: str, pretrained: bool, pretrained_file: str | None, **kwargs) -> nn.Module:
-    """``timm.create_model`` reading weights from `pretrained_file` when given, else timm's source.
-
-    Args:
-        architecture: timm name, optionally with a pretrained tag ("resnet50.a1_in1k").
-        pretrained: load weights at all.
-        pretrained_file: local .pth/.safetensors state dict replacing timm's download.
-        **kwargs: passed to timm (num_classes, img_size, global_pool, ...).
-    """
-    import timm
-
-    overlay = dict(file=pretrained_file) if pretrained_file else None
-    return timm.create_model(architecture, pretrained=pretrained, pretrained_cfg_overlay=overlay, in_chans=3, **kwargs)
 
 
 class TransferNet(nn.Module):
@@ -51,6 +36,8 @@ class TransferNet(nn.Module):
 
     ``forward`` runs ``backbone.forward_features`` (the Keras ``include_top=False`` output) and
     then `head`: global average pool, Dropout .4, Linear C -> 1024, ReLU, Linear -> classes.
+    timm's interface: ``forward_features``, ``forward_head(pre_logits=...)``, ``get_classifier``,
+    ``reset_classifier``.
 
     Args:
         backbone: timm model created with ``num_classes=0, global_pool=''``.
@@ -80,8 +67,24 @@ class TransferNet(nn.Module):
         """The backbone's timm config, so timm.data.resolve_model_data_config works on the wrapper."""
         return self.backbone.pretrained_cfg
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map, [N, C, h, w] (what Grad-CAM weights)."""
+        return self.backbone.forward_features(images)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of `features`; with `pre_logits` the 1024-d input of the last Linear (the embedding)."""
+        embedding = self.head[:-1](features)
+        return embedding if pre_logits else self.head[-1](embedding)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh last Linear with `num_classes` outputs (0: none, the head ends at the embedding)."""
+        self.head[-1] = nn.Linear(TRANSFER_HIDDEN_UNITS, num_classes) if num_classes > 0 else nn.Identity()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(images))
+        return self.forward_head(self.forward_features(images))
 
 
 def _register_transfer(architecture: str) -> None:
