@@ -14,9 +14,9 @@ from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.cache import check_cache_for_trained_model
-from cxr14.evaluation.evaluate import compact_metrics, evaluate_model, log_to_run, write_figures
 from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 from cxr14.models.registry import check_model_names
+from cxr14.stages.evaluate import compact_metrics, evaluate_model, log_to_run, write_figures
 
 
 def main(args) -> None:

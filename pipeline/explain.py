@@ -13,9 +13,9 @@ from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.data.boxes import BOX_COLUMNS, BoxError
-from cxr14.evaluation.explain import explain_model, log_explanation, write_explanation
 from cxr14.io import staged_outputs
 from cxr14.models.registry import check_model_names
+from cxr14.stages.explain import explain_model, log_explanation, write_explanation
 
 
 def main(args) -> None:

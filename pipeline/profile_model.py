@@ -14,10 +14,10 @@ from pathlib import Path
 from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
-from cxr14.evaluation.profiling import log_profile, profile_model
 from cxr14.io import atomic_write_json, staged_outputs
 from cxr14.models.registry import check_model_names
 from cxr14.models.structure import write_layer_csv
+from cxr14.stages.profile import log_profile, profile_model
 
 
 def main(args) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.metadata import load_metadata
-from cxr14.data.split import make_splits, split_sizes
+from cxr14.data.split import split_sizes
 from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
+from cxr14.stages.split import make_splits
 
 
 def main(args) -> None:

@@ -19,7 +19,8 @@ import yaml
 from cxr14.config import SplitConfig, config_from_dict
 from cxr14.data.cache import build_cache
 from cxr14.data.metadata import load_metadata
-from cxr14.data.split import attach_splits, make_splits
+from cxr14.data.split import attach_splits
+from cxr14.stages.split import make_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NIH_COLUMNS = [

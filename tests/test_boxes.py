@@ -17,7 +17,8 @@ from cxr14.data.boxes import BBOX_FILE, BOX_COLUMNS, BoxError, boxes_in_cache, r
 from cxr14.data.cache import build_cache, open_split
 from cxr14.data.metadata import ImageChangedError, image_files, load_metadata
 from cxr14.data.nih_layout import detect_layout, index_raw
-from cxr14.data.split import attach_splits, make_splits
+from cxr14.data.split import attach_splits
+from cxr14.stages.split import make_splits
 from tests.conftest import REPO_ROOT, write_nih_folder
 
 HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"

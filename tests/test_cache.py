@@ -7,8 +7,8 @@ import pytest
 from cxr14.config import SplitConfig
 from cxr14.data.cache import ImageDecodeError, build_cache, decode_and_resize, open_split, split_labels
 from cxr14.data.metadata import load_metadata
-from cxr14.data.split import make_splits
 from cxr14.labels import LABELS
+from cxr14.stages.split import make_splits
 
 
 def build(raw, cache_dir, size=32):

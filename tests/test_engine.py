@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from cxr14.config import config_from_dict
-from cxr14.evaluation.evaluate import evaluate_model, log_to_run
+from cxr14.stages.evaluate import evaluate_model, log_to_run
 from cxr14.tracking import EXPERIMENT, TrackingUnavailableError
 from cxr14.training.checkpoint import load_checkpoint
 from cxr14.training.engine import train_model

@@ -4,7 +4,8 @@ import pytest
 
 from cxr14.config import SplitConfig
 from cxr14.data.metadata import load_metadata
-from cxr14.data.split import LeakageError, check_patient_disjoint, make_splits, split_patients
+from cxr14.data.split import LeakageError, check_patient_disjoint, split_patients
+from cxr14.stages.split import make_splits
 
 
 def synthetic_cohort(n_patients: int, seed: int = 0):

@@ -107,42 +107,6 @@ def split_summary(frame: pd.DataFrame, labels: np.ndarray) -> dict:
     return summary
 
 
-def make_splits(metadata, split_cfg, seed: int, source: str = "phantom") -> tuple[pd.DataFrame, dict]:
-    """The split stage: (table for data/splits.csv sorted by image, summary for split.json).
-
-    Rows removed by the view filter or one-image-per-patient stay in the table as "excluded",
-    so every metadata row is accounted for and preprocess can tell a filter from a bug.
-    """
-    from cxr14.data.official_split import filter_views, official_split, one_image_per_patient
-
-    frame, labels = metadata.frame, metadata.labels
-    kept_frame, kept_labels = frame, labels
-    if tuple(sorted(split_cfg.views)) != ("AP", "PA"):
-        kept_frame, kept_labels = filter_views(kept_frame, kept_labels, split_cfg.views)
-    if split_cfg.one_per_patient:
-        kept_frame, kept_labels = one_image_per_patient(kept_frame, kept_labels, seed)
-    method = split_cfg.resolved_method(source)
-    if method == "official":
-        kept_assignment = official_split(kept_frame, kept_labels, split_cfg.val_fraction, seed)
-    else:
-        kept_assignment = split_patients(
-            kept_frame["patient_id"].to_numpy(), kept_labels, split_cfg.val_fraction, split_cfg.test_fraction, seed
-        )
-    lookup = dict(zip(kept_frame["image_id"], kept_assignment))
-    assignment = frame["image_id"].map(lookup).fillna(EXCLUDED).to_numpy()
-    table = pd.DataFrame({"image_id": frame["image_id"], "patient_id": frame["patient_id"], "split": assignment})
-    check_patient_disjoint(table)
-    summary = split_summary(table, labels)
-    summary.update(method=method, excluded_images=int((assignment == EXCLUDED).sum()),
-                   dropped_missing_images=metadata.dropped_missing, orphan_images=metadata.orphan_images)
-    order = np.argsort(table["image_id"].to_numpy(), kind="stable")
-    table = table.iloc[order].reset_index(drop=True)
-    for split in SPLITS:
-        log.info("split %s: %d images, %d patients", split, summary[split]["images"], summary[split]["patients"])
-    output = table.rename(columns={"image_id": "Image Index", "patient_id": "Patient ID"})
-    return output, summary
-
-
 def split_sizes(summary: dict) -> dict:
     """The split's headline numbers for `dvc metrics` / `dvc exp show` (metrics/split_sizes.json):
     images and patients per split and the rows left out; the per-finding detail stays in the

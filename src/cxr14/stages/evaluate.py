@@ -1,4 +1,5 @@
-"""Score a trained model on the test split, once, with thresholds tuned on validation.
+"""Stage logic of `evaluate@<model>`: score a trained model on the test split, once, with thresholds
+tuned on validation.
 
     record = evaluate_model(cfg, "cnn", cache_dir=Path("data/cache"), model_dir=Path("models/cnn"))
 

@@ -1,4 +1,4 @@
-"""Structure and efficiency of one trained model: the layer table and the speed/size figures.
+"""Stage logic of `profile@<model>`: the layer table and the speed/size figures of one trained model.
 
     table, figures = profile_model(cfg, "cnn", model_dir=Path("models/cnn"))
 
@@ -17,9 +17,8 @@ import pandas as pd
 from cxr14 import tracking
 from cxr14.config import Config
 from cxr14.evaluation.efficiency import measure_efficiency
-from cxr14.inference import load_trained
+from cxr14.inference import load_trained, select_device
 from cxr14.models.structure import layer_table
-from cxr14.inference import select_device
 
 log = logging.getLogger(__name__)
 
