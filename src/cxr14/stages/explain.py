@@ -43,15 +43,16 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
 
     selection = select_gradcam_images(index, labels, boxes, settings.gradcam_images, cfg.seed)
     overlay_maps, overlay_probabilities = batched_grad_cam(bundle, taps, images, selection["row"].tolist(),
-                                                selection["finding"].tolist(), settings.batch_size, image_size,
-                                                device, "Grad-CAM")
+                                                           selection["finding"].tolist(), settings.batch_size,
+                                                           image_size, device, "Grad-CAM")
     selection = selection.assign(probability=overlay_probabilities.round(4))
 
     localisation = None
     if len(boxes):
         pairs = boxes[["row", "finding"]].drop_duplicates().reset_index(drop=True)
-        pair_maps, _ = batched_grad_cam(bundle, taps, images, pairs["row"].astype(int).tolist(), pairs["finding"].tolist(),
-                             settings.batch_size, image_size, device, "localisation")
+        pair_maps, _ = batched_grad_cam(bundle, taps, images, pairs["row"].astype(int).tolist(),
+                                        pairs["finding"].tolist(), settings.batch_size, image_size, device,
+                                        "localisation")
         lookup = {(int(row), finding): position for position, (row, finding) in enumerate(pairs.itertuples(index=False))}
         box_maps = np.stack([pair_maps[lookup[(int(row), finding)]] for row, finding in zip(boxes["row"], boxes["finding"])])
         localisation = localisation_scores(box_maps, boxes, settings.cam_threshold)
