@@ -149,6 +149,19 @@ def test_partial_params_file_takes_the_committed_values(tmp_path):
     assert cfg.train.overrides == committed.train.overrides
 
 
+def test_the_documented_way_to_clear_the_overrides_works_with_dvc(tmp_path):
+    """params.yaml and the README give one way; DVC's own -S code (dvc exp run) applies it here."""
+    from dvc.utils.hydra import apply_overrides
+
+    clear = "-S '~train.overrides' -S '+train.overrides={}'"
+    assert clear in (REPO_ROOT / "params.yaml").read_text()
+    assert clear in (REPO_ROOT / "README.md").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO_ROOT / "params.yaml").read_text())
+    apply_overrides(path, ["~train.overrides", "+train.overrides={}"])
+    assert load_config(path).train.overrides == {}
+
+
 @pytest.mark.parametrize("text", ["", "# every setting was here\n", "{}\n", "null\n"])
 def test_empty_params_file_is_refused(tmp_path, text):
     path = tmp_path / "params.yaml"

@@ -41,13 +41,22 @@ class ConfigError(Cxr14Error, ValueError):
     """params.yaml holds an unknown key, a wrong type or a bad value."""
 
 
+def bounded(default: Any, low: float | None, high: float | None, brackets: str) -> Any:
+    """A field whose allowed range sits next to it; :func:`load_config` checks it.
+
+    ``low`` / ``high``: None = unbounded; ``brackets``: "[" / "]" include the bound, "(" / ")"
+    exclude it, e.g. ``bounded(1e-4, 0, None, "()")`` for a value that must be > 0.
+    """
+    return field(default=default, metadata={"range": (low, high, brackets)})
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
     # ~600 patients x 3.6 follow-ups ~= 2,150 images, small enough to generate in about a
     # minute on 2 cores.
-    n_patients: int = 600
+    n_patients: int = bounded(600, 0, None, "()")
     # NIH images are 1024 x 1024; the phantom matches so preprocess does real work.
-    image_size: int = 1024
+    image_size: int = bounded(1024, 0, None, "()")
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ class SplitConfig:
 @dataclass(frozen=True)
 class PreprocessConfig:
     # The cache resolution: 224 is what the seed models and ImageNet backbones expect.
-    size: int = 224
+    size: int = bounded(224, 0, None, "()")
     # 0 = all cores; decoding 1024 px PNGs is the slow part and parallelises well.
     workers: int = 0
 
@@ -151,45 +160,45 @@ DEFAULT_OVERRIDES: dict[str, TrainOverride] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 32
+    epochs: int = bounded(8, 0, None, "()")
+    batch_size: int = bounded(32, 0, None, "()")
     # The seed's AdamW settings.
-    lr: float = 1e-4
+    lr: float = bounded(1e-4, 0, None, "()")
     weight_decay: float = 1e-6
     # Epochs without a better validation macro AUROC before stopping (best weights restored).
     patience: int = 3
     # adamw (the seed's) | adam | sgd (with `momentum`; its weight_decay is plain L2, as ViT-v2's).
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    momentum: float = 0.9
+    momentum: float = bounded(0.9, 0, 1, "[)")
     # Per-step learning-rate schedule: cosine decays to 0 by the last epoch, which settles the
     # weights in short CPU runs; none keeps the seed's constant rate.
     # plateau: lr / 10 when validation macro AUROC stalls (CheXNet); step: lr * step_gamma
     # every step_epochs epochs.
     scheduler: Literal["none", "cosine", "plateau", "step"] = "cosine"
     # Linear warm-up from lr/100 over this many epochs (fractions allowed), before any schedule.
-    warmup_epochs: float = 0.0
-    step_epochs: int = 3
-    step_gamma: float = 0.1
-    plateau_patience: int = 1
+    warmup_epochs: float = bounded(0.0, 0, None, "[)")
+    step_epochs: int = bounded(3, 1, None, "[)")
+    step_gamma: float = bounded(0.1, 0, 1, "(]")
+    plateau_patience: int = bounded(1, 1, None, "[)")
     # bce | weighted_bce (pos_weight = negatives/positives of the train split) | focal.
     loss: Literal["bce", "weighted_bce", "focal"] = "bce"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    focal_alpha: float = bounded(0.25, 0, 1, "[]")
+    focal_gamma: float = bounded(2.0, 0, None, "[)")
     # Binary label smoothing: targets t -> t(1-e) + e/2 (the labels are NLP-mined, ~90% right).
-    label_smoothing: float = 0.0
+    label_smoothing: float = bounded(0.0, 0, 0.5, "[)")
     # uniform | findings: the seed's sampling, weight = number of findings + 0.04.
     sampling: Literal["uniform", "findings"] = "uniform"
     # Clip the global gradient norm (0 = off); accumulate gradients over N batches per step.
-    grad_clip: float = 0.0
-    grad_accum_steps: int = 1
+    grad_clip: float = bounded(0.0, 0, None, "[)")
+    grad_accum_steps: int = bounded(1, 1, None, "[)")
     # Also checkpoint last.pt every N optimizer steps inside an epoch (0 = at epoch ends only),
     # so a killed run loses at most N steps.
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = bounded(0, 0, None, "[)")
     # torch.compile the model (CUDA; first epoch pays the compilation).
     compile: bool = False
     # Resolution the models see; the loader resizes the cache on the device when smaller.
     # 128 keeps a CPU `dvc repro` short; 224 (the cache's size) on a GPU node.
-    image_size: int = 128
+    image_size: int = bounded(128, 0, None, "()")
     # Caps batches per epoch (0 = all); for smoke tests and quick experiments.
     max_steps_per_epoch: int = 0
     num_workers: int = 0
@@ -209,12 +218,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    batch_size: int = 64
+    batch_size: int = bounded(64, 0, None, "()")
     # Percentile bootstrap over test PATIENTS (their follow-up images are correlated).
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: int = bounded(1000, 100, None, "[)")
     # Second operating point: per class, the highest threshold reaching this validation sensitivity.
-    sensitivity_target: float = 0.9
-    calibration_bins: int = 10
+    sensitivity_target: float = bounded(0.9, 0, 1, "()")
+    calibration_bins: int = bounded(10, 2, None, "[)")
 
 
 @dataclass(frozen=True)
@@ -223,10 +232,10 @@ class ProfileConfig:
 
     # Timed forward passes are preceded by `warmup` untimed ones (allocator, cudnn autotune);
     # the median of `repeats` resists the odd slow pass on a shared machine.
-    warmup: int = 3
-    repeats: int = 10
-    throughput_batch: int = 32
-    throughput_repeats: int = 3
+    warmup: int = bounded(3, 0, None, "[)")
+    repeats: int = bounded(10, 1, None, "[)")
+    throughput_batch: int = bounded(32, 1, None, "[)")
+    throughput_repeats: int = bounded(3, 1, None, "[)")
     device: str = "auto"
 
 
@@ -234,14 +243,14 @@ class ProfileConfig:
 class ExplainConfig:
     """Grad-CAM, box localisation and embeddings of each trained model (stage explain@<model>)."""
 
-    batch_size: int = 32
+    batch_size: int = bounded(32, 1, None, "[)")
     # Overlays for this many test images, the same ones for every model (boxed images first).
-    gradcam_images: int = 8
+    gradcam_images: int = bounded(8, 1, None, "[)")
     # CAM pixels at or above this fraction of the map's maximum form the region scored by IoU.
-    cam_threshold: float = 0.5
+    cam_threshold: float = bounded(0.5, 0, 1, "()")
     # Barnes-Hut t-SNE takes minutes beyond a few thousand points: a seeded subsample above this.
-    tsne_points: int = 2000
-    tsne_perplexity: float = 30.0
+    tsne_points: int = bounded(2000, 10, None, "[)")
+    tsne_perplexity: float = bounded(30.0, 0, None, "()")
 
 
 @dataclass(frozen=True)
@@ -358,26 +367,6 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-# Allowed ranges: key -> (low, high, brackets); None = unbounded, "[" / "]" include the bound.
-_TRAIN_RANGES = {
-    "epochs": (0, None, "()"), "batch_size": (0, None, "()"), "lr": (0, None, "()"), "image_size": (0, None, "()"),
-    "grad_accum_steps": (1, None, "[)"), "step_epochs": (1, None, "[)"), "plateau_patience": (1, None, "[)"),
-    "warmup_epochs": (0, None, "[)"), "grad_clip": (0, None, "[)"), "checkpoint_every_steps": (0, None, "[)"),
-    "focal_gamma": (0, None, "[)"), "label_smoothing": (0, 0.5, "[)"), "focal_alpha": (0, 1, "[]"),
-    "step_gamma": (0, 1, "(]"), "momentum": (0, 1, "[)"),
-}
-_SECTION_RANGES = {
-    "data.phantom": {"n_patients": (0, None, "()"), "image_size": (0, None, "()")},
-    "preprocess": {"size": (0, None, "()")},
-    "evaluate": {"batch_size": (0, None, "()"), "bootstrap_resamples": (100, None, "[)"),
-                 "sensitivity_target": (0, 1, "()"), "calibration_bins": (2, None, "[)")},
-    "profile": {"warmup": (0, None, "[)"), "repeats": (1, None, "[)"), "throughput_batch": (1, None, "[)"),
-                "throughput_repeats": (1, None, "[)")},
-    "explain": {"batch_size": (1, None, "[)"), "gradcam_images": (1, None, "[)"), "tsne_points": (10, None, "[)"),
-                "cam_threshold": (0, 1, "()"), "tsne_perplexity": (0, None, "()")},
-}
-
-
 def _range_problem(key: str, value: float, low: float | None, high: float | None, brackets: str) -> str | None:
     """None when `value` lies in the range, else the message naming `key`."""
     above = low is None or (value >= low if brackets[0] == "[" else value > low)
@@ -389,9 +378,11 @@ def _range_problem(key: str, value: float, low: float | None, high: float | None
     return f"{key} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}"
 
 
-def _ranges(prefix: str, section: Any, ranges: dict, only: set[str] | None = None) -> list[str]:
-    found = (_range_problem(f"{prefix}.{name}", getattr(section, name), *bounds)
-             for name, bounds in ranges.items() if only is None or name in only)
+def _ranges(prefix: str, section: Any, only: set[str] | None = None) -> list[str]:
+    """The range problems of `section`'s :func:`bounded` fields (of those in `only`, if given)."""
+    found = (_range_problem(f"{prefix}.{item.name}", getattr(section, item.name), *item.metadata["range"])
+             for item in dataclasses.fields(section)
+             if "range" in item.metadata and (only is None or item.name in only))
     return [problem for problem in found if problem]
 
 
@@ -401,11 +392,11 @@ def _validate(cfg: Config) -> None:
     fractions = cfg.split.val_fraction + cfg.split.test_fraction
     if not (0 < cfg.split.val_fraction < 1 and 0 < cfg.split.test_fraction < 1 and fractions < 1):
         problems.append("split.val_fraction and split.test_fraction must be in (0, 1) and sum below 1")
-    problems += _ranges("train", cfg.train, _TRAIN_RANGES)
+    problems += _ranges("train", cfg.train)
     for model_name, override in cfg.train.overrides.items():
         # Only the keys the override sets: a bad train.* value is reported once, under train.
         chosen = {name for name, value in dataclasses.asdict(override).items() if value is not None}
-        problems += _ranges(f"train.overrides.{model_name}", cfg.train_for(model_name), _TRAIN_RANGES, chosen)
+        problems += _ranges(f"train.overrides.{model_name}", cfg.train_for(model_name), chosen)
         # Only models that will be trained must fit the cache: the default params keep e.g.
         # efficientnet_b4's native 380 px ready for a user who raises preprocess.size.
         image_size = cfg.train_for(model_name).image_size
@@ -416,8 +407,8 @@ def _validate(cfg: Config) -> None:
             )
     sections = {"data.phantom": cfg.data.phantom, "preprocess": cfg.preprocess, "evaluate": cfg.evaluate,
                 "profile": cfg.profile, "explain": cfg.explain}
-    for prefix, ranges in _SECTION_RANGES.items():
-        problems += _ranges(prefix, sections[prefix], ranges)
+    for prefix, section in sections.items():
+        problems += _ranges(prefix, section)
     if cfg.train.image_size > cfg.preprocess.size:
         problems.append(
             f"train.image_size ({cfg.train.image_size}) exceeds preprocess.size "
