@@ -254,6 +254,18 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
     # every message matches what an editor shows
     lines = (frame.index + 2).to_numpy()
     _check_patient_ids(csv_path, frame, lines)
+    _check_unique_images(csv_path, frame)
+    labels = np.zeros((len(frame), NUM_CLASSES), dtype=np.uint8)
+    for row, (cell, image) in enumerate(zip(frame["Finding Labels"], frame["Image Index"])):
+        labels[row] = encode_findings(cell, where=f"{csv_path} line {lines[row]} ({image})")
+    present, dropped, orphans = _match_images(csv_path, frame, lines, images, missing_images, orphan_images)
+    table = _metadata_table(frame.loc[present])
+    log.info("metadata: %d images, %d patients from %s", len(table), table["patient_id"].nunique(), csv_path)
+    return Metadata(table, labels[present], images, csv_path, dropped, orphans)
+
+
+def _check_unique_images(csv_path: Path, frame: pd.DataFrame) -> None:
+    """Refuse an Image Index that appears on more than one row, naming its first line."""
     duplicated = frame["Image Index"].duplicated(keep=False)
     if duplicated.any():
         first = frame.index[duplicated][0]
@@ -261,10 +273,14 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
             f"{csv_path} line {first + 2}: image {frame.at[first, 'Image Index']!r} "
             f"appears {int(duplicated.sum())} times in total"
         )
-    labels = np.zeros((len(frame), NUM_CLASSES), dtype=np.uint8)
-    for row, (cell, image) in enumerate(zip(frame["Finding Labels"], frame["Image Index"])):
-        labels[row] = encode_findings(cell, where=f"{csv_path} line {lines[row]} ({image})")
 
+
+def _match_images(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray, images: ImageFiles,
+                  missing_images: str, orphan_images: str) -> tuple[np.ndarray, int, int]:
+    """Rows whose image exists (mask), rows without an image, images without a row.
+
+    Applies `missing_images` / `orphan_images` as :func:`load_metadata` describes.
+    """
     on_disk = images.paths.keys()
     present = frame["Image Index"].isin(on_disk).to_numpy()
     dropped = int((~present).sum())
@@ -286,9 +302,12 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
         )
     if orphans:
         log.info("%d image(s) in %s have no metadata row and are ignored", orphans, images.source)
+    return present, dropped, orphans
 
-    kept = frame.loc[present]
-    table = pd.DataFrame(
+
+def _metadata_table(kept: pd.DataFrame) -> pd.DataFrame:
+    """The kept CSV rows as :class:`Metadata`'s table (image_id, patient_id, finding_labels, view_position)."""
+    return pd.DataFrame(
         {
             "image_id": kept["Image Index"].to_numpy(),
             "patient_id": kept["Patient ID"].str.strip().to_numpy(),
@@ -296,8 +315,6 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
             "view_position": kept.get("View Position", pd.Series([""] * len(kept))).to_numpy(),
         }
     )
-    log.info("metadata: %d images, %d patients from %s", len(table), table["patient_id"].nunique(), csv_path)
-    return Metadata(table, labels[present], images, csv_path, dropped, orphans)
 
 
 def _check_patient_ids(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -> None:

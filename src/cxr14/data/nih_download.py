@@ -180,11 +180,18 @@ def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 5
     dest.parent.mkdir(parents=True, exist_ok=True)
     part_path = _sibling(dest, ".part")
     state = _PartState()
+    _transfer_with_retries(url, part_path, state, retries, backoff_seconds, timeout, chunk_bytes, progress)
+    return _verify_and_rename(url, dest, part_path, state, md5)
+
+
+def _transfer_with_retries(url: str, part_path: Path, state: _PartState, retries: int, backoff_seconds: float,
+                           timeout: float, chunk_bytes: int, progress: bool) -> None:
+    """Fill `part_path` with `url`'s bytes, resuming after each failure (see :func:`download_file`)."""
     for attempt in range(retries):
         state.sync_with(part_path)
         try:
             _transfer_once(url, part_path, state, timeout, chunk_bytes, show_progress=progress)
-            break
+            return
         except urllib.error.HTTPError as error:
             if error.code in _PERMANENT_HTTP_ERRORS:
                 raise DownloadError(
@@ -205,6 +212,9 @@ def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 5
                     url, attempt + 1, retries, on_disk, failure, wait_seconds)
         time.sleep(wait_seconds)
 
+
+def _verify_and_rename(url: str, dest: Path, part_path: Path, state: _PartState, md5: str | None) -> Path:
+    """Give the complete part file its final name `dest` if its MD5 matches, else move it aside."""
     actual_md5 = state.hasher.hexdigest()
     if md5 is not None and actual_md5 != md5.lower():
         corrupt_path = _sibling(dest, ".corrupt")

@@ -50,6 +50,9 @@ def measure_efficiency(
     The model is moved to `device` in place (as `nn.Module.to` does); every module's training
     flag is the same afterwards as before.
 
+    Long because of this docstring and the flat dict it returns: the body is one straight
+    sequence of calls to the measuring helpers below, clearer whole than split.
+
     Args:
         model: The network; called with one tensor of shape (batch, *input_size).
         input_size: One input without the batch, usually (channels, height, width).

@@ -156,14 +156,43 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
     ranked = sorted(records, key=_rank_key)
     lines = ["# cxr14 — model comparison", ""]
     if split_summary:
-        parts = [
-            f"{split}: {split_summary[split]['images']} images / {split_summary[split]['patients']} patients"
-            for split in ("train", "val", "test")
-        ]
-        lines += [f"Data: {'; '.join(parts)} (patient-wise split; source `metrics/split.json`).", ""]
+        lines += _data_size_lines(split_summary)
+    lines += _ranking_lines(ranked, efficiency)
+    lines += comparison_lines(comparisons or [], resamples)
+    if chexnet_reference and ranked:
+        lines += chexnet_lines(ranked[0])
+    if comparison_figures:
+        lines += comparison_figure_lines(comparison_figures, report_dir)
+    lines += _operating_point_lines(ranked)
+    if efficiency:
+        lines += _efficiency_lines(ranked, efficiency, tables or {})
+    if tables:
+        lines += _layer_table_lines(ranked, tables)
+    lines += _per_class_lines(ranked)
+    if explanations:
+        lines += explain_lines(ranked, explanations)
+    if model_figures:
+        lines += figure_lines(ranked, model_figures, report_dir)
+    if split_summary and "method" in split_summary:
+        lines += data_lines(split_summary)
+    lines += reference_lines(chexnet=chexnet_reference)
+    return "\n".join(lines) + "\n", _summary(ranked, efficiency, explanations, comparisons)
+
+
+def _data_size_lines(split_summary: dict) -> list[str]:
+    """One sentence: images and patients per split."""
+    parts = [
+        f"{split}: {split_summary[split]['images']} images / {split_summary[split]['patients']} patients"
+        for split in ("train", "val", "test")
+    ]
+    return [f"Data: {'; '.join(parts)} (patient-wise split; source `metrics/split.json`).", ""]
+
+
+def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> list[str]:
+    """The ranking table: one row per model, with cost columns when `efficiency` is given."""
     cost_header, cost_rule = ("", "") if not efficiency else (
         " GFLOPs | latency (ms) | size (MB) | inference img/s |", "---:|---:|---:|---:|")
-    lines += [
+    lines = [
         "Test split, thresholds for F1 tuned per class on validation. Macro AUROC averages the classes "
         "with positives in the test split (count in the last column). Sources: `metrics/details/<model>.json`"
         + ("; cost columns from `metrics/efficiency/<model>.json` (see Efficiency)." if efficiency else "."),
@@ -184,17 +213,12 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
             f"{_fmt(m['micro_auroc'])} | {_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} |{cost} {t['best_epoch']} | "
             f"{t['train_seconds']:.0f} | {m['classes_in_macro_auroc']} |"
         )
-    lines += comparison_lines(comparisons or [], resamples)
-    if chexnet_reference and ranked:
-        lines += chexnet_lines(ranked[0])
-    if comparison_figures:
-        lines += comparison_figure_lines(comparison_figures, report_dir)
-    lines += _operating_point_lines(ranked)
-    if efficiency:
-        lines += _efficiency_lines(ranked, efficiency, tables or {})
-    if tables:
-        lines += _layer_table_lines(ranked, tables)
-    lines += ["", "## Per-class test AUROC", ""]
+    return lines
+
+
+def _per_class_lines(ranked: list[dict]) -> list[str]:
+    """Per-class test AUROC and F1, one column per model in rank order."""
+    lines = ["", "## Per-class test AUROC", ""]
     header = "| finding | " + " | ".join(f"`{r['model']}`" for r in ranked) + " |"
     lines += [header, "|---|" + "---:|" * len(ranked)]
     for name in LABELS:
@@ -202,14 +226,13 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
     lines += ["", "## Per-class test F1 (validation-tuned thresholds)", "", header, "|---|" + "---:|" * len(ranked)]
     for name in LABELS:
         lines.append(f"| {name} | " + " | ".join(_fmt(r["metrics"]["f1"][name]) for r in ranked) + " |")
-    if explanations:
-        lines += explain_lines(ranked, explanations)
-    if model_figures:
-        lines += figure_lines(ranked, model_figures, report_dir)
-    if split_summary and "method" in split_summary:
-        lines += data_lines(split_summary)
-    lines += reference_lines(chexnet=chexnet_reference)
-    summary = {
+    return lines
+
+
+def _summary(ranked: list[dict], efficiency: dict[str, dict] | None, explanations: dict[str, dict] | None,
+             comparisons: list[dict] | None) -> dict:
+    """The machine-readable summary: ranking, headline numbers per model, comparisons."""
+    return {
         "ranking": [r["model"] for r in ranked],
         "models": {
             r["model"]: {"macro_auroc": r["metrics"]["macro_auroc"], "macro_f1": r["metrics"]["macro_f1"],
@@ -222,4 +245,3 @@ def build_report(records: list[dict], split_summary: dict | None, efficiency: di
         },
         "comparisons": comparisons or [],
     }
-    return "\n".join(lines) + "\n", summary
