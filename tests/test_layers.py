@@ -2,7 +2,7 @@
 
 Bottom to top (a module may import its own layer's package and any layer below it):
 
-    foundation   config, labels, io, errors, tracking (bookkeeping: only training and stages log)
+    foundation   config, labels, io, errors, model_names, tracking (bookkeeping: only training and stages log)
     data, models the cache and the loader; the architectures (neither imports the other)
     checkpoint   training/checkpoint.py, the checkpoint file format (written by training, read by inference)
     inference    choose the device, load a trained model safely, score cache pixels
@@ -26,7 +26,8 @@ PACKAGE = SRC / "cxr14"
 
 # (layer name, module prefixes), bottom first. The longest matching prefix decides a module's layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("cxr14", "cxr14.config", "cxr14.labels", "cxr14.io", "cxr14.errors", "cxr14.tracking")),
+    ("foundation", ("cxr14", "cxr14.config", "cxr14.labels", "cxr14.io", "cxr14.errors", "cxr14.tracking",
+                    "cxr14.model_names")),
     ("data", ("cxr14.data",)),
     ("models", ("cxr14.models",)),
     ("checkpoint", ("cxr14.training.checkpoint",)),

@@ -8,7 +8,8 @@ import timm
 import torch
 from torch import nn
 
-from cxr14.models.structure import COLUMNS, layer_table, write_layer_csv, write_structure_workbook
+from cxr14.models.structure import COLUMNS, layer_table, write_layer_csv
+from cxr14.reporting.workbook import write_structure_workbook
 
 
 class PositionEmbeddingNet(nn.Module):

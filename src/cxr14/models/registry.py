@@ -58,6 +58,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from cxr14.config import ConfigError
 from cxr14.errors import Cxr14Error
+from cxr14.model_names import REGISTERED_MODELS, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ _FETCH_ERRORS = (OSError, RuntimeError, ValueError)
 # Our checkpoints store metrics such as a numpy float next to the weights; allowing the numpy
 # scalar types keeps torch.load in its safe weights_only mode for them.
 NUMPY_SCALAR_GLOBALS = [
-    np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
+    np._core.multiarray.scalar, np.dtype,  # type: ignore[attr-defined]  # numpy's stubs omit _core np.dtypes.Float64DType, np.dtypes.Float32DType,
     np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.BoolDType,
 ]
 # Prefixes that wrappers add to parameter names: DataParallel/DDP and torch.compile.
@@ -108,17 +109,6 @@ class ModelBundle:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-class UnknownModelError(ConfigError, KeyError):
-    """The name is neither registered nor a timm architecture.
-
-    A ConfigError (the name comes from params.yaml or the command line), so stages report it in
-    one line; also a KeyError, as a lookup that failed.
-    """
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
-
-
 class PretrainedWeightsError(Cxr14Error, RuntimeError):
     """Requested weights could not be fetched or loaded; the message says how to provide them."""
 
@@ -152,6 +142,9 @@ def register(
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
+        if name not in REGISTERED_MODELS:
+            raise ValueError(f"model {name!r} is not in cxr14.model_names.REGISTERED_MODELS; add it there (the "
+                             "report stage knows registered names from that list, without importing torch)")
         summary = description or (builder.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = ModelSpec(builder, in_chans, mean, std, pretrained, timm_weights, summary)
         return builder
@@ -384,6 +377,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         PretrainedWeightsError: the file cannot be read safely or holds no state dict.
     """
     path = Path(path)
+    checkpoint: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

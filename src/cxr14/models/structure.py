@@ -1,8 +1,7 @@
-"""Per-layer structure tables of PyTorch models, written to CSV and to one XLSX workbook.
+"""Per-layer structure tables of PyTorch models, written to CSV (cxr14.reporting.workbook: XLSX).
 
     table = layer_table(timm.create_model("resnet18", num_classes=15), (3, 224, 224), "resnet18")
     write_layer_csv(table, Path("reports/structure/resnet18.csv"))
-    write_structure_workbook({"resnet18": table, "timm:convnext_tiny": other}, Path("reports/structure.xlsx"))
 
 A table has one row per module that is a leaf or holds parameters of its own (for example a
 class token registered directly on the model), in `named_modules()` order; parameter-free
@@ -19,7 +18,6 @@ column sums to the model's parameter count even when weights are tied between la
 from __future__ import annotations
 
 import inspect
-import io
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,14 +29,13 @@ from torch import nn
 from torch.nn.modules import activation as torch_activation
 from torch.nn.modules.dropout import _DropoutNd
 
-from cxr14.io import atomic_write_bytes, atomic_write_text
+from cxr14.io import atomic_write_text
 
 COLUMNS = [
     "model", "layer_name", "layer_type", "input_shape", "output_shape", "parameters", "trainable",
     "kernel_size", "stride", "padding", "activation", "dropout_rate", "bias",
 ]
 ROOT_LAYER_NAME = "(root)"
-SUMMARY_SHEET = "summary"
 
 # Every activation class torch defines; MultiheadAttention lives in the same file but is a layer
 # with weights, not an elementwise activation.
@@ -50,10 +47,6 @@ _TORCH_ACTIVATIONS = tuple(
 # timm keeps its own activation classes (Swish, HardSwish, GELUTanh, ...) in these modules; they
 # are matched by module name so that this file does not need timm to be importable.
 _TIMM_ACTIVATION_MODULES = ("timm.layers.activations",)
-
-_EXCEL_SHEET_NAME_LIMIT = 31
-_EXCEL_FORBIDDEN_CHARACTERS = re.compile(r"[\[\]:*?/\\]")
-_MAX_COLUMN_WIDTH = 60
 
 
 def layer_table(model: nn.Module, input_size: Sequence[int], model_name: str) -> pd.DataFrame:
@@ -115,75 +108,6 @@ def layer_table(model: nn.Module, input_size: Sequence[int], model_name: str) ->
 def write_layer_csv(table: pd.DataFrame, path: Path) -> None:
     """Write one structure table to `path` as CSV (atomically; missing values become empty cells)."""
     atomic_write_text(Path(path), table.to_csv(index=False))
-
-
-def write_structure_workbook(tables: dict[str, pd.DataFrame], path: Path) -> None:
-    """Write a summary sheet and one sheet per model to an XLSX file at `path` (atomically).
-
-    Sheet names are made valid for Excel: at most 31 characters, none of ``[]:*?/\\``, and unique
-    ignoring case (Excel's rule), so `timm:convnext_tiny` becomes `timm_convnext_tiny`. The
-    summary sheet lists, per model, its sheet name, the number of rows, the total parameter count,
-    the parameters in fully trainable layers, and the parameters in layers marked "partial" (a
-    table cannot say which share of those is trainable).
-
-    Args:
-        tables: Structure tables from :func:`layer_table`, keyed by model name.
-        path: Destination `.xlsx` file.
-
-    Raises:
-        ValueError: If `tables` is empty.
-    """
-    if not tables:
-        raise ValueError(f"write_structure_workbook({path}): no tables given; pass at least one model's table")
-    sheet_names = _unique_sheet_names(tables, reserved=[SUMMARY_SHEET])
-    summary = pd.DataFrame([
-        {
-            "model": model_name,
-            "sheet": sheet_names[model_name],
-            "rows": len(table),
-            "params_total": int(table["parameters"].sum()),
-            "params_trainable": int(table.loc[table["trainable"].eq(True), "parameters"].sum()),
-            "params_in_partial_layers": int(table.loc[table["trainable"].eq("partial"), "parameters"].sum()),
-        }
-        for model_name, table in tables.items()
-    ])
-    buffer = io.BytesIO()
-    with pd.ExcelWriter(buffer, engine="openpyxl") as writer:
-        _write_sheet(writer, summary, SUMMARY_SHEET)
-        for model_name, table in tables.items():
-            _write_sheet(writer, table, sheet_names[model_name])
-    atomic_write_bytes(Path(path), buffer.getvalue())
-
-
-def sheet_name_for(model_name: str) -> str:
-    """A valid Excel sheet name for `model_name`, before making it unique within a workbook."""
-    cleaned = _EXCEL_FORBIDDEN_CHARACTERS.sub("_", model_name).strip("'")  # Excel rejects a leading/trailing '
-    return cleaned[:_EXCEL_SHEET_NAME_LIMIT] or "model"
-
-
-def _unique_sheet_names(tables: Iterable[str], reserved: Iterable[str]) -> dict[str, str]:
-    taken = {name.lower() for name in reserved}
-    names = {}
-    for model_name in tables:
-        candidate = base = sheet_name_for(model_name)
-        counter = 2
-        while candidate.lower() in taken:
-            suffix = f"_{counter}"
-            candidate = base[:_EXCEL_SHEET_NAME_LIMIT - len(suffix)] + suffix
-            counter += 1
-        taken.add(candidate.lower())
-        names[model_name] = candidate
-    return names
-
-
-def _write_sheet(writer: pd.ExcelWriter, frame: pd.DataFrame, sheet_name: str) -> None:
-    frame.to_excel(writer, sheet_name=sheet_name, index=False)
-    worksheet = writer.sheets[sheet_name]
-    worksheet.freeze_panes = "A2"  # keep the header visible while scrolling through hundreds of layers
-    for position, column in enumerate(frame.columns):
-        longest_cell = max([len(str(column)), *(len(str(value)) for value in frame[column].tolist())])
-        letter = worksheet.cell(row=1, column=position + 1).column_letter
-        worksheet.column_dimensions[letter].width = min(longest_cell + 2, _MAX_COLUMN_WIDTH)
 
 
 def _validated_input_size(input_size: Sequence[int]) -> tuple[int, ...]:
