@@ -401,6 +401,25 @@ def _module_of(info: ModuleInfo, expr: ast.expr) -> str | None:
     return None
 
 
+def registry_callees(info: ModuleInfo, func: ast.expr) -> list[tuple[str, ast.AST]]:
+    """`REGISTRY[key].name(...)` where REGISTRY is a module-level dict literal of imported modules
+    (cxr14.data.sources.SOURCES): every module's `name`, since any of them may be called."""
+    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Subscript)
+            and isinstance(func.value.value, ast.Name)):
+        return []
+    registry = func.value.value.id
+    for node in info.tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == registry and isinstance(node.value, ast.Dict):
+            modules = [_module_of(info, value) for value in node.value.values]
+            if not modules or None in modules:
+                return []
+            found = [resolve(module, func.attr) for module in modules]
+            return [item for item in found if item is not None] if None not in found else []
+    return []
+
+
 def callee(info: ModuleInfo, func: ast.expr) -> tuple[str, ast.AST] | None:
     if isinstance(func, ast.Name):
         if func.id in info.defs:
@@ -522,12 +541,13 @@ def analyse(module: str, unit: str, typed: frozenset[tuple[str, str]]) -> Flow:
                 read(_join(section, str(call.args[1].value)), f"getattr({label}, {call.args[1].value!r})")
                 continue
             target = callee(info, call.func)
-            if target is not None and target[0] != "cxr14.config" and isinstance(
-                    target[1], (ast.FunctionDef, ast.AsyncFunctionDef)):
-                param = _parameter(target[1], call, sub, keyword)
-                if param is not None:
-                    calls.append((target[0], target[1].name, param, section))
-                    continue
+            targets = [target] if target is not None else registry_callees(info, call.func)
+            params = [(found, _parameter(found[1], call, sub, keyword)) for found in targets
+                      if found[0] != "cxr14.config"
+                      and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if params and len(params) == len(targets) and all(param is not None for _, param in params):
+                calls.extend((found[0], found[1].name, param, section) for found, param in params)
+                continue
             read(section, f"{label} passed to {ast.unparse(call.func)}()")
             continue
         read(section, f"{label} used whole ({type(parent).__name__})")
@@ -608,8 +628,11 @@ def test_resource_reads_are_tabled():
 def test_analysis_sees_what_the_code_does():
     """The checker itself: lazy imports, package __init__ files, resources, config value flow."""
     fetch = needed_files("pipeline/fetch.py")
-    assert "src/cxr14/data/phantom.py" in fetch            # imported inside sources.fetch()
+    assert "src/cxr14/data/phantom.py" in fetch            # through the SOURCES registry
     assert "src/cxr14/data/__init__.py" not in fetch       # docstring only
+    # SOURCES[cfg.data.source].fetch(cfg, ...): cfg flows into every registered source's fetch.
+    assert {"seed", "data.phantom.n_patients", "data.nih.path"} <= set(params_read("pipeline/fetch.py"))
+    assert "data.missing_images" not in params_read("pipeline/fetch.py")
     train = needed_files("pipeline/train.py")
     assert "src/cxr14/models/__init__.py" in train         # registers every model
     assert "src/cxr14/io.py" in train

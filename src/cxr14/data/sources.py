@@ -1,61 +1,54 @@
-"""The fetch stage's sources: the embedded phantom, or real NIH data.
+"""The fetch stage's data sources, selected by ``data.source`` in params.yaml.
 
     fetch(cfg, Path("data/raw"))    # writes Data_Entry_2017.csv + images/*.png or images.csv
 
-Phantom: the PNGs themselves, generated into `images/` of a staging folder renamed into place.
-NIH: the user's folder (official, Kaggle or sample layout; optionally downloaded first) stays
-where it is; `images.csv` records the path, size and mtime of each of its PNGs, so the ~42 GB
-are never copied and DVC caches (and hashes) only a few MB. Readers find the images of either
-through cxr14.data.metadata.image_files. An interrupted fetch never leaves a half-populated
-data/raw.
+A data source is a module with one function, ``fetch(cfg, out_dir)`` (the :class:`DataSource`
+protocol), that writes the NIH layout into `out_dir`, which every later stage reads:
+
+* ``Data_Entry_2017.csv``: NIH's metadata columns, one row per image;
+* the images: either the PNGs themselves in ``images/`` (written under an atomic staging folder,
+  cxr14.io.atomic_directory) or ``images.csv``, a manifest of PNGs that stay where they are
+  (cxr14.data.metadata.write_manifest; readers go through cxr14.data.metadata.image_files);
+* optionally ``BBox_List_2017.csv``, NIH's bounding boxes.
+
+An interrupted fetch must never leave a half-populated `out_dir`.
+
+Sources: ``phantom`` (cxr14.data.source_phantom, the embedded synthetic data set, the default)
+and ``nih`` (cxr14.data.source_nih, the real data from the user's folder, optionally downloaded).
+
+Adding a data set:
+
+1. write ``cxr14/data/source_<name>.py`` with ``fetch(cfg, out_dir)`` writing the layout above;
+2. add one line ``"<name>": source_<name>`` to :data:`SOURCES`;
+3. add ``"<name>"`` to the choices of ``DataConfig.source`` in config.py (and, if it needs
+   settings, a section beside ``data.phantom``/``data.nih``); tests/test_sources.py checks that
+   the choices and :data:`SOURCES` agree;
+4. list the new module in the fetch stage's ``deps`` in dvc.yaml (tests/test_dvc_dependencies.py
+   says so if you forget).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from pathlib import Path
+from typing import Protocol
 
 from cxr14.config import Config
-from cxr14.errors import MissingInputError
-from cxr14.io import atomic_directory
+from cxr14.data import source_nih, source_phantom
 
-log = logging.getLogger(__name__)
 
-METADATA_NAME = "Data_Entry_2017.csv"
+class DataSource(Protocol):
+    """A module (or object) whose `fetch` writes the NIH layout into `out_dir`."""
+
+    def fetch(self, cfg: Config, out_dir: Path) -> None: ...
+
+
+# data.source -> the module that fetches it.
+SOURCES: dict[str, DataSource] = {
+    "phantom": source_phantom,
+    "nih": source_nih,
+}
 
 
 def fetch(cfg: Config, out_dir: Path) -> None:
-    if cfg.data.source == "phantom":
-        from cxr14.data.phantom import generate_phantom
-
-        phantom = cfg.data.phantom
-        with atomic_directory(out_dir) as staging:
-            generate_phantom(staging, n_patients=phantom.n_patients, image_size=phantom.image_size, seed=cfg.seed)
-        return
-    fetch_nih(cfg, out_dir)
-
-
-def fetch_nih(cfg: Config, out_dir: Path) -> None:
-    """Download (when asked) and record the NIH data set in `out_dir`: metadata + image manifest."""
-    from cxr14.data.nih_download import download_nih, fetch_metadata, official_archives
-    from cxr14.data.nih_layout import detect_layout, index_raw
-
-    nih = cfg.data.nih
-    root = Path(nih.path).expanduser().resolve()
-    if nih.download:
-        root.mkdir(parents=True, exist_ok=True)
-        download_nih(official_archives(nih.base_url), download_dir=root / "archives", extract_dir=root)
-    elif not root.is_dir():
-        raise MissingInputError(
-            f"data.nih.path {root} is not a folder; point it at the NIH images or set data.nih.download: true"
-        )
-    layout_metadata = None
-    if nih.metadata:
-        # A CSV given by path or URL is stored beside the images, where the layout is read.
-        layout_metadata = fetch_metadata(nih.metadata, root / METADATA_NAME)
-    layout = detect_layout(root)
-    if layout_metadata is not None:
-        layout = dataclasses.replace(layout, metadata_csv=layout_metadata)
-    count = index_raw(layout, out_dir)
-    log.info("%s: %s NIH images recorded from %s (%s layout)", out_dir, f"{count:,}", root, layout.kind)
+    """Fetch the data set ``cfg.data.source`` names into `out_dir` (the NIH layout)."""
+    SOURCES[cfg.data.source].fetch(cfg, out_dir)

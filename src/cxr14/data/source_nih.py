@@ -1,0 +1,48 @@
+"""Data source `nih`: the real NIH ChestX-ray14, from the user's folder (optionally downloaded first).
+
+    fetch(cfg, Path("data/raw"))    # Data_Entry_2017.csv, images.csv (+ BBox_List_2017.csv)
+
+The user's folder (official, Kaggle or sample layout; settings: ``data.nih``) stays where it is;
+`images.csv` records the path, size and mtime of each of its PNGs, so the ~42 GB are never copied
+and DVC caches (and hashes) only a few MB. Readers find the images through
+cxr14.data.metadata.image_files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from cxr14.config import Config
+from cxr14.errors import MissingInputError
+
+log = logging.getLogger(__name__)
+
+METADATA_NAME = "Data_Entry_2017.csv"
+
+
+def fetch(cfg: Config, out_dir: Path) -> None:
+    """Download (when asked) and record the NIH data set in `out_dir`: metadata + image manifest."""
+    # Looked up at call time: the phantom's fetch needs neither (and tests swap official_archives).
+    from cxr14.data.nih_download import download_nih, fetch_metadata, official_archives
+    from cxr14.data.nih_layout import detect_layout, index_raw
+
+    nih = cfg.data.nih
+    root = Path(nih.path).expanduser().resolve()
+    if nih.download:
+        root.mkdir(parents=True, exist_ok=True)
+        download_nih(official_archives(nih.base_url), download_dir=root / "archives", extract_dir=root)
+    elif not root.is_dir():
+        raise MissingInputError(
+            f"data.nih.path {root} is not a folder; point it at the NIH images or set data.nih.download: true"
+        )
+    layout_metadata = None
+    if nih.metadata:
+        # A CSV given by path or URL is stored beside the images, where the layout is read.
+        layout_metadata = fetch_metadata(nih.metadata, root / METADATA_NAME)
+    layout = detect_layout(root)
+    if layout_metadata is not None:
+        layout = dataclasses.replace(layout, metadata_csv=layout_metadata)
+    count = index_raw(layout, out_dir)
+    log.info("%s: %s NIH images recorded from %s (%s layout)", out_dir, f"{count:,}", root, layout.kind)
