@@ -24,6 +24,13 @@ params, the old and new data fingerprint, the world size), training starts over 
 MLflow run tagged `resume_refused` and `restarted_from` (the old run id), and the old run gets
 the tags `abandoned` and `superseded_by` and, if still RUNNING, the status KILLED. Under
 torchrun every process trains its shard of each epoch; only rank 0 validates and writes.
+
+Structure: `_train` runs `_prepare` (data, model, optimizer, schedule, losses), `_resume` (last.pt
+loaded or refused), `_tracked_run` (the MLflow run: new or resumed, orphaned and abandoned runs
+ended), then per epoch `train_one_epoch` (with mid-epoch checkpoints) and `end_epoch` (`_validate`,
+history, early stopping, best.pt, last.pt), and `_finish` (history.csv, train.json, artifacts).
+What a checkpoint carries between processes is a `TrainingState` (with a `Partial` mid-epoch),
+stored as plain data.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +87,57 @@ class TrainResult:
     train_seconds: float
     run_id: str
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Partial:
+    """How far an unfinished epoch got, as a mid-epoch `last.pt` records it: the batches trained
+    and optimizer steps taken, the running train-loss sum over the `seen` images, the seconds."""
+    batches: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainingState:
+    """What `last.pt` carries from one process to the next besides weights, optimizer and schedule:
+    the last finished epoch, early stopping (best AUROC and epoch, bad epochs in a row), the
+    history rows, the MLflow run id, the training seconds and, mid-epoch, the `Partial` epoch.
+
+    A checkpoint stores it as plain data (`to_dict`), so it loads with torch.load(weights_only=True).
+    """
+    epoch: int = 0
+    best_auroc: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+    train_seconds: float = 0.0
+    partial: Partial | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingState:
+        partial = data["partial"]
+        return cls(**{**data, "partial": None if partial is None else Partial(**partial)})
+
+    def record_epoch(self, row: dict, seconds: float) -> bool:
+        """Record the finished epoch's history `row` and its training `seconds`; returns whether it
+        is the new best. An undefined (NaN) AUROC is never the best and counts as a bad epoch."""
+        self.history.append(row)
+        self.train_seconds += seconds
+        self.epoch = row["epoch"]
+        auroc = row["val_macro_auroc"]
+        improved = bool(np.isfinite(auroc)) and (self.best_epoch == 0 or auroc > self.best_auroc)
+        if improved:
+            self.best_auroc, self.best_epoch, self.bad_epochs = auroc, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
 def resume_key(cfg: Config, model_name: str, world_size: int, data: str) -> dict:
@@ -198,8 +257,81 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) ->
         close_distributed(context)
 
 
+@dataclass
+class _Training:
+    """One training in this process: its settings, data, model and optimizer (fixed once prepared)
+    and what changes as it runs: the `TrainingState`, the best weights so far (rank 0) and, until
+    the first resumed epoch starts, the random states a mid-epoch `last.pt` saved for this rank."""
+    seed: int
+    model_name: str
+    train: TrainConfig
+    context: DistributedContext
+    cache_dir: Path
+    out_dir: Path
+    uri: str
+    key: dict
+    resolved: dict  # the config as this model sees it (overrides applied), saved as config.json
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    bundle: ModelBundle
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LearningRateSchedule
+    loss_fn: torch.nn.Module
+    val_loss_fn: torch.nn.Module
+    network: torch.nn.Module | None = None  # the model as trained: DDP-wrapped and/or compiled
+    state: TrainingState = field(default_factory=TrainingState)
+    best_weights: dict | None = None
+    resume_rng: dict | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.context.is_main
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def fingerprint(self) -> str:
+        return training_fingerprint(self.key)
+
+
 def _train(cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path,
            out_dir: Path) -> TrainResult:
+    """Prepare, resume (or refuse to), then inside the MLflow run each epoch's training and its
+    end-of-epoch bookkeeping until early stopping or the last epoch, and the final outputs."""
+    run = _prepare(cfg, model_name, train, context, cache_dir, out_dir)
+    abandoned = _resume(run)
+    # A run recorded here that no checkpoint continues (its process died before the first
+    # last.pt): it can never be resumed, so it must not stay RUNNING in MLflow.
+    orphan = _recorded_run(out_dir) if run.main and run.state.run_id is None else None
+    # best_epoch 0: no epoch selected yet, so a best.pt there belongs to an earlier run.
+    if run.main and run.state.best_epoch and (out_dir / "best.pt").is_file():
+        run.best_weights = load_checkpoint(out_dir / "best.pt")["model"]
+    run.network = _network(run.model, context, train)
+    with _tracked_run(run, abandoned, orphan):
+        for epoch in range(run.state.epoch + 1, train.epochs + 1):
+            loss_sum, seen, seconds = train_one_epoch(run, epoch)
+            if end_epoch(run, epoch, loss_sum, seen, seconds):
+                break
+        _finish(run)
+    barrier(context)
+    state = run.state
+    return TrainResult(state.best_epoch, state.best_auroc, state.epoch, state.train_seconds, state.run_id or "",
+                       state.history)
+
+
+def _prepare(cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path,
+             out_dir: Path) -> _Training:
+    """Everything before resuming: the tracking store checked, stale temporaries removed, the data
+    opened, the model built (seeded), the optimizer, schedule and losses; a fresh state."""
     device, main = context.device, context.is_main
     uri = tracking.tracking_uri()
     if main:
@@ -210,7 +342,6 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     if main:  # what a kill during an atomic write left behind (one training per model folder)
         remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir))
-    fingerprint = training_fingerprint(key)
 
     train_images, train_index = open_split(cache_dir, "train")
     val_images, val_index = open_split(cache_dir, "val")
@@ -232,208 +363,253 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
     loss_fn = make_loss(train.loss, train_labels=train_labels, focal_alpha=train.focal_alpha,
                         focal_gamma=train.focal_gamma, label_smoothing=train.label_smoothing).to(device)
     val_loss_fn = validation_loss(train, train_labels)  # on the CPU, beside the gathered logits
+    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name,
+                "world_size": context.world_size}
+    return _Training(cfg.seed, model_name, train, context, cache_dir, out_dir, uri, key, resolved, train_images,
+                     train_labels, val_images, val_labels, bundle, model, optimizer, schedule, loss_fn, val_loss_fn)
 
-    state = {"epoch": 0, "best_auroc": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "run_id": None,
-             "train_seconds": 0.0, "partial": None}
-    last_path = out_dir / "last.pt"
-    resume_rng = None
-    abandoned = None  # (old run id, reason) of an unfinished checkpoint that is not resumed
-    if last_path.is_file():
-        checkpoint = load_checkpoint(last_path)
-        finished = bool(checkpoint.get("finished"))
-        refusal = None if finished else resume_refusal(checkpoint, key)
-        if finished:
-            if main:
-                log.info("%s: %s holds a finished run; training from scratch", model_name, last_path)
-        elif refusal is None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            schedule.load_state_dict(checkpoint["schedule"])
-            state = checkpoint["state"]
-            if state["partial"] is not None:
-                resume_rng = checkpoint["rng"][context.rank]
-            if main:
-                where = f"epoch {state['epoch'] + 1}, batch {state['partial']['batches']}" if state["partial"] \
-                    else f"the end of epoch {state['epoch']}"
-                log.info("resuming %s from %s at %s", model_name, last_path, where)
-        else:
-            old_run = (checkpoint.get("state") or {}).get("run_id")
-            abandoned = (old_run, refusal)
-            if main:
-                log.warning("%s: not resuming the unfinished %s: %s; starting over at epoch 1 in a new MLflow run "
-                            "(the old run %s is marked abandoned)", model_name, last_path, refusal, old_run)
-    # A run recorded here that no checkpoint continues (its process died before the first
-    # last.pt): it can never be resumed, so it must not stay RUNNING in MLflow.
-    orphan = _recorded_run(out_dir) if main and state["run_id"] is None else None
-    best_weights = None
-    # best_epoch 0: no epoch selected yet, so a best.pt there belongs to an earlier run.
-    if main and state["best_epoch"] and (out_dir / "best.pt").is_file():
-        best_weights = load_checkpoint(out_dir / "best.pt")["model"]
 
-    network: torch.nn.Module = model
+def _resume(run: _Training) -> tuple[str | None, str] | None:
+    """Continue from `last.pt` if it holds an unfinished run with this resume key: load the model,
+    optimizer, schedule and state (mid-epoch also this rank's random states). A finished one is
+    ignored; for a refused one, returns (its MLflow run id, why it is not resumed), else None."""
+    if not run.last_path.is_file():
+        return None
+    checkpoint = load_checkpoint(run.last_path)
+    if checkpoint.get("finished"):
+        if run.main:
+            log.info("%s: %s holds a finished run; training from scratch", run.model_name, run.last_path)
+        return None
+    refusal = resume_refusal(checkpoint, run.key)
+    if refusal is not None:
+        old_run = (checkpoint.get("state") or {}).get("run_id")
+        if run.main:
+            log.warning("%s: not resuming the unfinished %s: %s; starting over at epoch 1 in a new MLflow run "
+                        "(the old run %s is marked abandoned)", run.model_name, run.last_path, refusal, old_run)
+        return old_run, refusal
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.schedule.load_state_dict(checkpoint["schedule"])
+    run.state = state = TrainingState.from_dict(checkpoint["state"])
+    if state.partial is not None:
+        run.resume_rng = checkpoint["rng"][run.context.rank]
+    if run.main:
+        where = f"epoch {state.epoch + 1}, batch {state.partial.batches}" if state.partial \
+            else f"the end of epoch {state.epoch}"
+        log.info("resuming %s from %s at %s", run.model_name, run.last_path, where)
+    return None
+
+
+def _network(model: torch.nn.Module, context: DistributedContext, train: TrainConfig) -> torch.nn.Module:
+    """`model` as trained: wrapped for DDP under torchrun, compiled if `train.compile`."""
+    network = model
     if context.enabled:
+        device = context.device
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if train.compile:
         network = torch.compile(network)
+    return network
 
-    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name,
-                "world_size": context.world_size}
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    run_context = contextlib.nullcontext()
-    if main:
-        # The resolved config as this model sees it (overrides applied), saved beside its outputs.
-        atomic_write_json(out_dir / "config.json", resolved)
-        tags = tracking.run_tags(model_name, cache_dir, str(device), bundle.weights)
-        if abandoned is not None:
-            tags.update(resume_refused=f"{last_path.name} not resumed: {abandoned[1]}"[:5000],
-                        restarted_from=str(abandoned[0]))
-        run_context = tracking.model_run(model_name, run_id=state["run_id"], tags=tags, system_metrics=True)
-    with run_context as run:
-        if main and state["run_id"] is None:
-            state["run_id"] = run.info.run_id
+
+def _param_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@contextlib.contextmanager
+def _tracked_run(run: _Training, abandoned: tuple[str | None, str] | None, orphan: str | None) -> Iterator[None]:
+    """The open MLflow run of this training (rank 0 only; elsewhere nothing): the resumed run, or a
+    new one that ends the `orphan` and `abandoned` earlier runs and logs params, config and data.
+    Writes config.json before and mlflow_run.json once the run is known."""
+    if not run.main:
+        yield
+        return
+    resolved = run.resolved
+    atomic_write_json(run.out_dir / "config.json", resolved)
+    tags = tracking.run_tags(run.model_name, run.cache_dir, str(run.device), run.bundle.weights)
+    if abandoned is not None:
+        tags.update(resume_refused=f"{run.last_path.name} not resumed: {abandoned[1]}"[:5000],
+                    restarted_from=str(abandoned[0]))
+    with tracking.model_run(run.model_name, run_id=run.state.run_id, tags=tags, system_metrics=True) as mlflow_run:
+        if run.state.run_id is None:
+            run_id = run.state.run_id = mlflow_run.info.run_id
             if orphan and orphan != (abandoned or (None,))[0]:
-                tracking.end_orphaned_run(orphan, f"its process died before writing {last_path}; training restarted "
-                                          f"in run {run.info.run_id}", superseded_by=run.info.run_id)
+                tracking.end_orphaned_run(orphan, f"its process died before writing {run.last_path}; training "
+                                          f"restarted in run {run_id}", superseded_by=run_id)
             if abandoned is not None and abandoned[0]:
                 tracking.end_abandoned_run(
-                    abandoned[0], f"{last_path} not resumed: {abandoned[1]}; training restarted in run "
-                    f"{run.info.run_id}", superseded_by=run.info.run_id)
+                    abandoned[0], f"{run.last_path} not resumed: {abandoned[1]}; training restarted in run "
+                    f"{run_id}", superseded_by=run_id)
+            n_params, n_trainable = _param_counts(run.model)
             tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
                                  "params_total": n_params, "params_trainable": n_trainable})
-            tracking.log_artifact(out_dir / "config.json")
-            tracking.log_cache_inputs(cache_dir, {"train": "training", "val": "validation"})
-        if main:
-            atomic_write_json(out_dir / "mlflow_run.json", {"run_id": state["run_id"], "tracking_uri": uri})
+            tracking.log_artifact(run.out_dir / "config.json")
+            tracking.log_cache_inputs(run.cache_dir, {"train": "training", "val": "validation"})
+        atomic_write_json(run.out_dir / "mlflow_run.json", {"run_id": run.state.run_id, "tracking_uri": run.uri})
+        yield
 
-        for epoch in range(state["epoch"] + 1, train.epochs + 1):
-            started = time.perf_counter()
-            # Per (seed, epoch, rank): a resumed or sharded run draws what an uninterrupted one would.
-            torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * context.rank)
-            generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch + 7919 * context.rank)
-            partial = state["partial"] or {"batches": 0, "steps": 0, "loss_sum": 0.0, "seen": 0, "seconds": 0.0}
-            state["partial"] = None
-            if resume_rng is not None:
-                restore_rng(resume_rng, generator)
-                resume_rng = None
-            batches = epoch_batches(train, train_images, train_labels, cfg.seed, epoch, context)
-            done = partial["batches"]
-            loader = make_loader(train_images, train_labels, train.batch_size, shuffle=False, seed=cfg.seed,
-                                 num_workers=train.num_workers, pin_memory=device.type == "cuda",
-                                 batches=batches[done:])
-            set_train_mode(model)  # frozen BatchNorm layers keep their running statistics
-            loss_sum, seen, steps = partial["loss_sum"], partial["seen"], partial["steps"]
-            seen_before, seconds_before = seen, partial["seconds"]
-            bar = progress(loader, desc=f"{model_name} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
-                           total=len(batches) - done, disable_bar=not main)
-            for index, (pixels, targets) in enumerate(bar, start=done):
-                group_start = index - index % train.grad_accum_steps
-                group_size = min(train.grad_accum_steps, len(batches) - group_start)
-                boundary = index + 1 == group_start + group_size
-                inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean,
-                                       bundle.std, train.image_size, train.augment, generator)
-                targets = targets.to(device, non_blocking=True)
-                no_sync = network.no_sync() if context.enabled and not boundary else contextlib.nullcontext()
-                with no_sync:
-                    with _autocast(device):
-                        logits = network(inputs)
-                    loss = loss_fn(logits.float(), targets)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"{model_name}: loss became {loss.item()} at epoch {epoch}; lower train.lr")
-                    (loss / group_size).backward()
-                loss_sum += loss.item() * len(targets)
-                seen += len(targets)
-                if boundary:
-                    if train.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for p in model.parameters() if p.requires_grad], train.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    schedule.after_step()
-                    steps += 1
-                    every = train.checkpoint_every_steps
-                    if every and steps % every == 0 and index + 1 < len(batches):
-                        partial = {"batches": index + 1, "steps": steps, "loss_sum": loss_sum, "seen": seen,
-                                   "seconds": seconds_before + time.perf_counter() - started}
-                        rng_states = gather_to_all(context, capture_rng(generator))
-                        if main:
-                            save_checkpoint(last_path, {
-                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "schedule": schedule.state_dict(), "rng": rng_states,
-                                "state": {**state, "partial": partial}, "fingerprint": fingerprint,
-                                "resume_key": key, "finished": False})
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
-                                img_s=f"{(seen - seen_before) / max(elapsed, 1e-9):.0f}", refresh=False)
-            train_seconds = seconds_before + time.perf_counter() - started
-            loss_sum, seen = sum_across(context, loss_sum, seen)
-            validation = _validate(bundle, val_images, val_labels, train, device, val_loss_fn) if main else None
-            val_loss, val_auroc = from_main(context, validation)
-            schedule.after_epoch(val_auroc)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
-                   "val_macro_auroc": val_auroc, "lr": optimizer.param_groups[0]["lr"],
-                   "images_per_second": seen / max(train_seconds, 1e-9)}
-            state["history"].append(row)
-            state["train_seconds"] += train_seconds
-            state["epoch"] = epoch
-            # An undefined (NaN) AUROC is never the best and counts as a bad epoch for patience.
-            improved = bool(np.isfinite(val_auroc)) and (state["best_epoch"] == 0 or val_auroc > state["best_auroc"])
-            if improved:
-                state.update(best_auroc=val_auroc, best_epoch=epoch, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            stop = state["bad_epochs"] >= train.patience or epoch == train.epochs
-            if main:
-                tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-                log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s",
-                         model_name, epoch, row["train_loss"], val_loss, val_auroc, row["images_per_second"])
-                if not np.isfinite(val_auroc):
-                    log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val, or "
-                                "non-finite scores); not a candidate for best, counts as a bad epoch",
-                                model_name, epoch)
-                if improved:
-                    best_weights = copy.deepcopy(model.state_dict())
-                    save_checkpoint(out_dir / "best.pt", {"model": best_weights, "model_name": model_name,
-                                                          "epoch": epoch, "val_macro_auroc": float(val_auroc),
-                                                          "image_size": train.image_size, "selected": True})
-                save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "schedule": schedule.state_dict(), "state": state,
-                                            "fingerprint": fingerprint, "resume_key": key, "finished": stop})
-            if stop:
-                if epoch < train.epochs and main:
-                    log.info("%s: early stop after epoch %d (best epoch %d)", model_name, epoch, state["best_epoch"])
-                break
 
-        selected = state["best_epoch"] > 0
-        if not selected:
-            state["best_auroc"] = math.nan
-        if main:
-            if best_weights is not None:
-                model.load_state_dict(best_weights)  # early stopping restores the best weights
-            if selected:
-                selection = "epoch with the highest validation macro AUROC"
-            else:
-                # Nothing to select on: best.pt (which evaluate needs) holds the last epoch's weights,
-                # marked as not selected; train.json says so and best_epoch stays 0.
-                selection = (f"none: validation macro AUROC undefined in all {state['epoch']} epochs; "
-                             "best.pt holds the last epoch's weights")
-                log.warning("%s: %s", model_name, selection)
-                save_checkpoint(out_dir / "best.pt", {"model": model.state_dict(), "model_name": model_name,
-                                                      "epoch": state["epoch"], "val_macro_auroc": math.nan,
-                                                      "image_size": train.image_size, "selected": False})
-            atomic_write_text(out_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False))
-            summary = {"model": model_name, "params_total": n_params, "params_trainable": n_trainable,
-                       "weights": bundle.weights, "image_size": train.image_size, "world_size": context.world_size,
-                       "best_epoch": state["best_epoch"],
-                       "best_val_macro_auroc": state["best_auroc"] if selected else None,
-                       "selection": selection, "epochs_run": state["epoch"],
-                       "train_seconds": round(state["train_seconds"], 2), "run_id": state["run_id"]}
-            atomic_write_json(out_dir / "train.json", summary)
-            tracking.log_metrics({"best_val_macro_auroc": state["best_auroc"], "train_seconds": state["train_seconds"]})
-            tracking.log_artifact(out_dir / "history.csv")
-            tracking.log_artifact(out_dir / "best.pt", artifact_path="checkpoint")
-    barrier(context)
-    return TrainResult(state["best_epoch"], state["best_auroc"], state["epoch"], state["train_seconds"],
-                       state["run_id"] or "", state["history"])
+def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
+    """Train this process's batches of `epoch`, from where its `Partial` left off (if resumed
+    there), with gradient accumulation and a mid-epoch `last.pt` every
+    `train.checkpoint_every_steps` optimizer steps. Returns this process's train-loss sum, images
+    seen and seconds for the whole epoch (a resumed part included)."""
+    train, context, device, seed = run.train, run.context, run.device, run.seed
+    started = time.perf_counter()
+    # Per (seed, epoch, rank): a resumed or sharded run draws what an uninterrupted one would.
+    torch.manual_seed(seed * 1000 + epoch + 7919 * context.rank)
+    generator = torch.Generator(device=device).manual_seed(seed * 1000 + epoch + 7919 * context.rank)
+    partial = run.state.partial or Partial()
+    run.state.partial = None
+    if run.resume_rng is not None:
+        restore_rng(run.resume_rng, generator)
+        run.resume_rng = None
+    batches = epoch_batches(train, run.train_images, run.train_labels, seed, epoch, context)
+    done = partial.batches
+    loader = make_loader(run.train_images, run.train_labels, train.batch_size, shuffle=False, seed=seed,
+                         num_workers=train.num_workers, pin_memory=device.type == "cuda", batches=batches[done:])
+    set_train_mode(run.model)  # frozen BatchNorm layers keep their running statistics
+    loss_sum, seen, steps = partial.loss_sum, partial.seen, partial.steps
+    seen_before, seconds_before = seen, partial.seconds
+    bar = progress(loader, desc=f"{run.model_name} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
+                   total=len(batches) - done, disable_bar=not run.main)
+    for index, (pixels, targets) in enumerate(bar, start=done):
+        group_start = index - index % train.grad_accum_steps
+        group_size = min(train.grad_accum_steps, len(batches) - group_start)
+        boundary = index + 1 == group_start + group_size
+        loss = _forward_backward(run, epoch, pixels, targets, generator, group_size, boundary)
+        loss_sum += loss.item() * len(targets)
+        seen += len(targets)
+        if boundary:
+            _optimizer_step(run)
+            steps += 1
+            every = train.checkpoint_every_steps
+            if every and steps % every == 0 and index + 1 < len(batches):
+                _save_partial(run, generator, Partial(batches=index + 1, steps=steps, loss_sum=loss_sum, seen=seen,
+                                                      seconds=seconds_before + time.perf_counter() - started))
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                        img_s=f"{(seen - seen_before) / max(elapsed, 1e-9):.0f}", refresh=False)
+    return loss_sum, seen, seconds_before + time.perf_counter() - started
+
+
+def _forward_backward(run: _Training, epoch: int, pixels: torch.Tensor, targets: torch.Tensor,
+                      generator: torch.Generator, group_size: int, boundary: bool) -> torch.Tensor:
+    """One batch: augment, forward, loss, and its share (1/`group_size`) of the accumulated
+    gradient; under DDP the gradients are synchronised only at an accumulation `boundary`."""
+    device, bundle, train = run.device, run.bundle, run.train
+    inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std,
+                           train.image_size, train.augment, generator)
+    targets = targets.to(device, non_blocking=True)
+    no_sync = run.network.no_sync() if run.context.enabled and not boundary else contextlib.nullcontext()
+    with no_sync:
+        with _autocast(device):
+            logits = run.network(inputs)
+        loss = run.loss_fn(logits.float(), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{run.model_name}: loss became {loss.item()} at epoch {epoch}; lower train.lr")
+        (loss / group_size).backward()
+    return loss
+
+
+def _optimizer_step(run: _Training) -> None:
+    """Clip the accumulated gradients (if `train.grad_clip`), step, clear them, advance the schedule."""
+    if run.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], run.train.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.schedule.after_step()
+
+
+def _last_checkpoint(run: _Training, state: TrainingState, finished: bool, rng: list | None = None) -> dict:
+    """The contents of `last.pt`: model, optimizer, schedule, (mid-epoch) every rank's random
+    states, the state as plain data, and what a resume must match."""
+    payload = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+               "schedule": run.schedule.state_dict()}
+    if rng is not None:
+        payload["rng"] = rng
+    payload.update(state=state.to_dict(), fingerprint=run.fingerprint, resume_key=run.key, finished=finished)
+    return payload
+
+
+def _save_partial(run: _Training, generator: torch.Generator, partial: Partial) -> None:
+    """A mid-epoch `last.pt` (rank 0) with every rank's random states, so a kill resumes here."""
+    rng_states = gather_to_all(run.context, capture_rng(generator))
+    if run.main:
+        save_checkpoint(run.last_path, _last_checkpoint(run, dataclasses.replace(run.state, partial=partial),
+                                                        finished=False, rng=rng_states))
+
+
+def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: int, seconds: float) -> bool:
+    """After `epoch`'s training: validation (rank 0), the schedule's epoch step, the history row,
+    early stopping, metrics and log lines, best.pt on an improvement and last.pt. Returns whether
+    training stops here (patience used up, or the last epoch)."""
+    loss_sum, seen = sum_across(run.context, loss_sum, seen)
+    validation = _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device,
+                           run.val_loss_fn) if run.main else None
+    val_loss, val_auroc = from_main(run.context, validation)
+    run.schedule.after_epoch(val_auroc)
+    row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
+           "val_macro_auroc": val_auroc, "lr": run.optimizer.param_groups[0]["lr"],
+           "images_per_second": seen / max(seconds, 1e-9)}
+    improved = run.state.record_epoch(row, seconds)
+    stop = run.state.bad_epochs >= run.train.patience or epoch == run.train.epochs
+    if run.main:
+        _log_epoch(run, row)
+        if improved:
+            run.best_weights = copy.deepcopy(run.model.state_dict())
+            save_checkpoint(run.out_dir / "best.pt", {"model": run.best_weights, "model_name": run.model_name,
+                                                      "epoch": epoch, "val_macro_auroc": float(val_auroc),
+                                                      "image_size": run.train.image_size, "selected": True})
+        save_checkpoint(run.last_path, _last_checkpoint(run, run.state, finished=stop))
+    if stop and epoch < run.train.epochs and run.main:
+        log.info("%s: early stop after epoch %d (best epoch %d)", run.model_name, epoch, run.state.best_epoch)
+    return stop
+
+
+def _log_epoch(run: _Training, row: dict) -> None:
+    """The epoch's metrics to MLflow and a log line; a warning when its AUROC is undefined."""
+    tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s", run.model_name,
+             row["epoch"], row["train_loss"], row["val_loss"], row["val_macro_auroc"], row["images_per_second"])
+    if not np.isfinite(row["val_macro_auroc"]):
+        log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val, or non-finite "
+                    "scores); not a candidate for best, counts as a bad epoch", run.model_name, row["epoch"])
+
+
+def _finish(run: _Training) -> None:
+    """After the last epoch: the best weights restored and (rank 0) best.pt when no epoch was
+    selected, history.csv, train.json and the final metrics and artifacts in MLflow."""
+    state = run.state
+    selected = state.best_epoch > 0
+    if not selected:
+        state.best_auroc = math.nan
+    if not run.main:
+        return
+    if run.best_weights is not None:
+        run.model.load_state_dict(run.best_weights)  # early stopping restores the best weights
+    if selected:
+        selection = "epoch with the highest validation macro AUROC"
+    else:
+        # Nothing to select on: best.pt (which evaluate needs) holds the last epoch's weights,
+        # marked as not selected; train.json says so and best_epoch stays 0.
+        selection = (f"none: validation macro AUROC undefined in all {state.epoch} epochs; "
+                     "best.pt holds the last epoch's weights")
+        log.warning("%s: %s", run.model_name, selection)
+        save_checkpoint(run.out_dir / "best.pt", {"model": run.model.state_dict(), "model_name": run.model_name,
+                                                  "epoch": state.epoch, "val_macro_auroc": math.nan,
+                                                  "image_size": run.train.image_size, "selected": False})
+    atomic_write_text(run.out_dir / "history.csv", pd.DataFrame(state.history).to_csv(index=False))
+    n_params, n_trainable = _param_counts(run.model)
+    summary = {"model": run.model_name, "params_total": n_params, "params_trainable": n_trainable,
+               "weights": run.bundle.weights, "image_size": run.train.image_size,
+               "world_size": run.context.world_size, "best_epoch": state.best_epoch,
+               "best_val_macro_auroc": state.best_auroc if selected else None,
+               "selection": selection, "epochs_run": state.epoch,
+               "train_seconds": round(state.train_seconds, 2), "run_id": state.run_id}
+    atomic_write_json(run.out_dir / "train.json", summary)
+    tracking.log_metrics({"best_val_macro_auroc": state.best_auroc, "train_seconds": state.train_seconds})
+    tracking.log_artifact(run.out_dir / "history.csv")
+    tracking.log_artifact(run.out_dir / "best.pt", artifact_path="checkpoint")
