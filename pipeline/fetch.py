@@ -3,7 +3,8 @@
     python pipeline/fetch.py --out data/raw
 
 With `data.source: phantom` (the default) it generates the synthetic ChestX-ray14; real NIH
-data plugs in through `data.source: nih` (see README).
+data plugs in through `data.source: nih` (see README). Each source is a module registered in
+cxr14.data.sources.SOURCES, whose docstring says how to add one.
 """
 
 from pathlib import Path
