@@ -3,6 +3,9 @@
 #   make test    create .venv, install the pinned project + pytest, install Debian's chromium
 #                if missing (apt-get, sudo when not root; CXR14_SKIP_BROWSER_TESTS=1 skips
 #                that and the browser tests), run the test suite
+#   make lint    ruff (lint, import order, format check) and mypy, at the versions pinned in
+#                pyproject.toml's `lint` extra (.pre-commit-config.yaml runs the same); CI runs it
+#                before the tests
 # The venv's bin/ goes first on PATH so that dvc's stage commands (`python pipeline/...`)
 # run with the project's interpreter.
 
@@ -10,14 +13,16 @@ PYTHON ?= python3
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test install mlflow-ui clean-venv
+LINT_PATHS := src pipeline tests benchmarks
+
+.PHONY: repro test lint install mlflow-ui clean-venv
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,lint]'
 	touch $@
 
 repro: install
@@ -27,6 +32,11 @@ repro: install
 test: install
 	scripts/ensure-chromium
 	python -m pytest
+
+lint: install
+	ruff check $(LINT_PATHS)
+	ruff format --check $(LINT_PATHS)
+	mypy
 
 mlflow-ui: install
 	@python -c "from cxr14.tracking import runs_page_url; print('training runs:', runs_page_url())" || true
