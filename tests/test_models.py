@@ -108,7 +108,7 @@ def test_resmobilenet_variants_agree_after_block_two_and_embed_on_the_unit_spher
         model = build_model(name, num_classes=NUM_CLASSES, image_size=64).model.eval()
         shapes[name] = model.blocks[:2](model.stem(images)).shape
         assert model.forward_features(images).shape == (2, 160, 2, 2)
-        embedding = model.forward_embedding(images)
+        embedding = model.forward_head(model.forward_features(images), pre_logits=True)
         assert embedding.shape == (2, 512)
         assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
         assert model.classifier is model.head.classifier

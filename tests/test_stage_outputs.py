@@ -144,7 +144,7 @@ def test_evaluate_with_an_unwritable_figure_folder_keeps_every_old_output_and_lo
     line = one_error_line(result)
     assert str(culprit) in line, line
     assert snapshot(out) == before  # byte-identical, and no staging folder left behind
-    assert not [path for path in out.rglob(".*")]
+    assert not list(out.rglob(".*"))
     run = mlflow.tracking.MlflowClient(trained["uri"]).get_run(trained["run_id"])
     assert not [key for key in run.data.metrics if key.startswith("test_")]
 

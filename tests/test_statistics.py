@@ -30,6 +30,8 @@ def width(interval: tuple[float, float]) -> float:
 
 
 def test_weighted_auroc_and_ap_equal_sklearn_with_ties_and_weights():
+    # weighted_auroc / weighted_average_precision run no stage: they expose, on one class, the
+    # engine the bootstrap runs for every resample (_SortedClass), so it can be checked here.
     rng = np.random.default_rng(3)
     for _ in range(30):
         n = int(rng.integers(10, 80))
@@ -127,6 +129,8 @@ def test_paired_p_value_matches_the_interval_that_just_reaches_zero():
 
 
 def test_delong_identical_different_and_sklearn():
+    # DeLong's test and interval run in no stage (the report uses the patient bootstrap); they
+    # are offered as a library function (README, "Evaluation") for image-independent data.
     targets, scores = synthetic(400)
     y, a = targets[:, 0], scores[:, 0]
     same = delong_test(y, a, a.copy())

@@ -148,11 +148,11 @@ def _reserve(output: Path) -> Path:
         raise _unwritable(output, f"folder {folder} is not writable ({error.strerror or error})", folder) from None
     if output.is_dir() and not output.is_symlink():
         # Its old content is moved aside and deleted: every folder in it must be writable.
-        for folder, _, _ in os.walk(output):
-            if not os.access(folder, os.W_OK | os.X_OK):
+        for walked, _, _ in os.walk(output):
+            if not os.access(walked, os.W_OK | os.X_OK):
                 shutil.rmtree(holder, ignore_errors=True)
-                raise _unwritable(output, f"folder {folder} is not writable (its old content could not be replaced)",
-                                  Path(folder))
+                raise _unwritable(output, f"folder {walked} is not writable (its old content could not be replaced)",
+                                  Path(walked))
     return holder
 
 

@@ -62,9 +62,3 @@ def encode_findings(finding_labels: str, where: str = "") -> np.ndarray:
         location = f" at {where}" if where else ""
         raise UnknownFindingError(f"'No Finding' combined with findings{location}: {finding_labels!r}")
     return vector
-
-
-def decode_findings(vector: np.ndarray) -> str:
-    """Inverse of :func:`encode_findings`: a multi-hot vector back to "A|B"."""
-    names = [LABELS[index] for index in np.flatnonzero(vector)]
-    return "|".join(names) if names else NO_FINDING

@@ -152,7 +152,8 @@ def _sqlite_problem(database: Path) -> str | None:
         return f"cannot create the SQLite store {database}: {existing} is a file, not a folder"
     if existing != folder:  # created on first use (with its parents)
         if not os.access(existing, os.W_OK | os.X_OK):
-            return f"cannot create the SQLite store {database}: folder {folder} is missing and {existing} is not writable"
+            return (f"cannot create the SQLite store {database}: folder {folder} is missing and {existing} "
+                    "is not writable")
         return None
     try:  # SQLite writes its journal beside the database: the folder must take new files
         with tempfile.TemporaryFile(dir=folder):
@@ -380,7 +381,7 @@ def log_cache_inputs(cache_dir: Path, contexts: dict[str, str]) -> None:
     """
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import
 
     cache_dir = Path(cache_dir)
     summary = json.loads((cache_dir / "cache.json").read_text(encoding="utf-8"))
@@ -388,8 +389,9 @@ def log_cache_inputs(cache_dir: Path, contexts: dict[str, str]) -> None:
     for split, context in contexts.items():
         index = cache_dir / f"{split}.csv"
         patients = _count_patients(index)
-        dataset = MetaDataset(LocalArtifactDatasetSource(str(index.resolve())), name=f"cxr14-cache-{split}",
-                              digest=digest)
+        dataset = MetaDataset(  # type: ignore[abstract]  # mlflow types `profile` abstract, it is not
+            LocalArtifactDatasetSource(str(index.resolve())), name=f"cxr14-cache-{split}", digest=digest
+        )
         tags = {"split": split, "images": str(summary["splits"].get(split, 0)), "patients": str(patients),
                 "size_px": str(summary.get("size"))}
         mlflow.log_input(dataset, context=context, tags=tags)

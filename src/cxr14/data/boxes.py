@@ -142,7 +142,17 @@ def boxes_in_cache(raw_dir: Path, cache_dir: Path, image_path: Callable[[str], s
     images, index = open_split(cache_dir, split)
     side = int(images.shape[1])
     rows = pd.Series(np.arange(len(index)), index=index["image_id"].to_numpy())
-    kept = boxes[boxes["image_id"].isin(rows.index)]
+    frame, clipped = _scaled_boxes(path, boxes[boxes["image_id"].isin(rows.index)], rows, side, image_path)
+    frame = frame.sort_values(["row", "finding", "x", "y"], kind="stable").reset_index(drop=True)
+    log.info("boxes: %d of %d in %s split (%d images, %d px); %d dropped (image not in the split)%s",
+             len(frame), len(boxes), split, frame["image_id"].nunique(), side, len(boxes) - len(frame),
+             f"; {clipped} clipped to the image" if clipped else "")
+    return frame if len(frame) else empty_boxes()
+
+
+def _scaled_boxes(path: Path, kept: pd.DataFrame, rows: pd.Series, side: int,
+                  image_path: Callable[[str], str | Path]) -> tuple[pd.DataFrame, int]:
+    """(boxes clipped to their image and scaled to side x side cache pixels, how many were clipped)."""
     sizes = {image_id: _png_size(Path(image_path(image_id))) for image_id in kept["image_id"].unique()}
     width = kept["image_id"].map(lambda image_id: sizes[image_id][0]).astype(float)
     height = kept["image_id"].map(lambda image_id: sizes[image_id][1]).astype(float)
@@ -158,11 +168,7 @@ def boxes_in_cache(raw_dir: Path, cache_dir: Path, image_path: Callable[[str], s
     frame = pd.DataFrame({"row": kept["image_id"].map(rows).astype("int64"), "image_id": kept["image_id"],
                           "finding": kept["finding"], "x": x0 * sx, "y": y0 * sy, "w": (x1 - x0) * sx,
                           "h": (y1 - y0) * sy})
-    frame = frame.sort_values(["row", "finding", "x", "y"], kind="stable").reset_index(drop=True)
-    log.info("boxes: %d of %d in %s split (%d images, %d px); %d dropped (image not in the split)%s",
-             len(frame), len(boxes), split, frame["image_id"].nunique(), side, len(boxes) - len(frame),
-             f"; {clipped} clipped to the image" if clipped else "")
-    return frame if len(frame) else empty_boxes()
+    return frame, clipped
 
 
 def write_boxes(frame: pd.DataFrame, path: Path) -> None:

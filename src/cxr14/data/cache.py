@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -54,7 +55,7 @@ def decode_and_resize(path: Path, size: int) -> np.ndarray:
 
 def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
     """(image, converted): 16-bit and RGB(A) PNGs exist in the NIH set; they become 8-bit gray."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image: np.ndarray | None = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageDecodeError(f"{path}: cannot decode image (corrupt, truncated, or not a PNG)")
     converted = image.ndim == 3 or image.dtype != np.uint8
@@ -62,7 +63,7 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
         code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         image = cv2.cvtColor(image, code)
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = np.right_shift(image, 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageDecodeError(f"{path}: unsupported pixel type {image.dtype}")
     if image.shape != (size, size):
@@ -152,7 +153,7 @@ def _build_cache(plan: dict, image_paths: dict[str, str], cache_dir: Path, size:
     partial = cache_dir.parent / f".{cache_dir.name}.partial"
     state_path = partial / "progress.json"
     fingerprint = _fingerprint(plan, image_paths, size)
-    state = {"fingerprint": fingerprint, "done": {}, "converted": {}}
+    state: dict[str, Any] = {"fingerprint": fingerprint, "done": {}, "converted": {}}
     if state_path.is_file():
         previous = json.loads(state_path.read_text(encoding="utf-8"))
         if previous.get("fingerprint") == fingerprint:

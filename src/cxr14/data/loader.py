@@ -17,6 +17,7 @@ import math
 import mmap
 import numbers
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class _MappedView:
     file_offset: int  # where the mapped array starts in the file (the .npy header is skipped)
     dtype: str
     file_shape: tuple[int, ...]
-    file_order: str
+    file_order: Literal["C", "F"]
     view_offset: int  # bytes from the start of the mapped array to the view's first element
     view_shape: tuple[int, ...]
     view_strides: tuple[int, ...]
@@ -48,12 +49,12 @@ class _MappedView:
 
 def _mapped_view(array: np.ndarray) -> _MappedView | None:
     """Describe `array` as a view of a memory-mapped file, or None when it lives in memory."""
-    root = array
+    root: np.ndarray | None = array
     while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
         root = root.base
     if not isinstance(root, np.memmap) or root.filename is None:
         return None
-    order = "F" if root.flags.f_contiguous and not root.flags.c_contiguous else "C"
+    order: Literal["C", "F"] = "F" if root.flags.f_contiguous and not root.flags.c_contiguous else "C"
     start = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
     return _MappedView(str(root.filename), int(root.offset), root.dtype.str, tuple(root.shape), order,
                        int(start), tuple(array.shape), tuple(array.strides))
@@ -178,7 +179,7 @@ def make_loader(
                       generator=private)
 
 
-def _random_affine(batch: int, cfg: AugmentConfig, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _random_affine(batch: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """[B, 2, 3] affine matrices (rotation, zoom, shear, shift, flip) for F.affine_grid."""
 
     def uniform(low: float, high: float) -> torch.Tensor:

@@ -37,7 +37,6 @@ from cxr14.io import atomic_directory, progress
 
 log = logging.getLogger(__name__)
 
-LAYOUT_KINDS = ("official", "kaggle", "sample")
 KAGGLE_METADATA = "Data_Entry_2017.csv"
 SAMPLE_METADATA = "sample_labels.csv"
 # The name the rest of the pipeline reads (cxr14.data.metadata.find_metadata_csv accepts it).

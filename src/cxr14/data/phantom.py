@@ -53,7 +53,8 @@ _ANATOMY, _META, _IMAGE, _SITE = 1, 2, 3, 4  # random stream tags
 PNG_PARAMS = ([cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
                cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
               if hasattr(cv2, "IMWRITE_PNG_FILTER") else [cv2.IMWRITE_PNG_COMPRESSION, 1])
-Gen, Site = np.random.Generator, dict[str, float]
+Gen = np.random.Generator
+Site = dict[str, float]
 
 
 # ------------------------------------------------------------------------------------------ anatomy
@@ -114,13 +115,7 @@ def make_anatomy(seed: int, patient_id: int) -> Anatomy:
     rng = np.random.default_rng([seed, _ANATOMY, patient_id])
     female = bool(rng.random() < P_FEMALE)  # first draw: _patient_rows reads the same value
     u = rng.uniform
-    geo = dict(body_w=u(.06, .12) - .015 * female, neck_w=u(.065, .095), shoulder_y=u(.01, .07),
-               lung_w=u(.24, .32), med=u(.035, .05), apex_y=u(.10, .17), dia_y=u(.68, .80),
-               dome_h=u(.045, .075), ctr=u(.38, .49), heart_ry=u(.11, .14), tilt=u(.3, .6),
-               rib_sp=u(.062, .076), rib_y0=u(.09, .13), rib_curve=u(.8, 1.15), clav_y=u(.15, .19),
-               air=u(.36, .47), body_den=u(.68, .90), bone=u(.09, .17), mw=u(.045, .06),
-               vgain=u(.09, .14), gastric=u(0, 1))
-    geo["body_w"] += geo["med"] + geo["lung_w"]  # chest wall + arms beyond the lungs
+    geo = _body_geometry(rng, female)
     y0, step, carina = u(0, .03), u(.036, .045), (_px(.5), _px(.37))
     spine = _canvas([(cv2.rectangle, (_px(.472), _px(y + .004)), (_px(.528), _px(y + step - .006)), 255, -1)
                      for y in np.arange(y0, 1, step)], 1.0)  # vertebral bodies
@@ -131,12 +126,30 @@ def make_anatomy(seed: int, patient_id: int) -> Anatomy:
     for s in (-1, 1) if female else ():  # breast shadows over the lower zones
         breast = 1 - ((GX - .5 - s * .25) / .16) ** 2 - ((GY - .7) / .11) ** 2
         static += u(.05, .09) * np.clip(breast, 0, 1) ** .5
+    return Anatomy(geo, female, static, _vessel_tree(rng, geo["med"]), _sites(seed, patient_id))
+
+
+def _body_geometry(rng: Gen, female: bool) -> dict[str, float]:
+    """Body, lung, heart, rib and density parameters (image fractions), drawn in this order."""
+    u = rng.uniform
+    geo = dict(body_w=u(.06, .12) - .015 * female, neck_w=u(.065, .095), shoulder_y=u(.01, .07),
+               lung_w=u(.24, .32), med=u(.035, .05), apex_y=u(.10, .17), dia_y=u(.68, .80),
+               dome_h=u(.045, .075), ctr=u(.38, .49), heart_ry=u(.11, .14), tilt=u(.3, .6),
+               rib_sp=u(.062, .076), rib_y0=u(.09, .13), rib_curve=u(.8, 1.15), clav_y=u(.15, .19),
+               air=u(.36, .47), body_den=u(.68, .90), bone=u(.09, .17), mw=u(.045, .06),
+               vgain=u(.09, .14), gastric=u(0, 1))
+    geo["body_w"] += geo["med"] + geo["lung_w"]  # chest wall + arms beyond the lungs
+    return geo
+
+
+def _sites(seed: int, patient_id: int) -> dict[str, Site]:
+    """Where / how big each of this patient's findings would be (a stream per finding)."""
     sites = {}
-    for i, name in enumerate(FINDINGS):  # where / how big this patient's finding would be
+    for i, name in enumerate(FINDINGS):
         r = np.random.default_rng([seed, _SITE, patient_id, i]).random(7)
         sites[name] = dict(side=-1.0 if r[0] < .5 else 1.0, both=float(r[1] < .35), a=r[2], v=r[3],
                            size=r[4], sev=.35 + .65 * r[5], key=r[6])
-    return Anatomy(geo, female, static, _vessel_tree(rng, geo["med"]), sites)
+    return sites
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -165,11 +178,12 @@ def _blob(d: np.ndarray, x: float, y: float, r: float, amp: float, mask: np.ndar
     y0, y1 = max(0, _px(y - 1.4 * r)), _px(y + 1.4 * r) + 1
     dx, dy = GX[y0:y1, x0:x1] - x, GY[y0:y1, x0:x1] - y
     dist = np.sqrt(dx * dx + dy * dy)
+    radius: float | np.ndarray = r  # per pixel when lobulated
     if lobes is not None:
         th = np.arctan2(dy, dx)
-        r = r * (1 + lobes[0] * np.sin(3 * th + lobes[1]) + 0.05 * np.sin(5 * th + 2 * lobes[1]))
-    prof = np.clip((r - dist) / .006, 0, 1) if flat else np.sqrt(np.clip(1 - (dist / r) ** 2, 0, 1))
-    prof = amp * prof + rim * np.exp(-(((dist - r) / .005) ** 2))
+        radius = r * (1 + lobes[0] * np.sin(3 * th + lobes[1]) + 0.05 * np.sin(5 * th + 2 * lobes[1]))
+    prof = np.clip((radius - dist) / .006, 0, 1) if flat else np.sqrt(np.clip(1 - (dist / radius) ** 2, 0, 1))
+    prof = amp * prof + rim * np.exp(-(((dist - radius) / .005) ** 2))
     d[y0:y1, x0:x1] += prof * (1 if mask is None else mask[y0:y1, x0:x1])
 
 
@@ -308,7 +322,7 @@ def _emphysema(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
 
 def _fibrosis(d: np.ndarray, geo: NS, site: Site, rng: Gen, e: float) -> None:
     """Bilateral reticular net (zero crossings of band-passed noise), upper and peripheral."""
-    noise = np.random.default_rng(int(site["key"] * 2**31)).standard_normal((WORK, WORK))
+    noise: np.ndarray = np.random.default_rng(int(site["key"] * 2**31)).standard_normal((WORK, WORK))
     noise = cv2.GaussianBlur(noise, (0, 0), 1.5)
     net = np.exp(-((noise / (0.3 * noise.std())) ** 2))
     for L in geo.lungs.values():
@@ -468,7 +482,7 @@ def render_with_boxes(anatomy: Anatomy, labels: tuple[str, ...] | list[str], rng
     img += base.uniform(-0.04, 0.04) * (GY - 0.5)  # heel effect
     img *= 255.0  # grey levels from here on (cheaper here than at full resolution)
     angle, scale = base.normal(0, 1.2), base.uniform(.96, 1.03) + .03 * geo.ap  # positioning jitter
-    m = cv2.getRotationMatrix2D((WORK / 2, WORK / 2), angle, scale)
+    m: np.ndarray = cv2.getRotationMatrix2D((WORK / 2, WORK / 2), angle, scale)
     m[:, 2] += base.normal(0, .01, 2) * WORK
     img = cv2.warpAffine(img, m, (WORK, WORK), borderMode=cv2.BORDER_REPLICATE)
     ox, oy = noise_rng.integers(0, NOISE_PAD, 2)

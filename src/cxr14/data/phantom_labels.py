@@ -56,7 +56,7 @@ _TABLE, _TABLE_ACUTE = _suffix_esp(WEIGHTS), _suffix_esp(WEIGHTS[~CHRONIC])
 _CUM_K = np.cumsum(CARDINALITY)
 
 
-def _weighted_sets(rng: Gen, w: np.ndarray, table: np.ndarray, k: np.ndarray) -> np.ndarray:
+def _weighted_sets(rng: Gen, w: np.ndarray, table: np.ndarray, k: np.ndarray | list[int]) -> np.ndarray:
     """Exact vectorised draw of sets with P(S) ∝ prod(w_S) given |S| = k; bool [len(k), len(w)]."""
     r, u = np.asarray(k, dtype=int), rng.random((len(k), len(w)))
     out = np.zeros((len(k), len(w)), dtype=bool)

@@ -16,6 +16,8 @@ counting them would reward recognising patients rather than findings.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ RECALL_AT = 5
 def extract_embeddings(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, batch_size: int, image_size: int,
                        device: torch.device) -> np.ndarray:
     """float32 [N, embedding_dim]: the input of the classifier for each cache image, in row order."""
-    model = bundle.model
+    model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     model.eval()
     captured: list[torch.Tensor] = []
     interface = has_model_interface(model)
@@ -107,6 +109,12 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, patient_ids: np.n
             hits_at_1.append(float(hits[0]))
             hits_at_k.append(float(hits[:RECALL_AT].any()))
             chance.append(total / gallery[row])
+    return _retrieval_summary(hits_at_1, hits_at_k, average_precisions, chance)
+
+
+def _retrieval_summary(hits_at_1: list[float], hits_at_k: list[float], average_precisions: list[float],
+                       chance: list[float]) -> dict:
+    """Means over the scored queries (all None without one)."""
     if not average_precisions:
         return {"precision_at_1": None, "recall_at_5": None, "mean_average_precision": None,
                 "chance_precision": None, "queries": 0}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -130,7 +131,7 @@ def find_taps(bundle: ModelBundle, image_size: int, device: torch.device, seed: 
 def _find_taps_by_interface(bundle: ModelBundle, image_size: int, device: torch.device, seed: int) -> ModelTaps | None:
     """Taps on ``forward_features``/``forward_head``; None when that map is not spatial or the
     logits do not depend on its image positions."""
-    model = bundle.model
+    model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     # Hooks only name the module whose output the feature map is (for the record), they choose nothing.
     completed: list[tuple[str, object]] = []
     hooks = [module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, out)))
@@ -178,7 +179,7 @@ def _find_taps_by_hooks(bundle: ModelBundle, image_size: int, device: torch.devi
     """
     model = bundle.model
     modules = dict(model.named_modules())
-    completed: list[tuple[str, nn.Module, object]] = []
+    completed: list[tuple[str, nn.Module, Any]] = []
     hooks = [module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, mod, out)))
              for name, module in modules.items() if name]
     was_training = model.training
@@ -238,7 +239,7 @@ def grad_cam(bundle: ModelBundle, taps: ModelTaps, pixels: np.ndarray, classes: 
         raise ValueError(f"grad_cam: {len(pixels)} images but {len(classes)} classes")
     if len(pixels) == 0:
         return np.zeros((0,) + tuple(pixels.shape[1:]), np.float32), np.zeros(0, np.float32)
-    model = bundle.model
+    model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     model.eval()
     captured: dict[str, torch.Tensor] = {}
     hook = None if taps.from_interface else _module(model, taps.feature_layer).register_forward_hook(

@@ -128,7 +128,7 @@ def _weighted_single(targets_1d, scores_1d, weights, metric: str) -> float | Non
     if (weights < 0).any():
         raise ValueError("weights must be non-negative (bootstrap multiplicities)")
     auroc, ap = _SortedClass(positive, scores).metrics(weights[None, :], with_ap=metric == "ap")
-    value = (ap if metric == "ap" else auroc)[0]
+    value = (auroc if ap is None else ap)[0]  # ap is computed only for metric "ap"
     return None if np.isnan(value) else float(value)
 
 
@@ -199,7 +199,9 @@ class _Model:
         """Per-class AUROC and AP, [R, 15] each (AP None unless `with_ap`)."""
         per_class = [sorted_class.metrics(weights, with_ap) for sorted_class in self.classes]
         auroc = np.stack([values[0] for values in per_class], axis=1)
-        return auroc, np.stack([values[1] for values in per_class], axis=1) if with_ap else None
+        if not with_ap:
+            return auroc, None
+        return auroc, np.stack([ap for _, ap in per_class if ap is not None], axis=1)  # all, with_ap
 
 
 def _macro_rows(values: np.ndarray) -> np.ndarray:
@@ -255,11 +257,12 @@ def bootstrap_intervals(
     auroc_rows, ap_rows, micro_rows = [], [], []
     for weights in _resampled_weights(units, resamples, seed):
         auroc, ap = model.metrics(weights)
+        assert ap is not None  # with_ap
         auroc_rows.append(auroc)
         ap_rows.append(ap)
         micro_rows.append(model.micro.metrics(weights, with_ap=False)[0])
     auroc, ap, micro = np.concatenate(auroc_rows), np.concatenate(ap_rows), np.concatenate(micro_rows)
-    has_positive = positive.any(axis=0)
+    has_positive = np.asarray(positive.any(axis=0))
     has_both = has_positive & ~positive.all(axis=0)
     return {
         "macro_auroc": _percentile_interval(_macro_rows(auroc), level),
@@ -484,7 +487,7 @@ def calibration(targets: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict
     for b in range(bins):
         mean_score = score_sums[b] / counts[b] if counts[b] else None
         observed_rate = positive_sums[b] / counts[b] if counts[b] else None
-        if counts[b]:
+        if mean_score is not None and observed_rate is not None:  # the bin has entries
             ece += counts[b] / len(scores) * abs(mean_score - observed_rate)
         table.append(
             {

@@ -20,7 +20,7 @@ from cxr14.models.registry import (
 )
 
 # Importing a module runs its @register decorators.
-from cxr14.models import convnext_seed, resmobilenet, seed, transfer  # noqa: E402,F401  isort: skip
+from cxr14.models import convnext_seed, resmobilenet, seed, transfer  # noqa: F401  isort: skip
 
 __all__ = [
     "ModelBundle",

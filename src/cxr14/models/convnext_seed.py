@@ -129,6 +129,7 @@ class SeedConvNeXtV2(nn.Module):
             layers += [ConvNeXtV2Block(dim, block_rates[first_block + offset]) for offset in range(depth)]
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
+        self.dense_units = dense_units  # the embedding width, the classifier's input
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
@@ -153,8 +154,7 @@ class SeedConvNeXtV2(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh last Linear with `num_classes` outputs (0: none)."""
-        width = self.head[-1].in_features
-        self.head[-1] = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+        self.head[-1] = nn.Linear(self.dense_units, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))

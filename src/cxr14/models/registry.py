@@ -69,7 +69,8 @@ _FETCH_ERRORS = (OSError, RuntimeError, ValueError)
 # Our checkpoints store metrics such as a numpy float next to the weights; allowing the numpy
 # scalar types keeps torch.load in its safe weights_only mode for them.
 NUMPY_SCALAR_GLOBALS = [
-    np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
+    np._core.multiarray.scalar,  # type: ignore[attr-defined]  # numpy's stubs omit _core
+    np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
     np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.BoolDType,
 ]
 # Prefixes that wrappers add to parameter names: DataParallel/DDP and torch.compile.
@@ -377,6 +378,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         PretrainedWeightsError: the file cannot be read safely or holds no state dict.
     """
     path = Path(path)
+    checkpoint: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -2,7 +2,7 @@
 
     model = build_model("resmobilenet_v2", num_classes=15, image_size=224).model
     logits = model(images)
-    embeddings = model.forward_embedding(images)  # (N, 512), unit L2 norm
+    embeddings = model.forward_head(model.forward_features(images), pre_logits=True)  # (N, 512), unit L2 norm
     # timm's interface: forward_features (N, 160, H/32, W/32), forward_head(features, pre_logits),
     # get_classifier, reset_classifier
 
@@ -89,7 +89,7 @@ class EmbeddingHead(nn.Module):
         self.fc = nn.Linear(in_channels, embedding_dim)
         self.bn = nn.BatchNorm1d(embedding_dim)
         self.relu = nn.ReLU(inplace=True)
-        self.classifier = nn.Linear(embedding_dim, num_classes)
+        self.classifier: nn.Module = nn.Linear(embedding_dim, num_classes)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(features).flatten(1)
@@ -137,17 +137,13 @@ class ResMobileNet(nn.Module):
         self.head = EmbeddingHead(tail_channels, embedding_dim, num_classes)
 
     @property
-    def classifier(self) -> nn.Linear:
+    def classifier(self) -> nn.Module:
         """The last Linear layer (kept inside `head`, so it is not registered twice)."""
         return self.head.classifier
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Feature map after the tail, (N, 160, H/32, W/32)."""
         return self.tail(self.blocks(self.stem(images)))
-
-    def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding, (N, embedding_dim)."""
-        return self.head.embed(self.forward_features(images))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits of a feature map; with `pre_logits` the L2-normalised embedding."""

@@ -21,6 +21,8 @@ file) and take their normalisation from timm's pretrained config.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -51,8 +53,8 @@ class TransferNet(nn.Module):
         # parameters), which Keras' include_top=False drops as well.
         if isinstance(getattr(backbone, "pre_logits", None), nn.Module):
             backbone.pre_logits = nn.Identity()
-        self.backbone = backbone
-        channels = backbone.num_features
+        self.backbone: Any = backbone  # a timm model: num_features, pretrained_cfg, forward_features
+        channels = cast(int, backbone.num_features)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def write_figures(record: dict, figure_dir: Path) -> list[Path]:
     }, figure_dir).values())
 
 
-def log_to_run(record: dict, run_file: Path, figures: list[Path] = (), cache_dir: Path | None = None) -> None:
+def log_to_run(record: dict, run_file: Path, figures: Sequence[Path] = (), cache_dir: Path | None = None) -> None:
     """Add the test metrics (and figures, and with `cache_dir` the test split as a dataset input)
     to the model's training run (recorded in mlflow_run.json)."""
     run_id = tracking.recorded_run_id(run_file)

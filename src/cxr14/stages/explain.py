@@ -16,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cxr14 import tracking
-from cxr14.config import Config
+from cxr14.config import Config, ExplainConfig
 from cxr14.data.cache import open_split, split_labels
 from cxr14.evaluation.embeddings import extract_embeddings, finding_groups, retrieval_metrics, tsne_layout
 from cxr14.evaluation.explain import batched_grad_cam, select_gradcam_images
-from cxr14.evaluation.gradcam import find_taps, localisation_scores
+from cxr14.evaluation.gradcam import ModelTaps, find_taps, localisation_scores
 from cxr14.inference import load_trained, select_device
 from cxr14.io import atomic_write_json, atomic_write_text
+from cxr14.models import ModelBundle
 from cxr14.reporting.figures import gradcam_figure, save_figures, tsne_figure
 
 log = logging.getLogger(__name__)
@@ -49,20 +51,11 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
 
     localisation = None
     if len(boxes):
-        pairs = boxes[["row", "finding"]].drop_duplicates().reset_index(drop=True)
-        pair_maps, _ = batched_grad_cam(bundle, taps, images, pairs["row"].astype(int).tolist(),
-                                        pairs["finding"].tolist(), settings.batch_size, image_size, device,
-                                        "localisation")
-        lookup = {(int(row), finding): position for position, (row, finding) in enumerate(pairs.itertuples(index=False))}
-        box_maps = np.stack([pair_maps[lookup[(int(row), finding)]] for row, finding in zip(boxes["row"], boxes["finding"])])
-        localisation = localisation_scores(box_maps, boxes, settings.cam_threshold)
+        localisation = _box_localisation(bundle, taps, images, boxes, settings, image_size, device)
 
     vectors = extract_embeddings(bundle, taps, images, settings.batch_size, image_size, device)
     patient_ids = index["patient_id"].astype(str).to_numpy()
     retrieval = retrieval_metrics(vectors, labels, patient_ids)
-    xy, tsne_rows = tsne_layout(vectors, settings.tsne_points, settings.tsne_perplexity, cfg.seed)
-    tsne = pd.DataFrame({"image_id": index["image_id"].to_numpy()[tsne_rows], "x": xy[:, 0].round(4),
-                         "y": xy[:, 1].round(4), "group": finding_groups(labels[tsne_rows])})
     return {
         "model": model_name,
         "taps": {"feature_layer": taps.feature_layer, "layout": taps.layout, "classifier_layer": taps.classifier_layer,
@@ -72,9 +65,29 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
         "gradcam": selection,
         "gradcam_maps": overlay_maps,
         "gradcam_images": images[selection["row"].to_numpy()],
-        "tsne": tsne,
+        "tsne": _tsne_table(vectors, index, labels, settings, cfg.seed),
         "test_images": len(index),
     }
+
+
+def _box_localisation(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, boxes: pd.DataFrame,
+                      settings: ExplainConfig, image_size: int, device: torch.device) -> dict:
+    """Grad-CAM once per boxed (image, finding) pair, scored against every box of the pair."""
+    pairs = boxes[["row", "finding"]].drop_duplicates().reset_index(drop=True)
+    pair_maps, _ = batched_grad_cam(bundle, taps, images, pairs["row"].astype(int).tolist(),
+                                    pairs["finding"].tolist(), settings.batch_size, image_size, device,
+                                    "localisation")
+    lookup = {(int(row), finding): position for position, (row, finding) in enumerate(pairs.itertuples(index=False))}
+    box_maps = np.stack([pair_maps[lookup[(int(row), finding)]] for row, finding in zip(boxes["row"], boxes["finding"])])
+    return localisation_scores(box_maps, boxes, settings.cam_threshold)
+
+
+def _tsne_table(vectors: np.ndarray, index: pd.DataFrame, labels: np.ndarray, settings: ExplainConfig,
+                seed: int) -> pd.DataFrame:
+    """The t-SNE map of a seeded subsample: image id, x, y and finding group per point."""
+    xy, tsne_rows = tsne_layout(vectors, settings.tsne_points, settings.tsne_perplexity, seed)
+    return pd.DataFrame({"image_id": index["image_id"].to_numpy()[tsne_rows], "x": xy[:, 0].round(4),
+                         "y": xy[:, 1].round(4), "group": finding_groups(labels[tsne_rows])})
 
 
 def _caption(row) -> str:

@@ -75,8 +75,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except (RuntimeError, EOFError, OSError) as error:
         if isinstance(error, FileNotFoundError):
             raise
+        reason = str(error).splitlines()[0] if str(error) else "empty or truncated file"
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty or truncated file'}); "
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {reason}); "
             "delete it and re-run the stage that writes it"
         ) from None
     if not isinstance(checkpoint, dict):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cxr14.inference import select_device  # noqa: F401 (the device rule, shared with inference)
+from cxr14.inference import select_device  # the device rule, shared with inference
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class BinaryCrossEntropy(nn.Module):
             Kept as a buffer so `.to(device)` moves it with the module.
     """
 
+    pos_weight: torch.Tensor | None  # a buffer (register_buffer), typed for mypy
+
     def __init__(self, label_smoothing: float = 0.0, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.label_smoothing = _check_smoothing(label_smoothing)
