@@ -62,14 +62,16 @@ class SeedStyleImages(Dataset):
         self.read_flag = cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE
         mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
         std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
-        self.transform = transforms.Compose([
-            transforms.ToPILImage(),
-            transforms.Resize(CACHE_SIZE),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomRotation(5),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.ToPILImage(),
+                transforms.Resize(CACHE_SIZE),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomRotation(5),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,22 +104,29 @@ def images_per_second(epoch: Callable[[], int], min_seconds: float) -> float:
             return images / elapsed
 
 
-def measure(args: argparse.Namespace, paths: list[Path], cache_dir: Path, device: torch.device,
-            pin_memory: bool) -> dict[str, list[float]]:
+def measure(
+    args: argparse.Namespace, paths: list[Path], cache_dir: Path, device: torch.device, pin_memory: bool
+) -> dict[str, list[float]]:
     """images/s of (a), (b) and (c), --repeats times each (the cache is unmapped on return)."""
     images, index = open_split(cache_dir, "train")
     labels = split_labels(index)
 
-    seed_loader = DataLoader(SeedStyleImages(paths, labels, args.seed_channels), batch_size=args.batch_size,
-                             shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(0))
+    seed_loader = DataLoader(
+        SeedStyleImages(paths, labels, args.seed_channels),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(0),
+    )
     epoch_numbers = itertools.count()  # a fresh shuffle each epoch, as in training
 
     def seed_epoch() -> int:
         return sum(len(targets) for _, targets in seed_loader)
 
     def host_epoch() -> int:
-        loader = make_loader(images, labels, args.batch_size, shuffle=True, seed=0, epoch=next(epoch_numbers),
-                             pin_memory=pin_memory)
+        loader = make_loader(
+            images, labels, args.batch_size, shuffle=True, seed=0, epoch=next(epoch_numbers), pin_memory=pin_memory
+        )
         return sum(len(pixels) for pixels, _ in loader)
 
     batches = make_loader(images, labels, args.batch_size, shuffle=True, seed=0)
@@ -148,14 +157,29 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="number of PNGs (default: %(default)s)")
     parser.add_argument("--size", type=int, default=1024, help="PNG side in pixels (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of every loader (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements of each rate; the median is reported "
-                        "(default: %(default)s)")
-    parser.add_argument("--min-seconds", type=float, default=0.5, help="each measurement repeats whole epochs until "
-                        "it lasts this long (default: %(default)s)")
-    parser.add_argument("--seed-channels", type=int, choices=(1, 3), default=3, help="channels the seed-style loader "
-                        "reads: 3 = cv2.imread's default BGR, as for an ImageNet model (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device for (c) (default: %(default)s)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measurements of each rate; the median is reported (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.5,
+        help="each measurement repeats whole epochs until it lasts this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed-channels",
+        type=int,
+        choices=(1, 3),
+        default=3,
+        help="channels the seed-style loader "
+        "reads: 3 = cv2.imread's default BGR, as for an ImageNet model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for (c) (default: %(default)s)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
@@ -171,32 +195,58 @@ def main() -> None:
         paths = write_pngs(Path(scratch) / "images", args.images, args.size)
         for path in paths:  # warm the page cache, as the memmap will be after the cache build
             path.read_bytes()
-        metadata = pd.DataFrame({"image_id": [p.name for p in paths], "patient_id": [p.name[:8] for p in paths],
-                                 "split": "train"})
-        build_cache(metadata, np.zeros((len(paths), NUM_CLASSES), dtype=np.uint8), {p.name: p for p in paths},
-                    Path(scratch) / "cache", size=CACHE_SIZE, workers=1)
+        metadata = pd.DataFrame(
+            {"image_id": [p.name for p in paths], "patient_id": [p.name[:8] for p in paths], "split": "train"}
+        )
+        build_cache(
+            metadata,
+            np.zeros((len(paths), NUM_CLASSES), dtype=np.uint8),
+            {p.name: p for p in paths},
+            Path(scratch) / "cache",
+            size=CACHE_SIZE,
+            workers=1,
+        )
         runs = measure(args, paths, Path(scratch) / "cache", device, pin_memory)
 
     rates = {name: statistics.median(values) for name, values in runs.items()}
     speedup = rates["host"] / rates["seed_style"]
     met = speedup >= SPEEDUP_GOAL
-    print(f"images: {args.images} PNGs of {args.size} px, cache at {CACHE_SIZE} px, batch {args.batch_size}, "
-          f"1 thread, median of {args.repeats}")
+    print(
+        f"images: {args.images} PNGs of {args.size} px, cache at {CACHE_SIZE} px, batch {args.batch_size}, "
+        f"1 thread, median of {args.repeats}"
+    )
     print(f"{'measurement':<58}{'img/s':>12}")
     print(f"{'(a) seed-style per-image loader (cv2 + PIL transforms)':<58}{rates['seed_style']:12.1f}")
-    print(f"{'(b) make_loader host side (memmap gather' + (', pinned)' if pin_memory else ')'):<58}"
-          f"{rates['host']:12.1f}")
+    print(
+        f"{'(b) make_loader host side (memmap gather' + (', pinned)' if pin_memory else ')'):<58}{rates['host']:12.1f}"
+    )
     print(f"{f'(c) prepare_batch on {device} (augment, 3 channels, normalise)':<58}{rates['device']:12.1f}")
     print(f"host-side speed-up: {speedup:.0f}× (goal >= {SPEEDUP_GOAL:.0f}×: {'met' if met else 'NOT met'})")
-    print(f"on-device preparation (c): {rates['device']:.1f} img/s on {device} "
-          f"({rates['device'] / rates['seed_style']:.1f}× the seed-style loader)")
+    print(
+        f"on-device preparation (c): {rates['device']:.1f} img/s on {device} "
+        f"({rates['device'] / rates['seed_style']:.1f}× the seed-style loader)"
+    )
     if args.json:
-        atomic_write_json(args.json, {
-            "images": args.images, "png_size": args.size, "cache_size": CACHE_SIZE, "batch_size": args.batch_size,
-            "repeats": args.repeats, "min_seconds": args.min_seconds, "seed_channels": args.seed_channels,
-            "device": str(device), "pinned": pin_memory, "threads": 1, "images_per_second": rates, "runs": runs,
-            "host_speedup": speedup, "host_speedup_goal": SPEEDUP_GOAL, "host_speedup_goal_met": met,
-        })
+        atomic_write_json(
+            args.json,
+            {
+                "images": args.images,
+                "png_size": args.size,
+                "cache_size": CACHE_SIZE,
+                "batch_size": args.batch_size,
+                "repeats": args.repeats,
+                "min_seconds": args.min_seconds,
+                "seed_channels": args.seed_channels,
+                "device": str(device),
+                "pinned": pin_memory,
+                "threads": 1,
+                "images_per_second": rates,
+                "runs": runs,
+                "host_speedup": speedup,
+                "host_speedup_goal": SPEEDUP_GOAL,
+                "host_speedup_goal_met": met,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def main() -> None:
         single_rate = len(paths) / (time.perf_counter() - started)
         cv2.setNumThreads(cv2_threads)
 
-        metadata = pd.DataFrame({"image_id": [p.name for p in paths], "patient_id": [p.name[:8] for p in paths],
-                                 "split": "train"})
+        metadata = pd.DataFrame(
+            {"image_id": [p.name for p in paths], "patient_id": [p.name[:8] for p in paths], "split": "train"}
+        )
         labels = np.zeros((len(paths), NUM_CLASSES), dtype=np.uint8)
         started = time.perf_counter()
         build_cache(metadata, labels, {p.name: p for p in paths}, workdir / "cache", size=224, workers=0)

@@ -22,6 +22,7 @@ if __name__ == "__main__":
     parser.add_argument("--raw", default="data/raw", help="raw data folder (default: %(default)s)")
     parser.add_argument("--cache", default="data/cache", help="cache folder (default: %(default)s)")
     parser.add_argument("--out", default="data/boxes.csv", help="box table (default: %(default)s)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
-                        help="cache split (default: %(default)s)")
+    parser.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="cache split (default: %(default)s)"
+    )
     run_stage(main, parser)

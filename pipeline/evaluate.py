@@ -27,19 +27,24 @@ def main(args) -> None:
     # Store, then output folders, before the work; every output is renamed into place only
     # after all are written and logged (cxr14.io: all outputs or none).
     tracking.require_store(model_dir / "mlflow_run.json", args.model)
-    outputs = [Path(path) for path in (args.metrics, args.details, args.roc, args.curves, args.predictions,
-                                       args.figures) if path]
+    outputs = [
+        Path(path)
+        for path in (args.metrics, args.details, args.roc, args.curves, args.predictions, args.figures)
+        if path
+    ]
     with staged_outputs(outputs) as stage:
         record = evaluate_model(cfg, args.model, Path(args.cache), model_dir)
         atomic_write_json(stage.path(Path(args.metrics)), compact_metrics(record))
         details = {key: record[key] for key in ("model", "metrics", "training")}
         atomic_write_json(stage.path(Path(args.details)), details)
-        atomic_write_text(stage.path(Path(args.roc)),
-                          pd.DataFrame(record["roc"], columns=["fpr", "tpr"]).to_csv(index=False))
+        atomic_write_text(
+            stage.path(Path(args.roc)), pd.DataFrame(record["roc"], columns=["fpr", "tpr"]).to_csv(index=False)
+        )
         atomic_write_text(stage.path(Path(args.curves)), record["history"].to_csv(index=False))
         if args.predictions:
-            atomic_write_text(stage.path(Path(args.predictions)),
-                              record["predictions"].to_csv(index=False, float_format="%.5f"))
+            atomic_write_text(
+                stage.path(Path(args.predictions)), record["predictions"].to_csv(index=False, float_format="%.5f")
+            )
         figures = write_figures(record, stage.path(Path(args.figures))) if args.figures else []
         log_to_run(record, model_dir / "mlflow_run.json", figures, cache_dir=Path(args.cache))
 
@@ -54,6 +59,9 @@ if __name__ == "__main__":
     parser.add_argument("--roc", required=True, help="micro-averaged ROC points CSV (for dvc plots)")
     parser.add_argument("--curves", required=True, help="training curves CSV (for dvc plots)")
     parser.add_argument("--predictions", default=None, help="optional test scores CSV")
-    parser.add_argument("--figures", default=None,
-                        help="optional folder for roc_pr.png, reliability.png, training.png (also logged to MLflow)")
+    parser.add_argument(
+        "--figures",
+        default=None,
+        help="optional folder for roc_pr.png, reliability.png, training.png (also logged to MLflow)",
+    )
     run_stage(main, parser)

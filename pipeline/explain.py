@@ -11,8 +11,8 @@ import pandas as pd
 from cxr14 import tracking
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
-from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.data.boxes import BOX_COLUMNS, BoxError
+from cxr14.data.cache import check_cache_for_trained_model
 from cxr14.io import staged_outputs
 from cxr14.models.registry import check_model_names
 from cxr14.stages.explain import explain_model, log_explanation, write_explanation
@@ -41,8 +41,11 @@ if __name__ == "__main__":
     parser.add_argument("model", help="model name (as in params.yaml models:)")
     parser.add_argument("--cache", default="data/cache", help="cache folder (default: %(default)s)")
     parser.add_argument("--model-dir", default=None, help="checkpoint folder (default: models/<model>)")
-    parser.add_argument("--boxes", default=None,
-                        help="test-split boxes in cache pixels (pipeline/boxes.py output); none = no localisation")
+    parser.add_argument(
+        "--boxes",
+        default=None,
+        help="test-split boxes in cache pixels (pipeline/boxes.py output); none = no localisation",
+    )
     parser.add_argument("--summary", required=True, help="retrieval + localisation JSON (for dvc metrics)")
     parser.add_argument("--figures", required=True, help="folder for gradcam/tsne PNGs and their CSVs")
     run_stage(main, parser)

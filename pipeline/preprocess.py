@@ -1,6 +1,6 @@
 """Stage `preprocess`: decode every PNG once into the memory-mapped grayscale cache.
 
-    python pipeline/preprocess.py --raw data/raw --splits data/splits.csv --out data/cache
+python pipeline/preprocess.py --raw data/raw --splits data/splits.csv --out data/cache
 """
 
 from pathlib import Path

@@ -24,7 +24,10 @@ from cxr14.reporting.comparison import load_predictions, paired_comparisons
 from cxr14.reporting.html import render_html
 from cxr14.reporting.report import build_report, load_efficiency, load_layer_tables, load_records, rank_records
 from cxr14.reporting.sections import (
-    draw_comparison_figures, load_explanations, load_histories, model_figure_paths,
+    draw_comparison_figures,
+    load_explanations,
+    load_histories,
+    model_figure_paths,
 )
 from cxr14.reporting.workbook import write_structure_workbook
 
@@ -34,8 +37,9 @@ TITLE = "cxr14 — model comparison"
 def main(args) -> None:
     cfg = load_config(args.params)
     # Without torch or timm: registered names, or names evaluated upstream (a timm name was checked there).
-    check_known_model_names(cfg.models, [path.stem for path in Path(args.details).glob("*.json")], "models",
-                            args.params)
+    check_known_model_names(
+        cfg.models, [path.stem for path in Path(args.details).glob("*.json")], "models", args.params
+    )
     tracking.require_store()
     report_path, html_path, summary_path = Path(args.out), Path(args.html), Path(args.summary)
     workbook, figures_out = Path(args.workbook), Path(args.figures_out)
@@ -44,8 +48,9 @@ def main(args) -> None:
         _report(cfg, args, stage, report_path, html_path, summary_path, workbook, figures_out)
 
 
-def _report(cfg, args, stage, report_path: Path, html_path: Path, summary_path: Path, workbook: Path,
-            figures_out: Path) -> None:
+def _report(
+    cfg, args, stage, report_path: Path, html_path: Path, summary_path: Path, workbook: Path, figures_out: Path
+) -> None:
     models = list(cfg.models)
     records = load_records(Path(args.details), models)
     efficiency = load_efficiency(Path(args.efficiency), models)
@@ -59,17 +64,28 @@ def _report(cfg, args, stage, report_path: Path, html_path: Path, summary_path: 
     resamples = cfg.evaluate.bootstrap_resamples
     predictions = load_predictions(Path(args.predictions), models)
     comparisons = paired_comparisons(predictions, ranking, resamples, cfg.seed)
-    staged_figures = draw_comparison_figures(ranked, predictions, load_histories(Path(args.curves), models),
-                                             stage.path(figures_out))
+    staged_figures = draw_comparison_figures(
+        ranked, predictions, load_histories(Path(args.curves), models), stage.path(figures_out)
+    )
     # The report links the figures where they will be; the HTML embeds them from where they are now.
     comparison_figures = {name: figures_out / path.name for name, path in staged_figures.items()}
     report_dir = report_path.parent
-    markdown, summary = build_report(records, split_summary, efficiency, tables, comparisons, resamples,
-                                     chexnet_reference=cfg.data.source == "nih", explanations=explanations,
-                                     comparison_figures=comparison_figures, model_figures=model_figures,
-                                     report_dir=report_dir)
-    final_link, staged_link = (Path(os.path.relpath(folder, report_dir)).as_posix()
-                               for folder in (figures_out, stage.path(figures_out)))
+    markdown, summary = build_report(
+        records,
+        split_summary,
+        efficiency,
+        tables,
+        comparisons,
+        resamples,
+        chexnet_reference=cfg.data.source == "nih",
+        explanations=explanations,
+        comparison_figures=comparison_figures,
+        model_figures=model_figures,
+        report_dir=report_dir,
+    )
+    final_link, staged_link = (
+        Path(os.path.relpath(folder, report_dir)).as_posix() for folder in (figures_out, stage.path(figures_out))
+    )
     html_source = markdown.replace(f"]({final_link}/", f"]({staged_link}/")
     write_structure_workbook(tables, stage.path(workbook))
     atomic_write_text(stage.path(report_path), markdown)
@@ -77,30 +93,49 @@ def _report(cfg, args, stage, report_path: Path, html_path: Path, summary_path: 
     atomic_write_json(stage.path(summary_path), summary)
     run_ids = {record["model"]: record["training"]["run_id"] for record in ranked}
     tracking.log_artifacts_to_runs(
-        run_ids, [stage.path(report_path), stage.path(html_path), *staged_figures.values()], "report")
+        run_ids, [stage.path(report_path), stage.path(html_path), *staged_figures.values()], "report"
+    )
 
 
 if __name__ == "__main__":
     parser = stage_parser("Write the model comparison report (markdown + self-contained HTML).", __doc__)
     parser.add_argument("--details", default="metrics/details", help="per-model records (default: %(default)s)")
-    parser.add_argument("--predictions", default="metrics/predictions",
-                        help="per-model test scores with truth and patient ids (default: %(default)s)")
+    parser.add_argument(
+        "--predictions",
+        default="metrics/predictions",
+        help="per-model test scores with truth and patient ids (default: %(default)s)",
+    )
     parser.add_argument("--curves", default="metrics/curves", help="per-model training curves (default: %(default)s)")
-    parser.add_argument("--efficiency", default="metrics/efficiency",
-                        help="per-model efficiency figures (default: %(default)s)")
-    parser.add_argument("--structure", default="metrics/structure",
-                        help="per-model layer tables (default: %(default)s)")
-    parser.add_argument("--explain", default="metrics/explain",
-                        help="per-model retrieval/localisation JSON and Grad-CAM/t-SNE figures (default: %(default)s)")
-    parser.add_argument("--figures", default="metrics/figures",
-                        help="per-model ROC/PR, reliability and training figures (default: %(default)s)")
-    parser.add_argument("--figures-out", default="metrics/report_figures",
-                        help="where the all-model figures are drawn (default: %(default)s)")
-    parser.add_argument("--workbook", default="metrics/structure.xlsx",
-                        help="every layer table, one sheet per model (default: %(default)s)")
+    parser.add_argument(
+        "--efficiency", default="metrics/efficiency", help="per-model efficiency figures (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--structure", default="metrics/structure", help="per-model layer tables (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--explain",
+        default="metrics/explain",
+        help="per-model retrieval/localisation JSON and Grad-CAM/t-SNE figures (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--figures",
+        default="metrics/figures",
+        help="per-model ROC/PR, reliability and training figures (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--figures-out",
+        default="metrics/report_figures",
+        help="where the all-model figures are drawn (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workbook",
+        default="metrics/structure.xlsx",
+        help="every layer table, one sheet per model (default: %(default)s)",
+    )
     parser.add_argument("--split", default="metrics/split.json", help="split summary (default: %(default)s)")
     parser.add_argument("--out", default="metrics/report.md", help="markdown report (default: %(default)s)")
-    parser.add_argument("--html", default="metrics/report.html",
-                        help="self-contained HTML report (default: %(default)s)")
+    parser.add_argument(
+        "--html", default="metrics/report.html", help="self-contained HTML report (default: %(default)s)"
+    )
     parser.add_argument("--summary", default="metrics/summary.json", help="summary JSON (default: %(default)s)")
     run_stage(main, parser)

@@ -30,7 +30,12 @@ if __name__ == "__main__":
     parser = stage_parser("Split the metadata into train/val/test by patient.", __doc__)
     parser.add_argument("--raw", default="data/raw", help="raw data folder (default: %(default)s)")
     parser.add_argument("--out", default="data/splits.csv", help="split table (default: %(default)s)")
-    parser.add_argument("--summary", default="metrics/split.json", help="counts and prevalence per finding, read by the report (default: %(default)s)")
-    parser.add_argument("--sizes", default=None,
-                        help="optional headline JSON (images and patients per split) for dvc metrics")
+    parser.add_argument(
+        "--summary",
+        default="metrics/split.json",
+        help="counts and prevalence per finding, read by the report (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sizes", default=None, help="optional headline JSON (images and patients per split) for dvc metrics"
+    )
     run_stage(main, parser)

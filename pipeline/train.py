@@ -22,8 +22,13 @@ def main(args) -> None:
     # Names and the cache on disk, before any work (config validation compares params with params).
     check_model_names([args.model], "models", args.params)
     check_model_names(cfg.train.overrides, "train.overrides", args.params)
-    check_cache_size(Path(args.cache), cfg.train_for(args.model).image_size, cfg.preprocess.size,
-                     model=args.model, source=args.params)
+    check_cache_size(
+        Path(args.cache),
+        cfg.train_for(args.model).image_size,
+        cfg.preprocess.size,
+        model=args.model,
+        source=args.params,
+    )
     train_model(cfg, args.model, Path(args.cache), Path(args.out or f"models/{args.model}"))
 
 

@@ -177,11 +177,13 @@ def page_problems(facts: dict) -> list[str]:
     """Human-readable list of what keeps `facts` from being a clean self-contained page; [] if none."""
     problems = [
         f"image {i} ({image['src']}...) did not decode (naturalWidth 0)"
-        for i, image in enumerate(facts["images"]) if not image["complete"] or image["naturalWidth"] == 0
+        for i, image in enumerate(facts["images"])
+        if not image["complete"] or image["naturalWidth"] == 0
     ]
     problems += [
         f"image {i} ({image['src']}...) is not laid out ({image['width']}x{image['height']} px)"
-        for i, image in enumerate(facts["images"]) if image["width"] == 0 or image["height"] == 0
+        for i, image in enumerate(facts["images"])
+        if image["width"] == 0 or image["height"] == 0
     ]
     problems += [f"console error: {text}" for text in facts["console_errors"]]
     problems += [f"page error: {text}" for text in facts["page_errors"]]

@@ -24,7 +24,13 @@ from cxr14.stages.split import make_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NIH_COLUMNS = [
-    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
 ]
 
 

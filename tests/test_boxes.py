@@ -61,8 +61,10 @@ def test_accepts_a_header_named_x_y_w_h(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ("b.png,Pneumonitis,1,2,3,4",
-         r"line 3: unknown finding 'Pneumonitis'; valid findings: Atelectasis, .*Infiltrate"),
+        (
+            "b.png,Pneumonitis,1,2,3,4",
+            r"line 3: unknown finding 'Pneumonitis'; valid findings: Atelectasis, .*Infiltrate",
+        ),
         ("b.png,Mass,1,2,0,4", r"line 3: box of size w=0, h=4; width and height must be > 0"),
         ("b.png,Mass,1,2,3,-4", r"line 3: .*h=-4"),
         ("b.png,Mass,1,two,3,4", r"line 3: y = 'two' is not a finite number"),
@@ -89,8 +91,11 @@ def raw_and_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     """An NIH download of 12 real 512 px PNGs of 6 patients (one 512 x 256), fetched as NIH data
     is (data/raw holds the manifest), and its 64 px cache."""
     root = tmp_path_factory.mktemp("boxes")
-    rows = [(f"{patient:08d}_{follow:03d}.png", "Mass" if follow else "Infiltration", str(patient))
-            for patient in range(1, 7) for follow in range(2)]
+    rows = [
+        (f"{patient:08d}_{follow:03d}.png", "Mass" if follow else "Infiltration", str(patient))
+        for patient in range(1, 7)
+        for follow in range(2)
+    ]
     download = write_nih_folder(root / "download", rows, size=512)
     assert cv2.imwrite(str(download / "images" / WIDE), np.full((256, 512), 128, np.uint8))
     raw = root / "raw"
@@ -111,12 +116,14 @@ def test_boxes_are_scaled_to_the_cache_and_others_dropped(raw_and_cache, caplog)
     test_ids = index["image_id"].tolist()
     square = next(image_id for image_id in test_ids if image_id != WIDE)
     outside = next(f"{p:08d}_000.png" for p in range(1, 7) if f"{p:08d}_000.png" not in test_ids)
-    _write_bbox(raw / BBOX_FILE,
-                f"{square},Nodule,80,160,40,24",
-                f"{square},Infiltrate,8,16,400,240",
-                f"{WIDE},Mass,64,32,128,64",
-                f"{outside},Mass,1,2,3,4",  # image in another split: dropped
-                "99999999_000.png,Mass,1,2,3,4")  # image in no split at all: dropped
+    _write_bbox(
+        raw / BBOX_FILE,
+        f"{square},Nodule,80,160,40,24",
+        f"{square},Infiltrate,8,16,400,240",
+        f"{WIDE},Mass,64,32,128,64",
+        f"{outside},Mass,1,2,3,4",  # image in another split: dropped
+        "99999999_000.png,Mass,1,2,3,4",
+    )  # image in no split at all: dropped
     caplog.set_level("INFO")
     try:
         frame = _boxes(raw, cache)
@@ -179,9 +186,24 @@ def test_stage_script_writes_the_table(raw_and_cache, tmp_path: Path) -> None:
     try:
         out = tmp_path / "out" / "boxes.csv"
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
-        done = subprocess.run([sys.executable, str(REPO_ROOT / "pipeline" / "boxes.py"), "--raw", str(raw),
-                               "--cache", str(cache), "--out", str(out), "--split", "val"],
-                              env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(REPO_ROOT / "pipeline" / "boxes.py"),
+                "--raw",
+                str(raw),
+                "--cache",
+                str(cache),
+                "--out",
+                str(out),
+                "--split",
+                "val",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         expected = f"row,image_id,finding,x,y,w,h\n0,{image_id},Cardiomegaly,12.500,25.000,37.500,18.750\n"
         assert out.read_text() == expected
@@ -190,8 +212,9 @@ def test_stage_script_writes_the_table(raw_and_cache, tmp_path: Path) -> None:
 
 
 def test_write_boxes_is_stable(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"row": [3], "image_id": ["a.png"], "finding": ["Mass"], "x": [1 / 3], "y": [2.0],
-                          "w": [10.12345], "h": [7.0]})
+    frame = pd.DataFrame(
+        {"row": [3], "image_id": ["a.png"], "finding": ["Mass"], "x": [1 / 3], "y": [2.0], "w": [10.12345], "h": [7.0]}
+    )
     write_boxes(frame, tmp_path / "boxes.csv")
     expected = "row,image_id,finding,x,y,w,h\n3,a.png,Mass,0.333,2.000,10.123,7.000\n"
     assert (tmp_path / "boxes.csv").read_text() == expected

@@ -32,14 +32,19 @@ def png_data_uri(width: int, height: int) -> str:
 
 def write_page(tmp_path: Path, body: str, name: str = "page.html") -> Path:
     path = tmp_path / name
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>harness</title></head>"
-                    f"<body style='margin:0'>{body}</body></html>", encoding="utf-8")
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>harness</title></head>"
+        f"<body style='margin:0'>{body}</body></html>",
+        encoding="utf-8",
+    )
     return path
 
 
-TABLE = ("<table><thead><tr><th>model</th><th>AUROC</th><th>params</th></tr></thead>"
-         "<tbody><tr><td>cnn</td><td>0.71</td><td>1.2M</td></tr>"
-         "<tr><td>resnet18</td><td>0.80</td><td>11.2M</td></tr></tbody></table>")
+TABLE = (
+    "<table><thead><tr><th>model</th><th>AUROC</th><th>params</th></tr></thead>"
+    "<tbody><tr><td>cnn</td><td>0.71</td><td>1.2M</td></tr>"
+    "<tr><td>resnet18</td><td>0.80</td><td>11.2M</td></tr></tbody></table>"
+)
 
 
 def test_good_page_renders_table_and_embedded_image(tmp_path):

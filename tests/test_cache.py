@@ -70,7 +70,7 @@ def test_interrupted_preprocess_resumes_and_gives_the_same_bytes(small_nih, tmp_
 
 
 def test_16_bit_and_rgba_become_8_bit_gray(tmp_path):
-    deep = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    deep = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
     rgba = np.dstack([np.full((64, 64), 200, np.uint8)] * 3 + [np.full((64, 64), 255, np.uint8)])
     cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
@@ -91,13 +91,19 @@ def test_stale_or_too_small_cache_is_refused_naming_cache_json(tiny_cache):
     assert check_cache_size(tiny_cache, image_size=32, preprocess_size=32) == 32
     assert check_cache_size(tiny_cache, image_size=16, preprocess_size=32) == 32  # downsampling is honest
     # Built at 32 px while params say 64: stale, whatever image_size asks.
-    with pytest.raises(CacheMismatchError, match=rf"^{summary}: the cache was built at 32 px but preprocess.size is "
-                                                 r"64 in p.yaml: the cache is stale; rebuild it with `dvc repro "
-                                                 r"preprocess` \(or set preprocess.size back to 32\)$"):
+    with pytest.raises(
+        CacheMismatchError,
+        match=rf"^{summary}: the cache was built at 32 px but preprocess.size is "
+        r"64 in p.yaml: the cache is stale; rebuild it with `dvc repro "
+        r"preprocess` \(or set preprocess.size back to 32\)$",
+    ):
         check_cache_size(tiny_cache, image_size=32, preprocess_size=64, model="cnn", source="p.yaml")
-    with pytest.raises(CacheMismatchError, match=rf"^{summary}: the cache holds 32 px images but train.image_size "
-                                                 r"\(or train.overrides.cnn.image_size\) is 64 in params.yaml: the "
-                                                 r"model would see upsampled 32 px images; lower it to at most 32"):
+    with pytest.raises(
+        CacheMismatchError,
+        match=rf"^{summary}: the cache holds 32 px images but train.image_size "
+        r"\(or train.overrides.cnn.image_size\) is 64 in params.yaml: the "
+        r"model would see upsampled 32 px images; lower it to at most 32",
+    ):
         check_cache_size(tiny_cache, image_size=64, model="cnn")
     assert issubclass(CacheMismatchError, ValueError)  # a one-line error in the stage scripts
 
@@ -111,8 +117,11 @@ def test_cache_smaller_than_a_trained_model_is_refused(tiny_cache, tmp_path):
     (model_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 32}))
     assert check_cache_for_trained_model(tiny_cache, model_dir) == 32
     (model_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 64}))
-    with pytest.raises(CacheMismatchError, match=rf"{tiny_cache / 'cache.json'}: the cache holds 32 px images but the "
-                                                 rf"model in {model_dir} was trained at 64 px"):
+    with pytest.raises(
+        CacheMismatchError,
+        match=rf"{tiny_cache / 'cache.json'}: the cache holds 32 px images but the "
+        rf"model in {model_dir} was trained at 64 px",
+    ):
         check_cache_for_trained_model(tiny_cache, model_dir)
 
 

@@ -29,8 +29,11 @@ def _long_functions() -> list[tuple[str, str, int]]:
 
 
 def test_no_long_function_without_a_reason_in_its_docstring():
-    offenders = [f"{path}:{name} ({length} lines)" for path, name, length in _long_functions()
-                 if (path, name) not in ALLOWED_WHILE_BEING_SPLIT]
+    offenders = [
+        f"{path}:{name} ({length} lines)"
+        for path, name, length in _long_functions()
+        if (path, name) not in ALLOWED_WHILE_BEING_SPLIT
+    ]
     assert not offenders, (
         f"functions over {MAX_LINES} lines in src/cxr14: split them into named helpers, or say why one "
         f"flow is clearer whole in a docstring sentence starting {MARKER!r}: " + "; ".join(offenders)

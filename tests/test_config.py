@@ -44,7 +44,9 @@ def test_per_model_override_applies_to_that_model_only():
     cfg = config_from_dict(tiny_params(**{"train.overrides": {"resnet18": {"lr": 1e-3, "epochs": 4}}}))
     assert cfg.train_for("resnet18").lr == pytest.approx(1e-3) and cfg.train_for("resnet18").epochs == 4
     assert cfg.train_for("cnn").lr == pytest.approx(cfg.train.lr) and cfg.train_for("cnn").epochs == cfg.train.epochs
-    with pytest.raises(ConfigError, match=r"unknown key 'train.overrides.cnn.lrr' \(did you mean 'train.overrides.cnn.lr'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train.overrides.cnn.lrr' \(did you mean 'train.overrides.cnn.lr'\?\)"
+    ):
         config_from_dict(tiny_params(**{"train.overrides": {"cnn": {"lrr": 1e-3}}}))
 
 
@@ -63,12 +65,16 @@ def test_pretrained_accepts_auto_or_a_boolean(value):
 
 
 def test_zoo_overrides_choose_optimizer_weights_and_freezing():
-    overrides = {"vit_v2": {"optimizer": "sgd", "momentum": 0.8},
-                 "resnet50": {"freeze_backbone": True, "pretrained_path": "/weights/resnet50.pth", "pretrained": True}}
+    overrides = {
+        "vit_v2": {"optimizer": "sgd", "momentum": 0.8},
+        "resnet50": {"freeze_backbone": True, "pretrained_path": "/weights/resnet50.pth", "pretrained": True},
+    }
     cfg = config_from_dict(tiny_params(**{"train.overrides": overrides}))
     vit_v2, resnet50, cnn = cfg.train_for("vit_v2"), cfg.train_for("resnet50"), cfg.train_for("cnn")
     assert (vit_v2.optimizer, vit_v2.momentum) == ("sgd", pytest.approx(0.8))
-    assert resnet50.freeze_backbone and resnet50.pretrained is True and resnet50.pretrained_path == "/weights/resnet50.pth"
+    assert (
+        resnet50.freeze_backbone and resnet50.pretrained is True and resnet50.pretrained_path == "/weights/resnet50.pth"
+    )
     assert (cnn.optimizer, cnn.freeze_backbone, cnn.pretrained_path) == ("adamw", False, None)
     with pytest.raises(ConfigError, match=r"train.overrides.vit_v2.optimizer: 'lamb' is not one of"):
         config_from_dict(tiny_params(**{"train.overrides": {"vit_v2": {"optimizer": "lamb"}}}))
@@ -77,8 +83,11 @@ def test_zoo_overrides_choose_optimizer_weights_and_freezing():
 def test_override_larger_than_the_cache_fails_only_for_a_listed_model():
     overrides = {"efficientnet_b4": {"image_size": 380}}
     config_from_dict(tiny_params(**{"train.overrides": overrides}))  # not in models: fine
-    with pytest.raises(ConfigError, match=r"efficientnet_b4.image_size \(380\) exceeds preprocess.size \(64\): "
-                                          r"raise preprocess.size to at least 380"):
+    with pytest.raises(
+        ConfigError,
+        match=r"efficientnet_b4.image_size \(380\) exceeds preprocess.size \(64\): "
+        r"raise preprocess.size to at least 380",
+    ):
         config_from_dict(tiny_params(**{"train.overrides": overrides, "models": ["efficientnet_b4"]}))
 
 
@@ -129,9 +138,11 @@ def test_committed_params_equal_the_built_in_defaults():
     """A partial params file is completed with the defaults, so they must be the committed values."""
     committed = load_config(REPO_ROOT / "params.yaml")
     defaults = config_from_dict({})
-    differing = [f"{key}: params.yaml has {_lookup(committed, key)!r}, the default in config.py is "
-                 f"{_lookup(defaults, key)!r}"
-                 for key, _ in _leaves(real_params()) if _lookup(committed, key) != _lookup(defaults, key)]
+    differing = [
+        f"{key}: params.yaml has {_lookup(committed, key)!r}, the default in config.py is {_lookup(defaults, key)!r}"
+        for key, _ in _leaves(real_params())
+        if _lookup(committed, key) != _lookup(defaults, key)
+    ]
     assert not differing, "; ".join(differing)
     # Also no override (or other dict entry) that the defaults have and params.yaml lacks.
     assert set(defaults.train.overrides) == set(committed.train.overrides)
@@ -145,7 +156,10 @@ def test_partial_params_file_takes_the_committed_values(tmp_path):
     committed = load_config(REPO_ROOT / "params.yaml")
     assert cfg.train.lr == pytest.approx(3e-4)
     assert (cfg.train.epochs, cfg.train.image_size, cfg.models) == (
-        committed.train.epochs, committed.train.image_size, committed.models)
+        committed.train.epochs,
+        committed.train.image_size,
+        committed.models,
+    )
     assert cfg.train.overrides == committed.train.overrides
 
 

@@ -77,14 +77,16 @@ RESOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cxr14.data.official_split": (("cxr14.data.resources",), ("src/cxr14/data/resources/test_list.txt.gz",)),
 }
 # Source text that betrays a read of package data or of a file next to the code.
-RESOURCE_HINTS = re.compile(r"importlib\.resources|importlib_resources|pkgutil\.get_data|pkg_resources|__file__"
-                            r"|\bresources\b")
+RESOURCE_HINTS = re.compile(
+    r"importlib\.resources|importlib_resources|pkgutil\.get_data|pkg_resources|__file__"
+    r"|\bresources\b"
+)
 
 # How config objects arise and what the Config API reads (config.py itself is not analysed:
 # loading validates every key, which decides pass/fail but no output).
-CONFIG_SOURCES = {"load_config", "config_from_dict"}              # calls returning the whole Config
+CONFIG_SOURCES = {"load_config", "config_from_dict"}  # calls returning the whole Config
 CONFIG_METHODS = {"train_for": (("train.overrides",), "train")}  # Config method -> (keys read, section returned)
-SECTION_METHODS = {"resolved_method": "method"}                   # section method -> the key it reads
+SECTION_METHODS = {"resolved_method": "method"}  # section method -> the key it reads
 # (module, call) whose reads are a provenance record, not an input (see the docstring).
 PROVENANCE_READS = {("cxr14.training.engine", "config_to_dict")}
 
@@ -116,7 +118,8 @@ def parse(path: Path) -> ast.Module:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _from_base(node: ast.ImportFrom, module: str | None, package: bool) -> str:
@@ -134,11 +137,11 @@ class _Imports(ast.NodeVisitor):
 
     def __init__(self, module: str | None, package: bool) -> None:
         self.module, self.package = module, package
-        self.modules: list[str] = []          # imported modules (their parents are added later)
-        self.named: list[str] = []            # packages a non-submodule name is imported from
+        self.modules: list[str] = []  # imported modules (their parents are added later)
+        self.named: list[str] = []  # packages a non-submodule name is imported from
 
     def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):      # never executed at run time
+        if _is_type_checking(node.test):  # never executed at run time
             for child in node.orelse:
                 self.visit(child)
             return
@@ -211,7 +214,8 @@ def chain(script: str, module: str) -> str:
 
 def _constant(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) or (
-        isinstance(node, (ast.Tuple, ast.List)) and all(_constant(item) for item in node.elts))
+        isinstance(node, (ast.Tuple, ast.List)) and all(_constant(item) for item in node.elts)
+    )
 
 
 def is_inert(path: Path) -> bool:
@@ -298,9 +302,13 @@ def dependency_problems(name: str) -> list[str]:
     def covered(path: str) -> bool:
         return any(path == dep or path.startswith(dep + "/") for dep in code_deps)
 
-    problems = [f"stage {name}: {path} is imported (via {why}) but not in deps"
-                if "package data" not in why else f"stage {name}: {path} is read (via {why}) but not in deps"
-                for path, why in sorted(needed.items()) if not covered(path)]
+    problems = [
+        f"stage {name}: {path} is imported (via {why}) but not in deps"
+        if "package data" not in why
+        else f"stage {name}: {path} is read (via {why}) but not in deps"
+        for path, why in sorted(needed.items())
+        if not covered(path)
+    ]
     problems += [f"stage {name}: {dep} is listed twice in deps" for dep in sorted(set(deps)) if deps.count(dep) > 1]
     for dep in code_deps:
         if not (ROOT / dep).exists():
@@ -318,8 +326,8 @@ def dependency_problems(name: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
-    sections: frozenset[str]             # dotted sections of params.yaml, "" = the root
-    leaves: tuple[str, ...]              # dotted leaf keys (train.overrides, a mapping, is one leaf)
+    sections: frozenset[str]  # dotted sections of params.yaml, "" = the root
+    leaves: tuple[str, ...]  # dotted leaf keys (train.overrides, a mapping, is one leaf)
 
 
 @cache
@@ -336,6 +344,7 @@ def schema() -> Schema:
                 walk(hints[field.name], key)
             else:
                 leaves.append(key)
+
     walk(config_module.Config, "")
     return Schema(frozenset(sections), tuple(leaves))
 
@@ -350,20 +359,21 @@ def leaves_under(key: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ModuleInfo:
-    name: str                                       # dotted module, or the script's path
+    name: str  # dotted module, or the script's path
     tree: ast.Module
-    defs: dict[str, ast.AST]                        # top-level functions and classes
-    bindings: dict[str, tuple[str, str | None]]     # imported name -> (module, attribute; None = the module)
+    defs: dict[str, ast.AST]  # top-level functions and classes
+    bindings: dict[str, tuple[str, str | None]]  # imported name -> (module, attribute; None = the module)
 
 
 @cache
 def module_info(name: str) -> ModuleInfo:
     script = name.endswith(".py")
     tree = parse(ROOT / name if script else module_file(name))
-    defs = {node.name: node for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    defs = {
+        node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
     bindings: dict[str, tuple[str, str | None]] = {}
-    for node in ast.walk(tree):                     # lazy imports inside functions too
+    for node in ast.walk(tree):  # lazy imports inside functions too
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
@@ -375,7 +385,8 @@ def module_info(name: str) -> ModuleInfo:
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
                 bindings[alias.asname or alias.name] = (
-                    (candidate, None) if module_file(candidate) is not None else (base, alias.name))
+                    (candidate, None) if module_file(candidate) is not None else (base, alias.name)
+                )
     return ModuleInfo(name, tree, defs, bindings)
 
 
@@ -404,13 +415,19 @@ def _module_of(info: ModuleInfo, expr: ast.expr) -> str | None:
 def registry_callees(info: ModuleInfo, func: ast.expr) -> list[tuple[str, ast.AST]]:
     """`REGISTRY[key].name(...)` where REGISTRY is a module-level dict literal of imported modules
     (cxr14.data.sources.SOURCES): every module's `name`, since any of them may be called."""
-    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Subscript)
-            and isinstance(func.value.value, ast.Name)):
+    if not (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Subscript)
+        and isinstance(func.value.value, ast.Name)
+    ):
         return []
     registry = func.value.value.id
     for node in info.tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        )
         if isinstance(target, ast.Name) and target.id == registry and isinstance(node.value, ast.Dict):
             modules = [_module_of(info, value) for value in node.value.values]
             if not modules or None in modules:
@@ -452,8 +469,8 @@ def _called_name(call: ast.Call) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Flow:
-    reads: dict[str, str]                           # leaf key -> where it is read
-    calls: tuple[tuple[str, str, str, str], ...]    # (module, function, parameter, section) config flows into
+    reads: dict[str, str]  # leaf key -> where it is read
+    calls: tuple[tuple[str, str, str, str], ...]  # (module, function, parameter, section) config flows into
 
 
 @cache
@@ -461,8 +478,13 @@ def analyse(module: str, unit: str, typed: frozenset[tuple[str, str]]) -> Flow:
     """Config reads of one top-level definition ("" = module-level code), given which of its
     parameters hold which config section."""
     info, shape = module_info(module), schema()
-    node = info.defs[unit] if unit else ast.Module(
-        body=[statement for statement in info.tree.body if statement not in info.defs.values()], type_ignores=[])
+    node = (
+        info.defs[unit]
+        if unit
+        else ast.Module(
+            body=[statement for statement in info.tree.body if statement not in info.defs.values()], type_ignores=[]
+        )
+    )
     where = f"{module}:{unit}" if unit else module
     parents = {child: parent for parent in ast.walk(node) for child in ast.iter_child_nodes(parent)}
     env = dict(typed)
@@ -477,13 +499,16 @@ def analyse(module: str, unit: str, typed: frozenset[tuple[str, str]]) -> Flow:
         if isinstance(expr, ast.Call):
             if isinstance(expr.func, ast.Name) and expr.func.id in CONFIG_SOURCES:
                 return ""
-            if isinstance(expr.func, ast.Attribute) and section_of(expr.func.value) == "" \
-                    and expr.func.attr in CONFIG_METHODS:
+            if (
+                isinstance(expr.func, ast.Attribute)
+                and section_of(expr.func.value) == ""
+                and expr.func.attr in CONFIG_METHODS
+            ):
                 return CONFIG_METHODS[expr.func.attr][1]
         return None
 
     changed = True
-    while changed:                                  # aliases: settings = cfg.evaluate; train = cfg.train_for(m)
+    while changed:  # aliases: settings = cfg.evaluate; train = cfg.train_for(m)
         changed = False
         for sub in ast.walk(node):
             if isinstance(sub, ast.Assign):
@@ -496,8 +521,10 @@ def analyse(module: str, unit: str, typed: frozenset[tuple[str, str]]) -> Flow:
             for target in targets:
                 if section is None or not isinstance(target, ast.Name) or env.get(target.id) == section:
                     continue
-                assert target.id not in env, (f"{where}: {target.id} holds config sections {env[target.id]!r} "
-                                               f"and {section!r}; the params analysis cannot follow that")
+                assert target.id not in env, (
+                    f"{where}: {target.id} holds config sections {env[target.id]!r} "
+                    f"and {section!r}; the params analysis cannot follow that"
+                )
                 env[target.id] = section
                 changed = True
 
@@ -517,7 +544,7 @@ def analyse(module: str, unit: str, typed: frozenset[tuple[str, str]]) -> Flow:
         if isinstance(parent, ast.Attribute) and parent.value is sub:
             key = _join(section, parent.attr)
             if key in shape.sections:
-                continue                            # a sub-section: its own use is classified
+                continue  # a sub-section: its own use is classified
             if key in shape.leaves:
                 read(key, f".{parent.attr}")
             elif section == "" and parent.attr in CONFIG_METHODS:
@@ -528,23 +555,34 @@ def analyse(module: str, unit: str, typed: frozenset[tuple[str, str]]) -> Flow:
             else:
                 read(section, f"{label}.{parent.attr}")
             continue
-        if isinstance(parent, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and parent.value is sub and all(
-                isinstance(target, ast.Name) for target in getattr(parent, "targets", [getattr(parent, "target", None)])):
-            continue                                # an alias, followed above
+        if (
+            isinstance(parent, (ast.Assign, ast.AnnAssign, ast.NamedExpr))
+            and parent.value is sub
+            and all(
+                isinstance(target, ast.Name) for target in getattr(parent, "targets", [getattr(parent, "target", None)])
+            )
+        ):
+            continue  # an alias, followed above
         call, keyword = (parents.get(parent), parent.arg) if isinstance(parent, ast.keyword) else (parent, None)
         if isinstance(call, ast.Call) and call.func is not sub:
             name = _called_name(call)
             if (module, name) in PROVENANCE_READS:
                 continue
-            if name == "getattr" and len(call.args) >= 2 and call.args[0] is sub \
-                    and isinstance(call.args[1], ast.Constant):
+            if (
+                name == "getattr"
+                and len(call.args) >= 2
+                and call.args[0] is sub
+                and isinstance(call.args[1], ast.Constant)
+            ):
                 read(_join(section, str(call.args[1].value)), f"getattr({label}, {call.args[1].value!r})")
                 continue
             target = callee(info, call.func)
             targets = [target] if target is not None else registry_callees(info, call.func)
-            params = [(found, _parameter(found[1], call, sub, keyword)) for found in targets
-                      if found[0] != "cxr14.config"
-                      and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef))]
+            params = [
+                (found, _parameter(found[1], call, sub, keyword))
+                for found in targets
+                if found[0] != "cxr14.config" and isinstance(found[1], (ast.FunctionDef, ast.AsyncFunctionDef))
+            ]
             if params and len(params) == len(targets) and all(param is not None for _, param in params):
                 calls.extend((found[0], found[1].name, param, section) for found, param in params)
                 continue
@@ -576,8 +614,9 @@ def params_read(script: str) -> dict[str, str]:
 def params_problems(name: str) -> list[str]:
     read = params_read(stage_script(name))
     listed = [str(entry) for entry in STAGES[name].get("params") or []]
-    problems = [f"stage {name}: {entry} is listed twice in params" for entry in sorted(set(listed))
-                if listed.count(entry) > 1]
+    problems = [
+        f"stage {name}: {entry} is listed twice in params" for entry in sorted(set(listed)) if listed.count(entry) > 1
+    ]
     for key, why in sorted(read.items()):
         if not any(key == entry or key.startswith(entry + ".") for entry in listed):
             problems.append(f"stage {name}: params key {key} is read ({why}) but not in params")
@@ -590,8 +629,10 @@ def params_problems(name: str) -> list[str]:
         if len(unread) == len(under):
             problems.append(f"stage {name}: params entry {entry} is never read by its code (needless re-runs)")
         elif unread:
-            problems.append(f"stage {name}: params entry {entry} covers unread keys {unread}; "
-                            f"list only what is read: {[leaf for leaf in under if leaf in read]}")
+            problems.append(
+                f"stage {name}: params entry {entry} covers unread keys {unread}; "
+                f"list only what is read: {[leaf for leaf in under if leaf in read]}"
+            )
     return problems
 
 
@@ -613,28 +654,36 @@ def test_stage_params_match_config_reads(name):
 
 
 def test_resource_reads_are_tabled():
-    modules = {path.relative_to(SRC).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
-               for path in (SRC / PACKAGE).rglob("*.py")}
-    untabled = [module for module in sorted(modules) if module not in RESOURCES
-                and RESOURCE_HINTS.search(re.sub(r'""".*?"""', "", module_file(module).read_text(encoding="utf-8"),
-                                                 flags=re.S))]
+    modules = {
+        path.relative_to(SRC).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
+        for path in (SRC / PACKAGE).rglob("*.py")
+    }
+    untabled = [
+        module
+        for module in sorted(modules)
+        if module not in RESOURCES
+        and RESOURCE_HINTS.search(re.sub(r'""".*?"""', "", module_file(module).read_text(encoding="utf-8"), flags=re.S))
+    ]
     assert not untabled, f"{untabled} may read package data: list what they read in RESOURCES"
     tabled = {path for _, files in RESOURCES.values() for path in files}
-    data_files = {rel(path) for path in (SRC / PACKAGE).rglob("*")
-                  if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts}
+    data_files = {
+        rel(path)
+        for path in (SRC / PACKAGE).rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+    }
     assert data_files <= tabled, f"package data not in RESOURCES: {sorted(data_files - tabled)}"
 
 
 def test_analysis_sees_what_the_code_does():
     """The checker itself: lazy imports, package __init__ files, resources, config value flow."""
     fetch = needed_files("pipeline/fetch.py")
-    assert "src/cxr14/data/phantom.py" in fetch            # through the SOURCES registry
-    assert "src/cxr14/data/__init__.py" not in fetch       # docstring only
+    assert "src/cxr14/data/phantom.py" in fetch  # through the SOURCES registry
+    assert "src/cxr14/data/__init__.py" not in fetch  # docstring only
     # SOURCES[cfg.data.source].fetch(cfg, ...): cfg flows into every registered source's fetch.
     assert {"seed", "data.phantom.n_patients", "data.nih.path"} <= set(params_read("pipeline/fetch.py"))
     assert "data.missing_images" not in params_read("pipeline/fetch.py")
     train = needed_files("pipeline/train.py")
-    assert "src/cxr14/models/__init__.py" in train         # registers every model
+    assert "src/cxr14/models/__init__.py" in train  # registers every model
     assert "src/cxr14/io.py" in train
     assert "src/cxr14/data/resources/test_list.txt.gz" in needed_files("pipeline/split.py")
     evaluate = params_read("pipeline/evaluate.py")

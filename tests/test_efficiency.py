@@ -22,8 +22,12 @@ FAST = {"warmup": 1, "repeats": 2, "throughput_batch": 4, "throughput_repeats": 
 
 def conv_net(width: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 15),
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 15),
     )
 
 
@@ -85,8 +89,16 @@ def test_full_report_and_training_mode_restored():
     model[1].eval()  # frozen BatchNorm must stay in eval after measuring
     report = measure_efficiency(model, (3, 16, 16), CPU, **FAST)
     assert set(report) == {
-        "params_total", "params_trainable", "flops_per_image", "gmacs_per_image", "size_mb", "latency_ms",
-        "throughput_img_s", "device", "input_size", "batch_size_throughput",
+        "params_total",
+        "params_trainable",
+        "flops_per_image",
+        "gmacs_per_image",
+        "size_mb",
+        "latency_ms",
+        "throughput_img_s",
+        "device",
+        "input_size",
+        "batch_size_throughput",
     }
     assert report["latency_ms"] > 0 and report["throughput_img_s"] > 0
     assert report["flops_per_image"] > 0
@@ -121,9 +133,16 @@ def test_median_forward_seconds_is_positive_and_restores_mode():
     assert model.training
 
 
-@pytest.mark.parametrize("argument, value", [
-    ("warmup", -1), ("repeats", 0), ("throughput_batch", 0), ("throughput_repeats", 0), ("repeats", 2.5),
-])
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("warmup", -1),
+        ("repeats", 0),
+        ("throughput_batch", 0),
+        ("throughput_repeats", 0),
+        ("repeats", 2.5),
+    ],
+)
 def test_bad_arguments_name_the_argument(argument, value):
     with pytest.raises(ValueError, match=argument):
         measure_efficiency(conv_net(4), (3, 8, 8), CPU, **{**FAST, argument: value})
@@ -139,6 +158,8 @@ def test_resnet_stem_costs_resmobilenet_v2_more_flops_than_v1():
     """Design note 002: V2's 7x7/64 ResNet stem is the heavier one, at the same feature-map sizes."""
     from cxr14.models import build_model
 
-    flops = {name: count_flops(build_model(name, 15, 224).model, (3, 224, 224), torch.device("cpu"))
-             for name in ("resmobilenet_v1", "resmobilenet_v2")}
+    flops = {
+        name: count_flops(build_model(name, 15, 224).model, (3, 224, 224), torch.device("cpu"))
+        for name in ("resmobilenet_v1", "resmobilenet_v2")
+    }
     assert flops["resmobilenet_v2"] > flops["resmobilenet_v1"] > 0

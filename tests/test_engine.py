@@ -102,8 +102,9 @@ def test_frozen_pretrained_backbone_stays_exactly_as_loaded(tiny_cache, tmp_path
     weights_file = tmp_path / "mobilenetv2_100.pth"
     torch.save(source.state_dict(), weights_file)
     overrides = {"mobilenetv2_100": {"pretrained_path": str(weights_file), "freeze_backbone": True, "lr": 1e-2}}
-    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1,
-                                          "train.overrides": overrides}))
+    cfg = config_from_dict(
+        tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "train.overrides": overrides})
+    )
     out_dir = tmp_path / "models" / "mobilenetv2_100"
     train_model(cfg, "mobilenetv2_100", tiny_cache, out_dir)
 
@@ -119,8 +120,7 @@ def test_frozen_pretrained_backbone_stays_exactly_as_loaded(tiny_cache, tmp_path
 
 def test_freezing_a_randomly_initialised_backbone_is_refused(tiny_cache, tmp_path, mlflow_store):
     overrides = {"mobilenetv2_100": {"pretrained": False, "freeze_backbone": True}}
-    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32,
-                                          "train.overrides": overrides}))
+    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.overrides": overrides}))
     with pytest.raises(ValueError, match="freeze_backbone is true but the backbone has no pretrained weights"):
         train_model(cfg, "mobilenetv2_100", tiny_cache, tmp_path / "out")
     assert not (tmp_path / "out" / "last.pt").exists()
@@ -147,8 +147,14 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlf
     import torch
 
     still = {"hflip": False, "rotation_deg": 0.0, "shift_x": 0.0, "shift_y": 0.0, "zoom": 0.0, "shear_deg": 0.0}
-    base = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "train.scheduler": "none",
-            "train.augment": still, "train.lr": 1e-3}
+    base = {
+        "train.image_size": 32,
+        "preprocess.size": 32,
+        "train.epochs": 1,
+        "train.scheduler": "none",
+        "train.augment": still,
+        "train.lr": 1e-3,
+    }
     big = config_from_dict(tiny_params(**base, **{"train.batch_size": 4}))
     accumulated = config_from_dict(tiny_params(**base, **{"train.batch_size": 2, "train.grad_accum_steps": 2}))
     train_model(big, "cnn", tiny_cache, tmp_path / "big")
@@ -165,9 +171,16 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlf
 
 
 def test_focal_loss_weighted_sampling_and_plateau_schedule_train_end_to_end(tiny_cache, tmp_path, mlflow_store):
-    settings = {"train.image_size": 32, "preprocess.size": 32, "train.loss": "focal", "train.sampling": "findings",
-                "train.scheduler": "plateau", "train.warmup_epochs": 0.5, "train.grad_clip": 1.0,
-                "train.label_smoothing": 0.1}
+    settings = {
+        "train.image_size": 32,
+        "preprocess.size": 32,
+        "train.loss": "focal",
+        "train.sampling": "findings",
+        "train.scheduler": "plateau",
+        "train.warmup_epochs": 0.5,
+        "train.grad_clip": 1.0,
+        "train.label_smoothing": 0.1,
+    }
     cfg = config_from_dict(tiny_params(**settings))
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
     assert result.epochs_run == 2
@@ -183,12 +196,19 @@ def test_validation_loss_is_the_training_loss_without_label_smoothing(kind, tiny
     import torch
 
     from cxr14.data.cache import open_split, split_labels
-    from cxr14.models import build_model
     from cxr14.inference import predict
+    from cxr14.models import build_model
     from cxr14.training.losses import make_loss
 
-    settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "train.loss": kind,
-                "train.label_smoothing": 0.2, "train.focal_alpha": 0.4, "train.focal_gamma": 1.5}
+    settings = {
+        "train.image_size": 32,
+        "preprocess.size": 32,
+        "train.epochs": 1,
+        "train.loss": kind,
+        "train.label_smoothing": 0.2,
+        "train.focal_alpha": 0.4,
+        "train.focal_gamma": 1.5,
+    }
     cfg = config_from_dict(tiny_params(**settings))
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
 
@@ -201,8 +221,15 @@ def test_validation_loss_is_the_training_loss_without_label_smoothing(kind, tiny
     logits = torch.logit(torch.from_numpy(scores).double())
 
     def loss(smoothing: float, loss_kind: str = kind) -> float:
-        return float(make_loss(loss_kind, train_labels=split_labels(train_index), focal_alpha=0.4, focal_gamma=1.5,
-                               label_smoothing=smoothing)(logits, val_labels))
+        return float(
+            make_loss(
+                loss_kind,
+                train_labels=split_labels(train_index),
+                focal_alpha=0.4,
+                focal_gamma=1.5,
+                label_smoothing=smoothing,
+            )(logits, val_labels)
+        )
 
     val_loss = result.history[0]["val_loss"]
     assert val_loss == pytest.approx(loss(0.0), rel=1e-4)
@@ -225,10 +252,13 @@ def _validation_with_auroc(monkeypatch, aurocs):
     monkeypatch.setattr(engine, "_validate", validate)
 
 
-@pytest.mark.parametrize(("aurocs", "best"), [([float("nan"), 0.6, 0.7], 3), ([0.6, float("nan"), 0.5], 1),
-                                              ([float("nan"), 0.7, float("nan")], 2)])
-def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(aurocs, best, tiny_cache, tmp_path,
-                                                                    mlflow_store, monkeypatch):
+@pytest.mark.parametrize(
+    ("aurocs", "best"),
+    [([float("nan"), 0.6, 0.7], 3), ([0.6, float("nan"), 0.5], 1), ([float("nan"), 0.7, float("nan")], 2)],
+)
+def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(
+    aurocs, best, tiny_cache, tmp_path, mlflow_store, monkeypatch
+):
     _validation_with_auroc(monkeypatch, aurocs)
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
@@ -242,14 +272,16 @@ def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(aurocs, best
 
 def test_undefined_auroc_counts_as_a_bad_epoch_for_patience(tiny_cache, tmp_path, mlflow_store, monkeypatch):
     _validation_with_auroc(monkeypatch, [0.6, float("nan"), 0.9])
-    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3,
-                                          "train.patience": 1}))
+    cfg = config_from_dict(
+        tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3, "train.patience": 1})
+    )
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
     assert (result.epochs_run, result.best_epoch) == (2, 1)
 
 
-def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(tiny_cache, tmp_path, mlflow_store,
-                                                                            monkeypatch, caplog):
+def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(
+    tiny_cache, tmp_path, mlflow_store, monkeypatch, caplog
+):
     import logging
     import math
 
@@ -276,8 +308,10 @@ def test_an_override_that_replaces_a_general_setting_is_named():
 
     cfg = config_from_dict(tiny_params(**{"train.lr": 3e-4, "train.overrides": {"resnet18": {"lr": 1e-3}}}))
     notes = shadowed_settings(cfg, "resnet18")
-    assert notes == ["resnet18: train.overrides.resnet18.lr = 0.001 replaces train.lr = 0.0003 "
-                     "(set -S train.overrides.resnet18.lr=... to change it)"]
+    assert notes == [
+        "resnet18: train.overrides.resnet18.lr = 0.001 replaces train.lr = 0.0003 "
+        "(set -S train.overrides.resnet18.lr=... to change it)"
+    ]
     assert shadowed_settings(cfg, "cnn") == []
     same = config_from_dict(tiny_params(**{"train.lr": 1e-3, "train.overrides": {"resnet18": {"lr": 1e-3}}}))
     assert shadowed_settings(same, "resnet18") == []

@@ -27,8 +27,12 @@ def _project_exceptions() -> list[type[BaseException]]:
     for info in pkgutil.walk_packages(cxr14.__path__, prefix="cxr14."):
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
-            if (inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name
-                    and not name.startswith("_")):
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == info.name
+                and not name.startswith("_")
+            ):
                 found[f"{info.name}.{name}"] = value
     return list(found.values())
 
@@ -36,9 +40,14 @@ def _project_exceptions() -> list[type[BaseException]]:
 def test_every_public_project_exception_is_a_cxr14_error():
     classes = _project_exceptions()
     assert len(classes) >= 20, [cls.__qualname__ for cls in classes]  # the walk found the modules
-    stray = [f"{cls.__module__}.{cls.__qualname__}" for cls in classes
-             if not issubclass(cls, Cxr14Error) and f"{cls.__module__}.{cls.__qualname__}" not in NOT_USER_ERRORS]
-    assert not stray, f"derive these from cxr14.errors.Cxr14Error (or list them in NOT_USER_ERRORS with a reason): {stray}"
+    stray = [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in classes
+        if not issubclass(cls, Cxr14Error) and f"{cls.__module__}.{cls.__qualname__}" not in NOT_USER_ERRORS
+    ]
+    assert not stray, (
+        f"derive these from cxr14.errors.Cxr14Error (or list them in NOT_USER_ERRORS with a reason): {stray}"
+    )
 
 
 def test_user_errors_keep_their_builtin_types():
@@ -58,7 +67,8 @@ def _run(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
 
 def _script(tmp_path, body: str) -> str:
     script = tmp_path / "stage.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from cxr14.cli import run_stage, stage_parser
         from cxr14.errors import MissingInputError
 
@@ -66,7 +76,8 @@ def _script(tmp_path, body: str) -> str:
         {textwrap.indent(textwrap.dedent(body), "    ")}
 
         run_stage(main, stage_parser("a tiny stage"))
-    """))
+    """)
+    )
     return str(script)
 
 
@@ -79,8 +90,10 @@ def test_a_user_error_is_one_line_and_exit_2(tmp_path):
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "MissingInputError" in verbose.stderr
 
 
-@pytest.mark.parametrize("error", ['RuntimeError("shape mismatch")', 'ValueError("bad reshape")',
-                                   'FileNotFoundError("x")', 'KeyError("column")'])
+@pytest.mark.parametrize(
+    "error",
+    ['RuntimeError("shape mismatch")', 'ValueError("bad reshape")', 'FileNotFoundError("x")', 'KeyError("column")'],
+)
 def test_a_bug_keeps_its_traceback_and_exit_1(tmp_path, error):
     result = _run(_script(tmp_path, f"raise {error}"))
     assert result.returncode == 1, result.stderr
@@ -90,9 +103,17 @@ def test_a_bug_keeps_its_traceback_and_exit_1(tmp_path, error):
 
 def test_a_stage_missing_its_input_says_which_stage_makes_it(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    result = _run(str(REPO_ROOT / "pipeline" / "train.py"), "--params", str(tmp_path / "params.yaml"),
-                  "cnn", "--cache", str(tmp_path / "no_cache"), "--out", str(tmp_path / "models" / "cnn"),
-                  cwd=tmp_path)
+    result = _run(
+        str(REPO_ROOT / "pipeline" / "train.py"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "cnn",
+        "--cache",
+        str(tmp_path / "no_cache"),
+        "--out",
+        str(tmp_path / "models" / "cnn"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -110,7 +110,9 @@ def test_queued_runs_land_in_the_workspace_store_with_test_metrics(queued):
         assert 0.0 <= found.data.metrics["test_macro_auroc"] <= 1.0
         # Artifacts live beside the workspace's database, not in the deleted temporary copy.
         assert {Path(item.path).name for item in client.list_artifacts(found.info.run_id, "figures")} >= {
-            "roc_pr.png", "training.png"}
+            "roc_pr.png",
+            "training.png",
+        }
         assert str(work / "mlruns") in found.info.artifact_uri
         assert "Creating initial MLflow database tables" not in logs[name]  # the workspace's store existed
     assert "exp-bad" not in runs  # refused before any run was created
@@ -123,8 +125,23 @@ def test_dvc_exp_show_lists_the_headline_only(queued):
     table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
     names = json.dumps(table)
     assert "exp-fast" in names and "exp-slow" in names
-    shown = run(["dvc", "exp", "show", "--md", "--only-changed", "--drop", "Created|State|Executor|^metrics/[a-z_]+$|^models/",
-                 "--sort-by", "metrics/cnn.json:macro_auroc", "--sort-order", "desc"], work, env)
+    shown = run(
+        [
+            "dvc",
+            "exp",
+            "show",
+            "--md",
+            "--only-changed",
+            "--drop",
+            "Created|State|Executor|^metrics/[a-z_]+$|^models/",
+            "--sort-by",
+            "metrics/cnn.json:macro_auroc",
+            "--sort-order",
+            "desc",
+        ],
+        work,
+        env,
+    )
     header = [cell.strip() for cell in shown.splitlines()[0].strip("|").split("|")]
     assert {"macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "train.lr"} <= set(header), header
     assert len(header) <= 12, header  # the headline, not several hundred per-class columns
@@ -175,8 +192,11 @@ def test_mlflow_ui_opens_on_the_training_runs_with_their_test_auroc(queued, tmp_
     runs = [found for group in _runs_by_experiment(work).values() for found in group]
     with running_mlflow(["ui", "--backend-store-uri", store], tmp_path) as ui:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=find_chromium(), headless=True,
-                                                 args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = playwright.chromium.launch(
+                executable_path=find_chromium(),
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
             try:
                 page = browser.new_page(viewport={"width": 1800, "height": 1000})
                 page.set_default_timeout(60_000)

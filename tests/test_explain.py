@@ -76,13 +76,14 @@ def test_grad_cam_of_a_gap_network_is_the_class_activation_map():
 
 def test_map_peaks_on_the_evidence_and_the_pointing_game_sees_it():
     pixels = np.zeros((2, 32, 32), np.uint8)
-    pixels[0, 4:10, 20:28] = 255   # bright patch top right
-    pixels[1, 22:30, 2:8] = 255    # bright patch bottom left
+    pixels[0, 4:10, 20:28] = 255  # bright patch top right
+    pixels[1, 22:30, 2:8] = 255  # bright patch bottom left
     bundle = bundle_of(BrightnessNet())
     taps = find_taps(bundle, 32, CPU)
     maps, _ = grad_cam(bundle, taps, pixels, [0, 0], 32, CPU)
-    on_patch = pd.DataFrame({"finding": ["Mass", "Mass"], "x": [20.0, 2.0], "y": [4.0, 22.0], "w": [8.0, 6.0],
-                             "h": [6.0, 8.0]})
+    on_patch = pd.DataFrame(
+        {"finding": ["Mass", "Mass"], "x": [20.0, 2.0], "y": [4.0, 22.0], "w": [8.0, 6.0], "h": [6.0, 8.0]}
+    )
     elsewhere = on_patch.assign(x=[2.0, 20.0], y=[22.0, 4.0])
     hits = localisation_scores(maps, on_patch, threshold=0.5)
     misses = localisation_scores(maps, elsewhere, threshold=0.5)
@@ -97,7 +98,7 @@ def test_map_peaks_on_the_evidence_and_the_pointing_game_sees_it():
 
 def test_box_scores_by_hand():
     cam = np.zeros((10, 10), np.float32)
-    cam[2:4, 2:6] = 1.0     # 8 "on" pixels
+    cam[2:4, 2:6] = 1.0  # 8 "on" pixels
     box = pd.Series({"x": 2.0, "y": 2.0, "w": 2.0, "h": 2.0})  # 4 pixels, all on
     scores = box_scores(cam, box, threshold=0.5)
     assert scores == {"hit": 1.0, "iou": pytest.approx(4 / 8)}
@@ -140,8 +141,10 @@ def test_interface_taps_read_exactly_what_the_hooks_read(name):
     assert by_interface.from_interface and not by_hooks.from_interface
     assert by_interface == dataclasses.replace(by_hooks, from_interface=True)  # same names recorded
     pixels = np.random.default_rng(2).integers(0, 256, (3, 72, 72), dtype=np.uint8)
-    for left, right in zip(grad_cam(bundle, by_interface, pixels, [1, 7, 0], 64, CPU),
-                           grad_cam(bundle, by_hooks, pixels, [1, 7, 0], 64, CPU)):
+    for left, right in zip(
+        grad_cam(bundle, by_interface, pixels, [1, 7, 0], 64, CPU),
+        grad_cam(bundle, by_hooks, pixels, [1, 7, 0], 64, CPU),
+    ):
         np.testing.assert_array_equal(left, right)
     # Embeddings: forward_head(pre_logits=True) against the input of the classifier Linear.
     captured = []
@@ -149,8 +152,9 @@ def test_interface_taps_read_exactly_what_the_hooks_read(name):
     hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
     try:
         with torch.no_grad():
-            bundle.model(prepare_batch(torch.from_numpy(pixels).unsqueeze(1), bundle.in_chans, bundle.mean,
-                                       bundle.std, 64))
+            bundle.model(
+                prepare_batch(torch.from_numpy(pixels).unsqueeze(1), bundle.in_chans, bundle.mean, bundle.std, 64)
+            )
     finally:
         hook.remove()
     vectors = extract_embeddings(bundle, by_interface, pixels, batch_size=3, image_size=64, device=CPU)
@@ -227,8 +231,17 @@ def test_gradcam_selection_is_fixed_boxed_first_and_never_no_finding():
     names = ["No Finding", "Mass", "Effusion", "Mass|Nodule", "No Finding", "Effusion", "Atelectasis", "Nodule"]
     labels = np.stack([one_hot(*entry.split("|")) for entry in names])
     index = pd.DataFrame({"image_id": [f"{i:03d}.png" for i in range(len(names))]})
-    boxes = pd.DataFrame({"row": [6, 3], "image_id": ["006.png", "003.png"], "finding": ["Atelectasis", "Nodule"],
-                          "x": [1.0, 1.0], "y": [1.0, 1.0], "w": [2.0, 2.0], "h": [2.0, 2.0]})
+    boxes = pd.DataFrame(
+        {
+            "row": [6, 3],
+            "image_id": ["006.png", "003.png"],
+            "finding": ["Atelectasis", "Nodule"],
+            "x": [1.0, 1.0],
+            "y": [1.0, 1.0],
+            "w": [2.0, 2.0],
+            "h": [2.0, 2.0],
+        }
+    )
     chosen = select_gradcam_images(index, labels, boxes, count=5, seed=0)
     assert chosen.equals(select_gradcam_images(index, labels, boxes, count=5, seed=0))
     assert set(chosen["row"][:2]) == {6, 3} and len(set(chosen["row"])) == len(chosen) == 5

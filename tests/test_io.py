@@ -56,8 +56,11 @@ def test_staged_outputs_replace_every_output_together(tmp_path):
         stage.path(figures).mkdir()
         (stage.path(figures) / "b.png").write_bytes(b"new b")
         assert metrics.read_bytes() == b"old m" and (figures / "a.png").is_file()  # nothing replaced yet
-    assert _files(tmp_path) == {"m.json": b'{\n  "new": 1\n}\n', "tables/t.csv": b"new t",
-                                "figures/cnn/b.png": b"new b"}  # no staging folder left
+    assert _files(tmp_path) == {
+        "m.json": b'{\n  "new": 1\n}\n',
+        "tables/t.csv": b"new t",
+        "figures/cnn/b.png": b"new b",
+    }  # no staging folder left
     assert stat.S_IMODE(os.stat(figures).st_mode) == 0o777 & ~_umask()
 
 

@@ -26,8 +26,10 @@ PACKAGE = SRC / "cxr14"
 
 # (layer name, module prefixes), bottom first. The longest matching prefix decides a module's layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("cxr14", "cxr14.config", "cxr14.labels", "cxr14.io", "cxr14.errors", "cxr14.tracking",
-                    "cxr14.model_names")),
+    (
+        "foundation",
+        ("cxr14", "cxr14.config", "cxr14.labels", "cxr14.io", "cxr14.errors", "cxr14.tracking", "cxr14.model_names"),
+    ),
     ("data", ("cxr14.data",)),
     ("models", ("cxr14.models",)),
     ("checkpoint", ("cxr14.training.checkpoint",)),
@@ -111,8 +113,10 @@ def test_imports_point_down():
 
 
 def test_no_import_circle():
-    graph = {module: sorted({target for target, _ in targets if target != module})
-             for module, targets in import_graph().items()}
+    graph = {
+        module: sorted({target for target, _ in targets if target != module})
+        for module, targets in import_graph().items()
+    }
     lines = {(module, target): line for module, targets in import_graph().items() for target, line in targets}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     path: list[str] = []
@@ -123,9 +127,10 @@ def test_no_import_circle():
         path.append(module)
         for target in graph.get(module, []):
             if state.get(target) == 1:
-                cycle = path[path.index(target):] + [target]
-                circles.append(" -> ".join(f"{a} (line {lines[(a, b)]})" for a, b in zip(cycle, cycle[1:]))
-                               + f" -> {target}")
+                cycle = path[path.index(target) :] + [target]
+                circles.append(
+                    " -> ".join(f"{a} (line {lines[(a, b)]})" for a, b in zip(cycle, cycle[1:])) + f" -> {target}"
+                )
             elif target not in state:
                 visit(target)
         path.pop()
@@ -142,8 +147,16 @@ def test_pipeline_is_imported_by_no_library():
     for importer, path in all_modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offending += [f"{importer} (line {node.lineno}) imports {name}" for name in names
-                          if name == "pipeline" or name.startswith("pipeline.")]
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offending += [
+                f"{importer} (line {node.lineno}) imports {name}"
+                for name in names
+                if name == "pipeline" or name.startswith("pipeline.")
+            ]
     assert not offending, "src/cxr14 must not import the pipeline scripts:\n" + "\n".join(offending)

@@ -117,8 +117,12 @@ def test_shards_cover_the_permutation_with_equal_batch_counts(rows, world_size, 
     images, labels = np.zeros((rows, 4, 4), np.uint8), np.zeros((rows, 15), np.float32)
 
     def shards():
-        return [make_loader(images, labels, batch_size, shuffle=True, seed=7, epoch=1, rank=rank,
-                            world_size=world_size).sampler for rank in range(world_size)]
+        return [
+            make_loader(
+                images, labels, batch_size, shuffle=True, seed=7, epoch=1, rank=rank, world_size=world_size
+            ).sampler
+            for rank in range(world_size)
+        ]
 
     plans = shards()
     assert plans == shards()  # every call (every rank, every resume) agrees
@@ -201,10 +205,22 @@ def test_dataset_pickles_the_memmap_by_reference(tmp_path):
 # -------------------------------------------------------------------------------- benchmark
 def test_loader_benchmark_runs_small():
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "loader.py"), "--images", "16", "--repeats", "1",
-         "--size", "256", "--min-seconds", "0.05"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"),
-                                                         "CXR14_NO_PROGRESS": "1"},
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "loader.py"),
+            "--images",
+            "16",
+            "--repeats",
+            "1",
+            "--size",
+            "256",
+            "--min-seconds",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^host-side speed-up: \d+× \(goal >= 50×: (met|NOT met)\)$", result.stdout, re.MULTILINE)

@@ -15,7 +15,7 @@ TRAIN_LABELS = np.zeros((5, NUM_CLASSES), dtype=np.float32)
 TRAIN_LABELS[:1, 0] = 1  # 1 positive, 4 negatives
 TRAIN_LABELS[:2, 1] = 1  # 2 vs 3
 TRAIN_LABELS[:, 2] = 1  # 5 vs 0
-TRAIN_LABELS[:4, 3:NUM_CLASSES - 1] = 1  # 4 vs 1
+TRAIN_LABELS[:4, 3 : NUM_CLASSES - 1] = 1  # 4 vs 1
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,10 +129,13 @@ def test_bad_label_smoothing_is_rejected(epsilon):
             make_loss(kind, train_labels=TRAIN_LABELS, label_smoothing=epsilon)
 
 
-@pytest.mark.parametrize("arguments, name", [
-    ({"focal_alpha": 1.5}, "focal_alpha"),
-    ({"focal_gamma": -1.0}, "focal_gamma"),
-])
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        ({"focal_alpha": 1.5}, "focal_alpha"),
+        ({"focal_gamma": -1.0}, "focal_gamma"),
+    ],
+)
 def test_bad_focal_parameters_are_rejected(arguments, name):
     with pytest.raises(ValueError, match=name):
         make_loss("focal", **arguments)

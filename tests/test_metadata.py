@@ -3,7 +3,12 @@ import os
 import pytest
 
 from cxr14.data.metadata import (
-    IMAGES_MANIFEST, MANIFEST_COLUMNS, ImageChangedError, MetadataError, image_files, load_metadata,
+    IMAGES_MANIFEST,
+    MANIFEST_COLUMNS,
+    ImageChangedError,
+    MetadataError,
+    image_files,
+    load_metadata,
 )
 from cxr14.labels import UnknownFindingError
 from tests.conftest import write_nih_folder
@@ -91,8 +96,11 @@ def test_an_image_changed_since_fetch_names_the_file_and_the_fix(tmp_path):
     resized = download / "images" / "00000001_001.png"
     assert cv2.imwrite(str(resized), np.zeros((96, 96), np.uint8))  # other bytes, other size
     images = load_metadata(raw).images  # names only: no stat, so the split still runs
-    with pytest.raises(ImageChangedError, match=r"00000001_001.png: image 00000001_001.png changed since fetch "
-                                                r".*bytes then, .* now.*re-run `dvc repro -f fetch`"):
+    with pytest.raises(
+        ImageChangedError,
+        match=r"00000001_001.png: image 00000001_001.png changed since fetch "
+        r".*bytes then, .* now.*re-run `dvc repro -f fetch`",
+    ):
         images.checked_path("00000001_001.png")
 
     touched = download / "images" / "00000002_000.png"
@@ -121,20 +129,28 @@ def test_preprocess_stage_stops_on_a_changed_image(tmp_path):
 
     download, raw = _fetched_nih(tmp_path)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params(**{"split.method": "patient", "data.source": "nih",
-                                                    "data.nih.path": str(download)})))
+    params.write_text(
+        yaml.safe_dump(tiny_params(**{"split.method": "patient", "data.source": "nih", "data.nih.path": str(download)}))
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
 
     def stage(name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPO_ROOT / "pipeline" / f"{name}.py"), "--params", str(params),
-                               *args], env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, str(REPO_ROOT / "pipeline" / f"{name}.py"), "--params", str(params), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    done = stage("split", "--raw", str(raw), "--out", str(tmp_path / "splits.csv"),
-                 "--summary", str(tmp_path / "split.json"))
+    done = stage(
+        "split", "--raw", str(raw), "--out", str(tmp_path / "splits.csv"), "--summary", str(tmp_path / "split.json")
+    )
     assert done.returncode == 0, done.stderr
     (download / "images" / "00000001_000.png").write_bytes(b"\x89PNG\r\n\x1a\n another image")
-    done = stage("preprocess", "--raw", str(raw), "--splits", str(tmp_path / "splits.csv"),
-                 "--out", str(tmp_path / "cache"))
+    done = stage(
+        "preprocess", "--raw", str(raw), "--splits", str(tmp_path / "splits.csv"), "--out", str(tmp_path / "cache")
+    )
     assert done.returncode == 2
     assert "00000001_000.png changed since fetch" in done.stderr and "dvc repro -f fetch" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()
@@ -227,8 +243,11 @@ def test_a_latin1_byte_names_the_line_and_offset(tmp_path):
     text = csv.read_text().replace("00000002_000.png,No Finding", "00000002_000.png,No Finding caf\u00e9")
     csv.write_bytes(text.encode("latin-1"))
     offset = text.index("\u00e9")
-    with pytest.raises(MetadataError, match=rf"^{csv} line 3: byte 0xe9 at offset {offset} is not UTF-8; "
-                                            r"save the file as UTF-8, or re-download"):
+    with pytest.raises(
+        MetadataError,
+        match=rf"^{csv} line 3: byte 0xe9 at offset {offset} is not UTF-8; "
+        r"save the file as UTF-8, or re-download",
+    ):
         load_metadata(raw)
 
 
@@ -236,8 +255,11 @@ def test_the_manifest_is_read_the_same_way(tmp_path):
     _, raw = _fetched_nih(tmp_path)
     manifest = raw / IMAGES_MANIFEST
     header = manifest.read_text().splitlines()[0]
-    for content, refusal in ((b"", r"is empty \(0 bytes\)"), (f"{header}\n".encode(), "a header line but no rows"),
-                             (f"{header}\n\xe9.png,/x,1,2\n".encode("latin-1"), "line 2: byte 0xe9 at offset")):
+    for content, refusal in (
+        (b"", r"is empty \(0 bytes\)"),
+        (f"{header}\n".encode(), "a header line but no rows"),
+        (f"{header}\n\xe9.png,/x,1,2\n".encode("latin-1"), "line 2: byte 0xe9 at offset"),
+    ):
         manifest.write_bytes(content)
         with pytest.raises(MetadataError, match=rf"^{manifest}:? {refusal}.*re-run it \(dvc repro -f fetch\)"):
             image_files(raw)
@@ -261,13 +283,30 @@ def test_split_stage_stops_on_bad_metadata_with_one_line(tmp_path, case):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params()))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "pipeline" / "split.py"), "--params", str(params),
-                           "--raw", str(raw), "--out", str(tmp_path / "splits.csv"),
-                           "--summary", str(tmp_path / "split.json")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "pipeline" / "split.py"),
+            "--params",
+            str(params),
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp_path / "splits.csv"),
+            "--summary",
+            str(tmp_path / "split.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    expected = {"patient_id": "line 5 (00000004_000.png) 'abc'", "empty": "is empty (0 bytes)",
-                "latin1": "line 3: byte 0xe9"}[case]
+    expected = {
+        "patient_id": "line 5 (00000004_000.png) 'abc'",
+        "empty": "is empty (0 bytes)",
+        "latin1": "line 3: byte 0xe9",
+    }[case]
     assert len(errors) == 1 and errors[0].startswith(f"error: {csv}") and expected in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "splits.csv").exists()

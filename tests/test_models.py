@@ -206,8 +206,11 @@ def test_the_registry_imports_no_model_module():
 
     from cxr14.models import registry
 
-    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(registry)))
-                if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(inspect.getsource(registry)))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not {module for module in imported if module.startswith("cxr14.models")}
 
 
@@ -315,12 +318,18 @@ def test_unknown_names_in_models_or_overrides_are_config_errors_with_a_suggestio
     from cxr14.models.registry import check_model_names
 
     check_model_names(["cnn", "convnextv2_seed", "resnet18", "timm:convnext_tiny"], "models")  # all valid
-    with pytest.raises(ConfigError, match=r"^params.yaml: train.overrides: unknown model 'convnextv2_sed' \(did you "
-                                          r"mean 'convnextv2_seed'\?\); valid names: cnn, .*vit_v1.*, or any timm "
-                                          r"model name, e.g. timm:convnext_tiny"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^params.yaml: train.overrides: unknown model 'convnextv2_sed' \(did you "
+        r"mean 'convnextv2_seed'\?\); valid names: cnn, .*vit_v1.*, or any timm "
+        r"model name, e.g. timm:convnext_tiny",
+    ):
         check_model_names({"convnextv2_sed": None, "cnn": None}, "train.overrides", "params.yaml")
-    with pytest.raises(ConfigError, match=r"models: unknown model 'resnet_9000' .*, 'timm:convnext_tiy' \(did you "
-                                          r"mean 'timm:convnext_tiny'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"models: unknown model 'resnet_9000' .*, 'timm:convnext_tiy' \(did you "
+        r"mean 'timm:convnext_tiny'\?\)",
+    ):
         check_model_names(["resnet_9000", "cnn", "timm:convnext_tiy"], "models")
 
 

@@ -188,8 +188,7 @@ def test_download_nih_fetches_verifies_and_extracts_each_archive_once(file_serve
 
     assert paths == [download_dir / archive.name for archive in archives]
     assert [_md5(path) for path in paths] == [archive.md5 for archive in archives]
-    extracted = {path.relative_to(extract_dir).as_posix(): path.read_bytes()
-                 for path in extract_dir.rglob("*.png")}
+    extracted = {path.relative_to(extract_dir).as_posix(): path.read_bytes() for path in extract_dir.rglob("*.png")}
     assert extracted == expected_images
     assert "images/00000001_000.png" in extracted
     assert all((extract_dir / f".extracted-{archive.name}").is_file() for archive in archives)
@@ -393,10 +392,17 @@ def test_fetch_stage_downloads_extracts_and_records_nih_data(file_server, tmp_pa
     monkeypatch.setattr(nih_download, "official_archives", lambda base_url: archives)
 
     nih_folder = tmp_path / "nih"
-    cfg = config_from_dict(tiny_params(**{
-        "data.source": "nih", "data.nih.path": str(nih_folder), "data.nih.download": True,
-        "data.nih.base_url": file_server.base_url, "data.nih.metadata": metadata_url,
-    }))
+    cfg = config_from_dict(
+        tiny_params(
+            **{
+                "data.source": "nih",
+                "data.nih.path": str(nih_folder),
+                "data.nih.download": True,
+                "data.nih.base_url": file_server.base_url,
+                "data.nih.metadata": metadata_url,
+            }
+        )
+    )
     fetch(cfg, tmp_path / "raw")
 
     assert not (tmp_path / "raw" / "images").exists()  # nothing copied or linked: a manifest

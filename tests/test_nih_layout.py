@@ -34,8 +34,10 @@ def _write_pngs(folder: Path, names: list[str], seed: int = 0) -> None:
 
 def _write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = [[image, findings, follow_up, patient, 50, "F", "PA"] for follow_up, (image, findings, patient) in
-               enumerate(rows)]
+    records = [
+        [image, findings, follow_up, patient, 50, "F", "PA"]
+        for follow_up, (image, findings, patient) in enumerate(rows)
+    ]
     pd.DataFrame(records, columns=NIH_COLUMNS).to_csv(path, index=False)
 
 
@@ -157,8 +159,14 @@ def test_empty_folder_lists_what_was_expected(tmp_path):
     with pytest.raises(NihLayoutError) as error:
         detect_layout(tmp_path / "empty")
     message = str(error.value)
-    for expected in ("images/*.png", "Data_Entry_2017_v2020.csv", "images_001/images", "sample/images",
-                     "sample_labels.csv", "an empty folder"):
+    for expected in (
+        "images/*.png",
+        "Data_Entry_2017_v2020.csv",
+        "images_001/images",
+        "sample/images",
+        "sample_labels.csv",
+        "an empty folder",
+    ):
         assert expected in message
     with pytest.raises(NihLayoutError, match="is not a folder"):
         detect_layout(tmp_path / "missing")

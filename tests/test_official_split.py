@@ -17,9 +17,20 @@ NIH_IMAGES, NIH_PATIENTS = 112_120, 30_805
 # Per-image prevalence of each finding in Data_Entry_2017 (Wang et al., 2017); "No Finding"
 # is whatever image draws none of them (~54 % in the real data, ~45 % with independent draws).
 PREVALENCE = {
-    "Atelectasis": 0.103, "Cardiomegaly": 0.025, "Effusion": 0.119, "Infiltration": 0.177, "Mass": 0.052,
-    "Nodule": 0.056, "Pneumonia": 0.013, "Pneumothorax": 0.047, "Consolidation": 0.042, "Edema": 0.021,
-    "Emphysema": 0.022, "Fibrosis": 0.015, "Pleural_Thickening": 0.030, "Hernia": 0.002,
+    "Atelectasis": 0.103,
+    "Cardiomegaly": 0.025,
+    "Effusion": 0.119,
+    "Infiltration": 0.177,
+    "Mass": 0.052,
+    "Nodule": 0.056,
+    "Pneumonia": 0.013,
+    "Pneumothorax": 0.047,
+    "Consolidation": 0.042,
+    "Edema": 0.021,
+    "Emphysema": 0.022,
+    "Fibrosis": 0.015,
+    "Pleural_Thickening": 0.030,
+    "Hernia": 0.002,
 }
 
 
@@ -128,11 +139,13 @@ def test_custom_test_list_and_bad_fraction():
 
 def _views_frame() -> tuple[pd.DataFrame, np.ndarray]:
     views = ["PA", "AP", "PA", "ap", "", "PA"]
-    frame = pd.DataFrame({
-        "image_id": [f"00000001_{index:03d}.png" for index in range(len(views))],
-        "patient_id": ["1"] * len(views),
-        "view_position": views,
-    })
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"00000001_{index:03d}.png" for index in range(len(views))],
+            "patient_id": ["1"] * len(views),
+            "view_position": views,
+        }
+    )
     labels = np.eye(len(LABELS), dtype=np.uint8)[: len(views)]  # row i has label i: alignment is checkable
     return frame, labels
 

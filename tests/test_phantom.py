@@ -22,8 +22,10 @@ from cxr14.data.phantom_labels import sample_labels
 from cxr14.labels import LABELS, NO_FINDING
 from tests.conftest import REPO_ROOT
 
-NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 NAME = re.compile(r"^\d{8}_\d{3}\.png$")
 
 
@@ -58,9 +60,11 @@ def test_output_is_byte_identical_across_worker_counts_and_runs(tiny: dict[str, 
 # without its dispatched SIMD kernels, OpenCV without AVX/FMA). Seed 95 has an image whose two
 # signs hash seeds 0 and 3 order differently (00000005_004.png, Infiltration|Pneumonia); the old
 # float32 code failed this test on both counts (that image; 10 of the 19 on the "older CPU").
-_REGENERATE = ("import sys; from pathlib import Path; from cxr14.data.phantom import generate_phantom; "
-               "generate_phantom(Path(sys.argv[1]), n_patients=5, image_size=256, seed=95, "
-               "workers=int(sys.argv[2]), progress=False)")
+_REGENERATE = (
+    "import sys; from pathlib import Path; from cxr14.data.phantom import generate_phantom; "
+    "generate_phantom(Path(sys.argv[1]), n_patients=5, image_size=256, seed=95, "
+    "workers=int(sys.argv[2]), progress=False)"
+)
 
 
 def _older_cpu() -> dict[str, str]:
@@ -69,20 +73,30 @@ def _older_cpu() -> dict[str, str]:
         from numpy._core._multiarray_umath import __cpu_dispatch__ as dispatched
     except ImportError:
         dispatched = []
-    return {"NPY_DISABLE_CPU_FEATURES": " ".join(dispatched),
-            "OPENCV_CPU_DISABLE": "AVX512-SKX,AVX512F,AVX2,FMA3,AVX,FP16"}  # unknown names: a warning
+    return {
+        "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched),
+        "OPENCV_CPU_DISABLE": "AVX512-SKX,AVX512F,AVX2,FMA3,AVX,FP16",
+    }  # unknown names: a warning
 
 
 def _sha256s(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_regeneration_is_byte_identical_across_interpreters_hash_seeds_workers_and_cpus(tmp_path: Path) -> None:
     for hash_seed, workers, cpu in ((0, 1, {}), (3, 2, _older_cpu())):
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "PYTHONHASHSEED": str(hash_seed), **cpu}
-        done = subprocess.run([sys.executable, "-c", _REGENERATE, str(tmp_path / f"w{workers}"), str(workers)],
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", _REGENERATE, str(tmp_path / f"w{workers}"), str(workers)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
     first, second = _sha256s(tmp_path / "w1"), _sha256s(tmp_path / "w2")
     assert {"Data_Entry_2017.csv", "BBox_List_2017.csv", "images/00000005_004.png"} <= first.keys()
@@ -191,7 +205,7 @@ def _diff(pid: int, finding: str) -> np.ndarray:
 
 def _share(diff: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> float:
     n = diff.shape[0]
-    return float(diff[int(y0 * n):int(y1 * n), int(x0 * n):int(x1 * n)].sum() / diff.sum())
+    return float(diff[int(y0 * n) : int(y1 * n), int(x0 * n) : int(x1 * n)].sum() / diff.sum())
 
 
 @pytest.mark.parametrize("pid", [1, 2, 3])
@@ -221,8 +235,12 @@ def test_bbox_list_boxes_exactly_the_boxed_findings_in_nih_format(tiny: dict[str
     assert path.stat().st_mtime_ns <= (root / "Data_Entry_2017.csv").stat().st_mtime_ns  # written first
     boxes = read_bbox_list(path)
     metadata = pd.read_csv(root / "Data_Entry_2017.csv")
-    expected = {(row[0], name) for row in metadata.itertuples(index=False) for name in row[1].split("|")
-                if name in BOX_FINDINGS.values()}
+    expected = {
+        (row[0], name)
+        for row in metadata.itertuples(index=False)
+        for name in row[1].split("|")
+        if name in BOX_FINDINGS.values()
+    }
     assert len(expected) >= 5  # the fixture has enough boxed findings to mean something
     assert set(zip(boxes["image_id"], boxes["finding"])) == expected and len(boxes) == len(expected)
     assert any(",Infiltrate," in line for line in lines) == any(f == "Infiltration" for _, f in expected)
@@ -232,8 +250,13 @@ def test_bbox_list_boxes_exactly_the_boxed_findings_in_nih_format(tiny: dict[str
     # The file holds what render_with_boxes reports for that image.
     first = metadata.set_index("Image Index").loc[boxes["image_id"].iloc[0]]
     patient, followup = int(first["Patient ID"]), int(first["Follow-up #"])
-    _, rendered = render_with_boxes(make_anatomy(3, patient), first["Finding Labels"].split("|"),
-                                    np.random.default_rng([3, 3, patient, followup]), 64, first["View Position"])
+    _, rendered = render_with_boxes(
+        make_anatomy(3, patient),
+        first["Finding Labels"].split("|"),
+        np.random.default_rng([3, 3, patient, followup]),
+        64,
+        first["View Position"],
+    )
     for row in boxes[boxes["image_id"] == boxes["image_id"].iloc[0]].itertuples(index=False):
         assert (row.x, row.y, row.w, row.h) == pytest.approx(rendered[row.finding], abs=1e-3)
 
@@ -246,7 +269,7 @@ def test_boxes_surround_where_the_finding_changed_the_image(pid: int) -> None:
         assert set(boxes) == {finding}
         x, y, w, h = boxes[finding]
         inside = np.zeros(diff.shape, bool)
-        inside[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = True
+        inside[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = True
         assert 0 < inside.mean() < 0.45, finding
         assert diff[inside].mean() > 5 * diff[~inside].mean(), finding
         if finding != "Atelectasis":  # its raised hemidiaphragm is geometry, outside the sign's box

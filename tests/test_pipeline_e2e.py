@@ -40,8 +40,10 @@ def make_repo(work: Path, params: dict) -> dict:
         "PYTHONPATH": str(work / "src"),  # the copy's code, which its dvc.yaml hashes
         "MLFLOW_TRACKING_URI": f"sqlite:///{work.parent / 'mlflow.db'}",
         "CXR14_NO_PROGRESS": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
     }
     run(["git", "init", "-q"], work, env)
     run(["dvc", "init", "-q"], work, env)
@@ -69,8 +71,9 @@ def test_nih_source_records_a_local_folder_and_runs_end_to_end(tmp_path):
     nih_folder = tmp_path / "nih"
     generate_phantom(nih_folder, n_patients=30, image_size=96, seed=3, progress=False)
     # Phantom ids collide with real test patients, so the official list cannot apply here.
-    params = tiny_params(models=["cnn"], **{"data.source": "nih", "data.nih.path": str(nih_folder),
-                                            "split.method": "patient"})
+    params = tiny_params(
+        models=["cnn"], **{"data.source": "nih", "data.nih.path": str(nih_folder), "split.method": "patient"}
+    )
     work = tmp_path / "repo"
     env = make_repo(work, params)
     run(["dvc", "repro"], work, env)
@@ -111,8 +114,14 @@ def test_nih_source_records_a_local_folder_and_runs_end_to_end(tmp_path):
     name = (work / "data" / "raw" / "images.csv").read_text().splitlines()[1].split(",")[0]
     edited = nih_folder / "images" / name
     edited.write_bytes(edited.read_bytes() + b"\0")
-    result = subprocess.run(["dvc", "repro", "--force", "--single-item", "preprocess"], cwd=work, env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["dvc", "repro", "--force", "--single-item", "preprocess"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode != 0
     assert f"{edited.resolve()}: image {name} changed since fetch" in result.stderr + result.stdout
     assert "dvc repro -f fetch" in result.stderr + result.stdout
@@ -171,13 +180,18 @@ def test_report_numbers_trace_to_files_under_metrics(repo):
         low, high = details["intervals"]["macro_auroc"]
         assert row[3] == f"{details['macro_auroc']:.3f} [{low:.3f}, {high:.3f}]"
         efficiency = json.loads((work / "metrics" / "efficiency" / f"{model}.json").read_text())
-        assert row[7:11] == [f"{efficiency['flops_per_image'] / 1e9:.3f}", f"{efficiency['latency_ms']:.2f}",
-                             f"{efficiency['size_mb']:.1f}", f"{efficiency['throughput_img_s']:.0f}"]
+        assert row[7:11] == [
+            f"{efficiency['flops_per_image'] / 1e9:.3f}",
+            f"{efficiency['latency_ms']:.2f}",
+            f"{efficiency['size_mb']:.1f}",
+            f"{efficiency['throughput_img_s']:.0f}",
+        ]
         explained = json.loads((work / "metrics" / "explain" / f"{model}.json").read_text())
         row = _table_row(report, model, "## Embeddings: retrieval")
         retrieval = explained["retrieval"]
-        assert row[3:6] == [f"{retrieval[key]:.3f}" for key in ("precision_at_1", "recall_at_5",
-                                                                 "mean_average_precision")]
+        assert row[3:6] == [
+            f"{retrieval[key]:.3f}" for key in ("precision_at_1", "recall_at_5", "mean_average_precision")
+        ]
         row = _table_row(report, model, "## Explainability: Grad-CAM localisation")
         overall = explained["localisation"]["overall"]
         assert row[2:5] == [str(overall["boxes"]), f"{overall['pointing_game']:.3f}", f"{overall['mean_iou']:.3f}"]
@@ -264,7 +278,8 @@ def test_exp_run_changes_only_training_and_is_listed(repo):
     assert "Running stage 'fetch'" not in output and "Running stage 'preprocess'" not in output
     table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
     one_epoch = [
-        entry for entry in _entries_with_results(table)
+        entry
+        for entry in _entries_with_results(table)
         if entry["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     ]
     assert one_epoch, "dvc exp show does not list the train.epochs=1 experiment"

@@ -29,19 +29,37 @@ def _one_line_error(result) -> str:
 
 def test_misspelled_model_under_overrides_stops_training(tmp_path):
     params = _params(tmp_path, **{"train.overrides.convnextv2_sed": {"lr": 1e3}})
-    result = run_stage("train.py", "cnn", "--params", str(params), "--cache", str(tmp_path / "cache"),
-                       "--out", str(tmp_path / "models" / "cnn"))
+    result = run_stage(
+        "train.py",
+        "cnn",
+        "--params",
+        str(params),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "models" / "cnn"),
+    )
     error = _one_line_error(result)
-    assert (f"error: {params}: train.overrides: unknown model 'convnextv2_sed' (did you mean 'convnextv2_seed'?); "
-            "valid names: cnn, ") in error
+    assert (
+        f"error: {params}: train.overrides: unknown model 'convnextv2_sed' (did you mean 'convnextv2_seed'?); "
+        "valid names: cnn, "
+    ) in error
     assert "or any timm model name, e.g. timm:convnext_tiny" in error
     assert not (tmp_path / "models").exists()
 
 
 def test_unknown_model_in_models_stops_its_stage_in_one_line(tmp_path):
     params = _params(tmp_path, models=["cnn", "convnextv2_sed"])
-    result = run_stage("train.py", "convnextv2_sed", "--params", str(params), "--cache", str(tmp_path / "cache"),
-                       "--out", str(tmp_path / "models" / "convnextv2_sed"))
+    result = run_stage(
+        "train.py",
+        "convnextv2_sed",
+        "--params",
+        str(params),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "models" / "convnextv2_sed"),
+    )
     assert "models: unknown model 'convnextv2_sed' (did you mean 'convnextv2_seed'?)" in _one_line_error(result)
     assert not (tmp_path / "models").exists()
 
@@ -49,11 +67,21 @@ def test_unknown_model_in_models_stops_its_stage_in_one_line(tmp_path):
 def test_training_refuses_a_cache_built_at_another_size(tiny_cache, tmp_path):
     # The cache holds 32 px images; params say 64 for both the cache and the model.
     params = _params(tmp_path, **{"preprocess.size": 64, "train.image_size": 64})
-    result = run_stage("train.py", "cnn", "--params", str(params), "--cache", str(tiny_cache),
-                       "--out", str(tmp_path / "models" / "cnn"))
+    result = run_stage(
+        "train.py",
+        "cnn",
+        "--params",
+        str(params),
+        "--cache",
+        str(tiny_cache),
+        "--out",
+        str(tmp_path / "models" / "cnn"),
+    )
     error = _one_line_error(result)
-    assert (f"{tiny_cache / 'cache.json'}: the cache was built at 32 px but preprocess.size is 64 in {params}: "
-            "the cache is stale; rebuild it with `dvc repro preprocess`") in error
+    assert (
+        f"{tiny_cache / 'cache.json'}: the cache was built at 32 px but preprocess.size is 64 in {params}: "
+        "the cache is stale; rebuild it with `dvc repro preprocess`"
+    ) in error
     assert not (tmp_path / "models").exists()
 
 
@@ -62,10 +90,24 @@ def test_evaluation_refuses_a_cache_smaller_than_the_trained_model(tiny_cache, t
     model_dir = tmp_path / "models" / "cnn"
     model_dir.mkdir(parents=True)
     (model_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 64}))
-    result = run_stage("evaluate.py", "cnn", "--params", str(params), "--cache", str(tiny_cache),
-                       "--model-dir", str(model_dir), "--metrics", str(tmp_path / "m.json"),
-                       "--details", str(tmp_path / "d.json"), "--roc", str(tmp_path / "roc.csv"),
-                       "--curves", str(tmp_path / "curves.csv"))
+    result = run_stage(
+        "evaluate.py",
+        "cnn",
+        "--params",
+        str(params),
+        "--cache",
+        str(tiny_cache),
+        "--model-dir",
+        str(model_dir),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--details",
+        str(tmp_path / "d.json"),
+        "--roc",
+        str(tmp_path / "roc.csv"),
+        "--curves",
+        str(tmp_path / "curves.csv"),
+    )
     assert f"the model in {model_dir} was trained at 64 px" in _one_line_error(result)
 
 
@@ -73,5 +115,7 @@ def test_empty_params_file_stops_the_stage(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("# nothing left\n")
     result = run_stage("split.py", "--params", str(params), "--raw", str(tmp_path))
-    assert _one_line_error(result) == (f"error: {params}: empty params file; restore it with `git checkout "
-                                       "params.yaml` (a partial file is fine: keys left out take the committed values)")
+    assert _one_line_error(result) == (
+        f"error: {params}: empty params file; restore it with `git checkout "
+        "params.yaml` (a partial file is fine: keys left out take the committed values)"
+    )

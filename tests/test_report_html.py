@@ -32,14 +32,29 @@ def test_figures_are_byte_reproducible_and_carry_no_version_stamp(tmp_path):
 
 
 def test_each_figure_kind_draws(tmp_path):
-    table = pd.DataFrame({"a": np.linspace(0.5, 0.9, len(LABELS)), "b": [np.nan] + [0.7] * (len(LABELS) - 1)},
-                         index=list(LABELS))
-    calibration = {"ece": 0.05, "bins": [{"bin_low": b / 4, "bin_high": (b + 1) / 4, "count": 10 * (b + 1),
-                                          "mean_score": b / 4 + 0.1, "observed_rate": b / 4 + 0.05} for b in range(4)]}
+    table = pd.DataFrame(
+        {"a": np.linspace(0.5, 0.9, len(LABELS)), "b": [np.nan] + [0.7] * (len(LABELS) - 1)}, index=list(LABELS)
+    )
+    calibration = {
+        "ece": 0.05,
+        "bins": [
+            {
+                "bin_low": b / 4,
+                "bin_high": (b + 1) / 4,
+                "count": 10 * (b + 1),
+                "mean_score": b / 4 + 0.1,
+                "observed_rate": b / 4 + 0.05,
+            }
+            for b in range(4)
+        ],
+    }
     xy = np.random.default_rng(1).normal(size=(30, 2))
     groups = ["Mass"] * 10 + ["several findings"] * 10 + ["No Finding"] * 10
-    for name, figure in {"heat": auroc_heatmap(table), "rel": reliability_figure(calibration, "m"),
-                         "tsne": tsne_figure(xy, groups, "m")}.items():
+    for name, figure in {
+        "heat": auroc_heatmap(table),
+        "rel": reliability_figure(calibration, "m"),
+        "tsne": tsne_figure(xy, groups, "m"),
+    }.items():
         save_figure(figure, tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
 
@@ -48,8 +63,10 @@ def write_report(tmp_path):
     targets, scores = scores_and_targets()
     (tmp_path / "figures").mkdir()
     save_figure(roc_pr_figure(targets, scores, "m"), tmp_path / "figures" / "roc.png")
-    markdown = ("# Title\n\nSome `code` and a [link](structure/m.csv).\n\n| model | AUROC |\n|---|---:|\n"
-                "| `m` | 0.812 |\n| `n` | 0.700 |\n\n![ROC of m](figures/roc.png)\n")
+    markdown = (
+        "# Title\n\nSome `code` and a [link](structure/m.csv).\n\n| model | AUROC |\n|---|---:|\n"
+        "| `m` | 0.812 |\n| `n` | 0.700 |\n\n![ROC of m](figures/roc.png)\n"
+    )
     (tmp_path / "report.html").write_text(render_html(markdown, tmp_path, "Report"), encoding="utf-8")
     return tmp_path / "report.html", (tmp_path / "figures" / "roc.png").read_bytes()
 
@@ -58,7 +75,7 @@ def test_html_embeds_every_figure_and_keeps_the_tables(tmp_path):
     path, png = write_report(tmp_path)
     html = path.read_text(encoding="utf-8")
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in html
-    assert "<table>" in html and "<td style=\"text-align: right;\">0.812</td>" in html
+    assert "<table>" in html and '<td style="text-align: right;">0.812</td>' in html
     assert 'href="structure/m.csv"' in html and "figures/roc.png" not in html
 
 

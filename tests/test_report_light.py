@@ -25,8 +25,10 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_report_script_does_not_import_torch_or_timm():
-    code = ("import runpy, sys\nsys.argv = ['pipeline/report.py', '--help']\n"
-            "try:\n    runpy.run_path('pipeline/report.py', run_name='__main__')\nexcept SystemExit:\n    pass")
+    code = (
+        "import runpy, sys\nsys.argv = ['pipeline/report.py', '--help']\n"
+        "try:\n    runpy.run_path('pipeline/report.py', run_name='__main__')\nexcept SystemExit:\n    pass"
+    )
     assert _loaded_after(code) == []
 
 
@@ -60,8 +62,11 @@ def test_light_name_check():
 
     assert UnknownModelError is RegistryUnknownModelError
     check_known_model_names(["cnn", "convnextv2_seed", "resnet18"], evaluated=["resnet18"])  # registered or evaluated
-    with pytest.raises(ConfigError, match=r"^params.yaml: models: unknown model 'resnet18' \(did you mean 'resnet50'"
-                                          r"\?\): neither registered nor evaluated; registered names: cnn, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"^params.yaml: models: unknown model 'resnet18' \(did you mean 'resnet50'"
+        r"\?\): neither registered nor evaluated; registered names: cnn, ",
+    ):
         check_known_model_names(["cnn", "resnet18"], evaluated=[], source="params.yaml")
     with pytest.raises(ConfigError, match=r"'cnx' \(did you mean 'cnn'\?\)"):
         check_known_model_names(["cnx"], evaluated=["timm:convnext_tiny"])

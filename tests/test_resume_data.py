@@ -13,8 +13,8 @@ from cxr14.config import config_from_dict
 from cxr14.tracking import data_fingerprint
 from cxr14.training.checkpoint import load_checkpoint, save_checkpoint
 from cxr14.training.engine import resume_refusal, train_model, training_fingerprint
-from tests.test_engine import killed_at_second_validation
 from tests.conftest import cache_of, tiny_params, write_nih_folder
+from tests.test_engine import killed_at_second_validation
 from tests.test_training_processes import _environment, _params_file, _train_command, kill_at
 
 ENGINE_LOGGER = "cxr14.training.engine"
@@ -23,8 +23,11 @@ ENGINE_LOGGER = "cxr14.training.engine"
 def _other_cache(tmp_path: Path) -> Path:
     """A second 32 px cache with other images, findings and patients than `tiny_cache`."""
     findings = ["Effusion", "No Finding", "Atelectasis|Mass", "Pneumothorax", "Nodule", "No Finding", "Edema"]
-    rows = [(f"{patient:08d}_{follow:03d}.png", findings[(2 * patient + follow) % len(findings)], str(patient))
-            for patient in range(101, 113) for follow in range(3)]
+    rows = [
+        (f"{patient:08d}_{follow:03d}.png", findings[(2 * patient + follow) % len(findings)], str(patient))
+        for patient in range(101, 113)
+        for follow in range(3)
+    ]
     return cache_of(write_nih_folder(tmp_path / "raw_other", rows, seed=1), tmp_path / "cache_other")
 
 
@@ -33,8 +36,9 @@ def _warnings(caplog) -> list[str]:
 
 
 @pytest.mark.slow
-def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run(tiny_cache, tmp_path,
-                                                                                mlflow_store, caplog):
+def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run(
+    tiny_cache, tmp_path, mlflow_store, caplog
+):
     other_cache = _other_cache(tmp_path)
     old_data, new_data = data_fingerprint(tiny_cache), data_fingerprint(other_cache)
     assert old_data != new_data
@@ -56,8 +60,9 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
 
     # Re-run with the same params on the other cache: it must not continue the old run.
     caplog.set_level(logging.INFO, logger=ENGINE_LOGGER)
-    cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.batch_size": 2,
-                                          **overrides}))
+    cfg = config_from_dict(
+        tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.batch_size": 2, **overrides})
+    )
     result = train_model(cfg, "cnn", other_cache, out_dir)
 
     assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.epochs_run == 3
@@ -84,8 +89,9 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
     assert final["finished"] and final["resume_key"]["data"] == new_data and final["state"]["run_id"] == result.run_id
 
 
-def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(tiny_cache, tmp_path, mlflow_store,
-                                                                           monkeypatch, caplog):
+def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(
+    tiny_cache, tmp_path, mlflow_store, monkeypatch, caplog
+):
     settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2, "train.lr": 1e-3}
     out_dir = tmp_path / "cnn"
     with killed_at_second_validation(monkeypatch):

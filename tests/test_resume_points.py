@@ -44,8 +44,9 @@ def setting(tmp_path_factory):
     cache = cache_of(write_small_nih(root / "raw"), root / "cache")
     env = _environment(root)
     params = _params_file(root, **{"train.epochs": 3, "train.checkpoint_every_steps": 2, "models": [MODEL]})
-    straight = subprocess.run(_train_command(params, cache, root / "straight", MODEL), env=env, capture_output=True,
-                              text=True, timeout=300)
+    straight = subprocess.run(
+        _train_command(params, cache, root / "straight", MODEL), env=env, capture_output=True, text=True, timeout=300
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert len(pd.read_csv(root / "straight" / "history.csv")) == 3
     return root, cache, params, env

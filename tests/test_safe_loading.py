@@ -78,13 +78,29 @@ def test_the_evaluate_stage_refuses_a_planted_best_pt_in_one_line(tiny_cache, tm
     with tracking.model_run("cnn_gap") as run:  # the shared folder comes with its run record
         atomic_write_json(model_dir / "mlflow_run.json", {"run_id": run.info.run_id, "tracking_uri": mlflow_store})
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params(**{"train.image_size": 32, "preprocess.size": 32,
-                                                    "models": ["cnn_gap"]})))
+    params.write_text(
+        yaml.safe_dump(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "models": ["cnn_gap"]}))
+    )
     metrics = tmp_path / "metrics"
-    command = [sys.executable, str(REPO_ROOT / "pipeline" / "evaluate.py"), "cnn_gap", "--params", str(params),
-               "--cache", str(tiny_cache), "--model-dir", str(model_dir), "--metrics", str(metrics / "m.json"),
-               "--details", str(metrics / "d.json"), "--roc", str(metrics / "roc.csv"),
-               "--curves", str(metrics / "curves.csv")]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "pipeline" / "evaluate.py"),
+        "cnn_gap",
+        "--params",
+        str(params),
+        "--cache",
+        str(tiny_cache),
+        "--model-dir",
+        str(model_dir),
+        "--metrics",
+        str(metrics / "m.json"),
+        "--details",
+        str(metrics / "d.json"),
+        "--roc",
+        str(metrics / "roc.csv"),
+        "--curves",
+        str(metrics / "curves.csv"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -103,8 +119,15 @@ def test_the_projects_own_checkpoints_load_as_data(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.zeros(2, 3, 32, 32)).sum().backward()
     optimizer.step()
-    save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "rng": [capture_rng(torch.Generator())], "state": {"best_auroc": 0.5}})
+    save_checkpoint(
+        tmp_path / "last.pt",
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": [capture_rng(torch.Generator())],
+            "state": {"best_auroc": 0.5},
+        },
+    )
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert set(checkpoint) == {"model", "optimizer", "rng", "state"}
 

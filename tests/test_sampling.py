@@ -17,12 +17,14 @@ def multi_hot(*names: str) -> np.ndarray:
 
 
 def test_weight_is_number_of_findings_plus_a_small_constant():
-    labels = np.stack([
-        multi_hot(NO_FINDING),
-        multi_hot("Hernia"),
-        multi_hot("Effusion", "Mass", "Pneumonia"),
-        multi_hot(*[name for name in LABEL_INDEX if name != NO_FINDING]),
-    ])
+    labels = np.stack(
+        [
+            multi_hot(NO_FINDING),
+            multi_hot("Hernia"),
+            multi_hot("Effusion", "Mass", "Pneumonia"),
+            multi_hot(*[name for name in LABEL_INDEX if name != NO_FINDING]),
+        ]
+    )
     weights = finding_weights(labels)
     assert weights.dtype == np.float64
     np.testing.assert_allclose(weights, [0.04, 1.04, 3.04, 14.04])
@@ -68,8 +70,9 @@ def test_rank_shares_partition_the_drawn_sequence(num_samples, world_size):
     whole = [row for rows in weighted_batches(weights, num_samples, 11, 2, num_samples) for row in rows]
     assert len(whole) == num_samples
     shares = [
-        weighted_batches(weights, batch_size=2, seed=11, epoch=2, num_samples=num_samples,
-                         rank=rank, world_size=world_size)
+        weighted_batches(
+            weights, batch_size=2, seed=11, epoch=2, num_samples=num_samples, rank=rank, world_size=world_size
+        )
         for rank in range(world_size)
     ]
     assert len({len(batches) for batches in shares}) == 1  # every rank runs the same number of steps
@@ -81,17 +84,20 @@ def test_rank_shares_partition_the_drawn_sequence(num_samples, world_size):
     assert interleaved == [whole[position % num_samples] for position in range(per_rank * world_size)]
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"weights": np.zeros(5)}, "weights sum to 0"),
-    ({"weights": np.array([1.0, -0.5])}, "weights must be finite and >= 0"),
-    ({"weights": np.array([1.0, np.nan])}, "weights must be finite"),
-    ({"weights": np.ones((2, 2))}, r"weights must be a non-empty 1-D array.*\(2, 2\)"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"rank": 2, "world_size": 2}, r"rank must be in \[0, 2\).*got 2"),
-    ({"rank": -1}, "rank must be in .*got -1"),
-    ({"world_size": 0}, "world_size must be >= 1, got 0"),
-    ({"num_samples": 0}, "num_samples must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"weights": np.zeros(5)}, "weights sum to 0"),
+        ({"weights": np.array([1.0, -0.5])}, "weights must be finite and >= 0"),
+        ({"weights": np.array([1.0, np.nan])}, "weights must be finite"),
+        ({"weights": np.ones((2, 2))}, r"weights must be a non-empty 1-D array.*\(2, 2\)"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"rank": 2, "world_size": 2}, r"rank must be in \[0, 2\).*got 2"),
+        ({"rank": -1}, "rank must be in .*got -1"),
+        ({"world_size": 0}, "world_size must be >= 1, got 0"),
+        ({"num_samples": 0}, "num_samples must be >= 1, got 0"),
+    ],
+)
 def test_bad_arguments_are_rejected(arguments, message):
     call = {"weights": np.ones(5), "batch_size": 2, "seed": 0, "epoch": 0} | arguments
     with pytest.raises(ValueError, match=message):

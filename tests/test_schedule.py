@@ -67,7 +67,6 @@ def test_schedule_state_round_trips_through_a_checkpoint():
 def test_bad_schedule_values_name_the_key():
     from cxr14.config import ConfigError
 
-    for key, value in [("grad_accum_steps", 0), ("label_smoothing", 0.5), ("warmup_epochs", -1.0),
-                       ("step_gamma", 0.0)]:
+    for key, value in [("grad_accum_steps", 0), ("label_smoothing", 0.5), ("warmup_epochs", -1.0), ("step_gamma", 0.0)]:
         with pytest.raises(ConfigError, match=f"train.{key}"):
             config_from_dict(tiny_params(**{f"train.{key}": value}))

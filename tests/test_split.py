@@ -93,8 +93,11 @@ def test_official_method_uses_the_nih_test_list(tmp_path):
     test_names = sorted(official_test_images())[:6]  # two or more test patients
     test_patients = {name[:8] for name in test_names}
     rows = [(name, "Effusion" if i % 2 else "No Finding", str(int(name[:8]))) for i, name in enumerate(test_names)]
-    rows += [(f"{90000000 + p:08d}_{f:03d}.png", "Mass" if p % 3 == 0 else "No Finding", str(90000000 + p))
-             for p in range(40) for f in range(2)]
+    rows += [
+        (f"{90000000 + p:08d}_{f:03d}.png", "Mass" if p % 3 == 0 else "No Finding", str(90000000 + p))
+        for p in range(40)
+        for f in range(2)
+    ]
     # the list's other images of these patients would be missing: keep only complete test patients
     raw = write_nih_folder(tmp_path / "raw", rows)
     metadata = load_metadata(raw)

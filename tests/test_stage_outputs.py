@@ -48,19 +48,46 @@ def trained(tmp_path_factory):
 
 def run_script(script: str, *args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PYTHONPATH=str(REPO_ROOT / "src"), CXR14_NO_PROGRESS="1", MLFLOW_TRACKING_URI=uri,
-               # Should anything reach MLflow's HTTP client, fail at once instead of retrying for minutes.
-               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
-    return subprocess.run([sys.executable, str(REPO_ROOT / "pipeline" / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env.update(
+        PYTHONPATH=str(REPO_ROOT / "src"),
+        CXR14_NO_PROGRESS="1",
+        MLFLOW_TRACKING_URI=uri,
+        # Should anything reach MLflow's HTTP client, fail at once instead of retrying for minutes.
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+    )
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "pipeline" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def evaluate_args(trained, out: Path) -> list[str]:
-    return ["cnn", "--params", str(trained["root"] / "params.yaml"), "--cache", str(trained["cache"]),
-            "--model-dir", str(trained["model_dir"]), "--metrics", str(out / "cnn.json"),
-            "--details", str(out / "details" / "cnn.json"), "--roc", str(out / "roc" / "cnn.csv"),
-            "--curves", str(out / "curves" / "cnn.csv"), "--predictions", str(out / "predictions" / "cnn.csv"),
-            "--figures", str(out / "figures" / "cnn")]
+    return [
+        "cnn",
+        "--params",
+        str(trained["root"] / "params.yaml"),
+        "--cache",
+        str(trained["cache"]),
+        "--model-dir",
+        str(trained["model_dir"]),
+        "--metrics",
+        str(out / "cnn.json"),
+        "--details",
+        str(out / "details" / "cnn.json"),
+        "--roc",
+        str(out / "roc" / "cnn.csv"),
+        "--curves",
+        str(out / "curves" / "cnn.csv"),
+        "--predictions",
+        str(out / "predictions" / "cnn.csv"),
+        "--figures",
+        str(out / "figures" / "cnn"),
+    ]
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -110,8 +137,18 @@ def test_evaluate_refuses_an_unwritable_sqlite_store_before_computing(trained, t
 def test_train_refuses_an_unwritable_sqlite_store_before_training(trained, tmp_path):
     for number, (uri, culprit) in enumerate(unwritable_sqlite_uris(tmp_path)):
         out = tmp_path / f"model{number}"
-        result = run_script("train.py", "cnn", "--params", str(trained["root"] / "params.yaml"), "--cache",
-                            str(trained["cache"]), "--out", str(out), uri=uri, cwd=tmp_path)
+        result = run_script(
+            "train.py",
+            "cnn",
+            "--params",
+            str(trained["root"] / "params.yaml"),
+            "--cache",
+            str(trained["cache"]),
+            "--out",
+            str(out),
+            uri=uri,
+            cwd=tmp_path,
+        )
         line = one_error_line(result)
         assert f"MLFLOW_TRACKING_URI={uri}" in line and str(culprit) in line, line
         assert not out.exists()
@@ -121,9 +158,13 @@ def test_evaluate_with_an_unwritable_figure_folder_keeps_every_old_output_and_lo
     import mlflow
 
     out = tmp_path / "metrics"
-    olds = {out / "cnn.json": b'{"old": 1}\n', out / "details" / "cnn.json": b'{"old": 2}\n',
-            out / "roc" / "cnn.csv": b"fpr,tpr\n0,0\n", out / "curves" / "cnn.csv": b"epoch\n1\n",
-            out / "predictions" / "cnn.csv": b"image_id\nold.png\n"}
+    olds = {
+        out / "cnn.json": b'{"old": 1}\n',
+        out / "details" / "cnn.json": b'{"old": 2}\n',
+        out / "roc" / "cnn.csv": b"fpr,tpr\n0,0\n",
+        out / "curves" / "cnn.csv": b"epoch\n1\n",
+        out / "predictions" / "cnn.csv": b"image_id\nold.png\n",
+    }
     for path, content in olds.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)

@@ -161,7 +161,7 @@ def test_threshold_metrics_hand_example():
     scores = np.zeros((6, 15))
     targets[:, 2] = [1, 1, 1, 0, 0, 0]
     scores[:, 2] = [0.9, 0.6, 0.2, 0.7, 0.1, 0.3]
-    out = threshold_metrics(targets, scores, {name: 0.5 for name in LABELS})
+    out = threshold_metrics(targets, scores, dict.fromkeys(LABELS, 0.5))
     # Predicted positive: 0.9, 0.6 (true) and 0.7 (false) -> tp 2, fp 1, fn 1, tn 2.
     assert out["Effusion"] == pytest.approx({"sensitivity": 2 / 3, "specificity": 2 / 3, "ppv": 2 / 3, "f1": 2 / 3})
     # No positives and nothing predicted: only specificity is defined.

@@ -63,13 +63,13 @@ class AttentionBlock(nn.Module):
 def small_conv_net() -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1),  # 0
-        nn.BatchNorm2d(8),                        # 1
-        nn.ReLU(),                                # 2
-        nn.MaxPool2d(2),                          # 3
+        nn.BatchNorm2d(8),  # 1
+        nn.ReLU(),  # 2
+        nn.MaxPool2d(2),  # 3
         nn.Conv2d(8, 8, 3, padding="same", bias=False),  # 4
-        nn.Dropout(0.25),                         # 5
-        nn.Flatten(),                             # 6
-        nn.Linear(8 * 8 * 8, 5, bias=False),      # 7
+        nn.Dropout(0.25),  # 5
+        nn.Flatten(),  # 6
+        nn.Linear(8 * 8 * 8, 5, bias=False),  # 7
     )
 
 
@@ -77,13 +77,17 @@ def by_layer(table: pd.DataFrame) -> pd.DataFrame:
     return table.set_index("layer_name")
 
 
-@pytest.mark.parametrize("build, input_size", [
-    (PositionEmbeddingNet, (3, 8, 8)),
-    (TiedLinearNet, (3, 4, 4)),
-    (AttentionBlock, (3, 16, 16)),
-    (lambda: timm.create_model("resnet18", pretrained=False, num_classes=15), (3, 32, 32)),
-    (lambda: timm.create_model("mobilenetv2_100", pretrained=False, num_classes=15), (3, 32, 32)),
-], ids=["root-parameter", "tied-linear", "multihead-attention", "resnet18", "mobilenetv2_100"])
+@pytest.mark.parametrize(
+    "build, input_size",
+    [
+        (PositionEmbeddingNet, (3, 8, 8)),
+        (TiedLinearNet, (3, 4, 4)),
+        (AttentionBlock, (3, 16, 16)),
+        (lambda: timm.create_model("resnet18", pretrained=False, num_classes=15), (3, 32, 32)),
+        (lambda: timm.create_model("mobilenetv2_100", pretrained=False, num_classes=15), (3, 32, 32)),
+    ],
+    ids=["root-parameter", "tied-linear", "multihead-attention", "resnet18", "mobilenetv2_100"],
+)
 def test_parameter_column_sums_to_model_total(build, input_size):
     model = build()
     table = layer_table(model, input_size, "net")

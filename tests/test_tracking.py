@@ -27,7 +27,12 @@ import pytest
 from cxr14 import tracking
 from cxr14.config import config_from_dict
 from cxr14.tracking import (
-    EXPERIMENT, TrackingUnavailableError, check_reachable, data_fingerprint, dvc_experiment_name, run_tags,
+    EXPERIMENT,
+    TrackingUnavailableError,
+    check_reachable,
+    data_fingerprint,
+    dvc_experiment_name,
+    run_tags,
 )
 from tests.conftest import tiny_params
 
@@ -60,14 +65,21 @@ def running_mlflow(subcommand: list[str], root: Path) -> Iterator[str]:
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [
-        str(mlflow_cli) if mlflow_cli.is_file() else shutil.which("mlflow") or "mlflow", *subcommand,
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(mlflow_cli) if mlflow_cli.is_file() else shutil.which("mlflow") or "mlflow",
+        *subcommand,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     uri = f"http://127.0.0.1:{port}"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     with (root / "server.log").open("wb") as server_log:
-        server = subprocess.Popen(command, cwd=root, env=environment, stdout=server_log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            command, cwd=root, env=environment, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
         while True:
@@ -79,8 +91,11 @@ def running_mlflow(subcommand: list[str], root: Path) -> Iterator[str]:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 output = (root / "server.log").read_text(errors="replace")[-4000:]
-                state = f"exited with {server.returncode}" if server.poll() is not None else \
-                    f"not healthy after {SERVER_START_SECONDS} s"
+                state = (
+                    f"exited with {server.returncode}"
+                    if server.poll() is not None
+                    else f"not healthy after {SERVER_START_SECONDS} s"
+                )
                 pytest.fail(f"mlflow server on {uri} {state}: {' '.join(command)}\n{output}")
             time.sleep(0.5)
         yield uri
@@ -92,8 +107,17 @@ def running_mlflow(subcommand: list[str], root: Path) -> Iterator[str]:
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """The URI of a live `mlflow server` with its own SQLite store and artifact folder."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    with running_mlflow(["server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
-                         "--artifacts-destination", str(root / "artifacts")], root) as uri:
+    with running_mlflow(
+        [
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        root,
+    ) as uri:
         yield uri
 
 
@@ -205,8 +229,11 @@ def test_run_tags(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "git_commit", lambda: "0123abc")
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     assert run_tags("vit_v1", cache_dir, "cpu", None) == {
-        "model": "vit_v1", "git_commit": "0123abc", "data_fingerprint": data_fingerprint(cache_dir),
-        "device": "cpu", "weights": "random init",
+        "model": "vit_v1",
+        "git_commit": "0123abc",
+        "data_fingerprint": data_fingerprint(cache_dir),
+        "device": "cpu",
+        "weights": "random init",
     }
     monkeypatch.setenv("DVC_EXP_NAME", "bold-fern")
     tags = run_tags("resnet50", cache_dir, "cuda:0", "timm:resnet50.a1_in1k")

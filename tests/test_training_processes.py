@@ -22,8 +22,12 @@ pytestmark = pytest.mark.slow
 
 
 def _environment(tmp_path: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT / "src"),
+        "CXR14_NO_PROGRESS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
 
 
 def _params_file(tmp_path: Path, **overrides) -> Path:
@@ -34,15 +38,29 @@ def _params_file(tmp_path: Path, **overrides) -> Path:
 
 
 def _train_command(params: Path, cache: Path, out: Path, model: str = "cnn") -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "pipeline" / "train.py"), model, "--params", str(params),
-            "--cache", str(cache), "--out", str(out)]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "pipeline" / "train.py"),
+        model,
+        "--params",
+        str(params),
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+    ]
 
 
 def kill_at(point: str, count: int, command: list[str], env: dict) -> None:
     """Run the training `command` under tests/kill_at.py, which SIGKILLs it at the `count`th
     `point` (step, checkpoint, checkpoint-write, validation): a kill chosen by counting, not timing."""
-    killed = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "kill_at.py"), point, str(count), *command[1:]],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests" / "kill_at.py"), point, str(count), *command[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, f"the kill point was not reached: {killed.stderr[-2000:]}"
 
 

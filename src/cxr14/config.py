@@ -272,9 +272,11 @@ class Config:
     def train_for(self, model_name: str) -> TrainConfig:
         """The training settings of one model: `train.*` with its overrides applied."""
         override = self.train.overrides.get(model_name)
-        changes = {} if override is None else {
-            name: value for name, value in dataclasses.asdict(override).items() if value is not None
-        }
+        changes = (
+            {}
+            if override is None
+            else {name: value for name, value in dataclasses.asdict(override).items() if value is not None}
+        )
         return dataclasses.replace(self.train, overrides={}, **changes)
 
 
@@ -380,9 +382,11 @@ def _range_problem(key: str, value: float, low: float | None, high: float | None
 
 def _ranges(prefix: str, section: Any, only: set[str] | None = None) -> list[str]:
     """The range problems of `section`'s :func:`bounded` fields (of those in `only`, if given)."""
-    found = (_range_problem(f"{prefix}.{item.name}", getattr(section, item.name), *item.metadata["range"])
-             for item in dataclasses.fields(section)
-             if "range" in item.metadata and (only is None or item.name in only))
+    found = (
+        _range_problem(f"{prefix}.{item.name}", getattr(section, item.name), *item.metadata["range"])
+        for item in dataclasses.fields(section)
+        if "range" in item.metadata and (only is None or item.name in only)
+    )
     return [problem for problem in found if problem]
 
 
@@ -405,8 +409,13 @@ def _validate(cfg: Config) -> None:
                 f"train.overrides.{model_name}.image_size ({image_size}) exceeds preprocess.size "
                 f"({cfg.preprocess.size}): raise preprocess.size to at least {image_size} or lower the override"
             )
-    sections = {"data.phantom": cfg.data.phantom, "preprocess": cfg.preprocess, "evaluate": cfg.evaluate,
-                "profile": cfg.profile, "explain": cfg.explain}
+    sections = {
+        "data.phantom": cfg.data.phantom,
+        "preprocess": cfg.preprocess,
+        "evaluate": cfg.evaluate,
+        "profile": cfg.profile,
+        "explain": cfg.explain,
+    }
     for prefix, section in sections.items():
         problems += _ranges(prefix, section)
     if cfg.train.image_size > cfg.preprocess.size:
@@ -450,8 +459,9 @@ def load_config(path: str | Path = "params.yaml") -> Config:
             raw = yaml.safe_load(handle)
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    restore = (f"restore it with `git checkout {path.name}` (a partial file is fine: keys left out take "
-               "the committed values)")
+    restore = (
+        f"restore it with `git checkout {path.name}` (a partial file is fine: keys left out take the committed values)"
+    )
     if raw is None or raw == {}:
         raise ConfigError(f"{path}: empty params file; {restore}")
     if not isinstance(raw, dict):

@@ -34,13 +34,14 @@ class DeviceUnavailableError(ConfigError, RuntimeError):
 
 
 def select_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """"auto" = CUDA when present; under torchrun each process takes the GPU of its LOCAL_RANK."""
+    """ "auto" = CUDA when present; under torchrun each process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"train.device is {name!r} but CUDA is not available on this machine; "
-                                         "set train.device: auto or cpu")
+            raise DeviceUnavailableError(
+                f"train.device is {name!r} but CUDA is not available on this machine; set train.device: auto or cpu"
+            )
         if world_size > 1:  # one GPU per process, chosen by torchrun's LOCAL_RANK
             name = f"cuda:{local_rank}"
     return torch.device(name)
@@ -56,34 +57,58 @@ def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_
         raise MissingInputError(f"{checkpoint_path}: no trained checkpoint; run `dvc repro train@{model_name}`")
     checkpoint = load_checkpoint(checkpoint_path)  # data only: a shared model folder cannot run code
     # The checkpoint holds every weight: never fetch pretrained ones here.
-    bundle = build_model(model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False,
-                         freeze_backbone=freeze_backbone)
+    bundle = build_model(
+        model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False, freeze_backbone=freeze_backbone
+    )
     bundle.model.load_state_dict(checkpoint["model"])
     bundle.model.to(device)
     return bundle, checkpoint["image_size"]
 
 
-def predict(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
-            device: torch.device, desc: str = "predict") -> np.ndarray:
+def predict(
+    bundle: ModelBundle,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    image_size: int,
+    device: torch.device,
+    desc: str = "predict",
+) -> np.ndarray:
     """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation)."""
     return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=True)
 
 
-def predict_logits(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
-                   device: torch.device, desc: str = "predict") -> np.ndarray:
+def predict_logits(
+    bundle: ModelBundle,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    image_size: int,
+    device: torch.device,
+    desc: str = "predict",
+) -> np.ndarray:
     """float32 logits [N, 15] for a cache split, in its row order (no augmentation)."""
     return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=False)
 
 
 @torch.no_grad()
-def _forward(bundle: ModelBundle, images: np.ndarray, labels: np.ndarray, batch_size: int, image_size: int,
-             device: torch.device, desc: str, sigmoid: bool) -> np.ndarray:
+def _forward(
+    bundle: ModelBundle,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    image_size: int,
+    device: torch.device,
+    desc: str,
+    sigmoid: bool,
+) -> np.ndarray:
     bundle.model.eval()
     loader = make_loader(images, labels, batch_size, shuffle=False, seed=0, pin_memory=device.type == "cuda")
     outputs = []
     for pixels, _ in progress(loader, desc=desc, unit="batch", leave=False):
-        inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std,
-                               image_size)
+        inputs = prepare_batch(
+            pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std, image_size
+        )
         with autocast(device):
             logits = bundle.model(inputs).float()
             outputs.append((torch.sigmoid(logits) if sigmoid else logits).cpu())
@@ -94,4 +119,6 @@ def autocast(device: torch.device):
     """The mixed precision of every forward pass (training and inference) on `device`."""
     # bf16 on CUDA keeps fp32's range, so no loss scaler is needed; on the CPU autocast would
     # only slow the seed models down.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )

@@ -151,8 +151,9 @@ def _reserve(output: Path) -> Path:
         for walked, _, _ in os.walk(output):
             if not os.access(walked, os.W_OK | os.X_OK):
                 shutil.rmtree(holder, ignore_errors=True)
-                raise _unwritable(output, f"folder {walked} is not writable (its old content could not be replaced)",
-                                  Path(walked))
+                raise _unwritable(
+                    output, f"folder {walked} is not writable (its old content could not be replaced)", Path(walked)
+                )
     return holder
 
 
@@ -209,8 +210,9 @@ def _swap_into_place(holders: dict[Path, Path]) -> None:
         raise
 
 
-def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", disable_bar: bool = False,
-             **kwargs):
+def progress(
+    iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", disable_bar: bool = False, **kwargs
+):
     """The project's progress bar: live on a terminal, a few lines a minute in CI logs.
 
     `CXR14_NO_PROGRESS=1` silences every bar (tests); `disable_bar` silences this one.

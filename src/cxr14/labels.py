@@ -54,9 +54,7 @@ def encode_findings(finding_labels: str, where: str = "") -> np.ndarray:
     for name in names:
         if name not in LABEL_INDEX:
             location = f" at {where}" if where else ""
-            raise UnknownFindingError(
-                f"unknown finding {name!r}{location}; valid names: {', '.join(LABELS)}"
-            )
+            raise UnknownFindingError(f"unknown finding {name!r}{location}; valid names: {', '.join(LABELS)}")
         vector[LABEL_INDEX[name]] = 1
     if vector[LABEL_INDEX[NO_FINDING]] and vector.sum() > 1:
         location = f" at {where}" if where else ""

@@ -22,11 +22,23 @@ from cxr14.config import ConfigError
 
 REGISTERED_MODELS: tuple[str, ...] = (
     # seed designs (models/seed.py, models/convnext_seed.py, models/resmobilenet.py)
-    "cnn", "cnn_gap", "vit_v1", "vit_v2", "convnextv2_seed", "resmobilenet_v1", "resmobilenet_v2",
+    "cnn",
+    "cnn_gap",
+    "vit_v1",
+    "vit_v2",
+    "convnextv2_seed",
+    "resmobilenet_v1",
+    "resmobilenet_v2",
     # seed transfer recipe: ImageNet backbone + Dropout/Dense head (models/transfer.py TRANSFER_BACKBONES)
-    "efficientnet_b4", "resnet50", "densenet169", "vgg16", "mobilenetv2_100",
+    "efficientnet_b4",
+    "resnet50",
+    "densenet169",
+    "vgg16",
+    "mobilenetv2_100",
     # timm architectures under a project name (models/transfer.py)
-    "resnet34", "vit_b16", "densenet121",
+    "resnet34",
+    "vit_b16",
+    "densenet121",
 )
 
 
@@ -41,8 +53,9 @@ class UnknownModelError(ConfigError, KeyError):
         return str(self.args[0])
 
 
-def check_known_model_names(names: Iterable[str], evaluated: Iterable[str], key: str = "models",
-                            source: str | None = None) -> None:
+def check_known_model_names(
+    names: Iterable[str], evaluated: Iterable[str], key: str = "models", source: str | None = None
+) -> None:
     """Refuse names that are neither registered nor among `evaluated`, without importing torch or timm.
 
     Args:
@@ -67,4 +80,5 @@ def check_known_model_names(names: Iterable[str], evaluated: Iterable[str], key:
         raise UnknownModelError(
             f"{where}{key}: unknown model {', '.join(map(described, unknown))}: neither registered nor evaluated; "
             f"registered names: {', '.join(sorted(REGISTERED_MODELS))}; a timm model name must be trained "
-            "and evaluated first (`dvc repro`)")
+            "and evaluated first (`dvc repro`)"
+        )

@@ -87,17 +87,20 @@ def _default_uri() -> str:
 def describe_store(uri: str) -> str:
     """Where `uri` came from, for error messages: the variable to fix, or that it is the default."""
     if uri == _default_uri():
-        return (f"the default MLflow store {uri} (MLFLOW_TRACKING_URI is not set; the store is "
-                f"$DVC_ROOT/{DEFAULT_STORE}, or {DEFAULT_STORE} in the current folder outside DVC)")
+        return (
+            f"the default MLflow store {uri} (MLFLOW_TRACKING_URI is not set; the store is "
+            f"$DVC_ROOT/{DEFAULT_STORE}, or {DEFAULT_STORE} in the current folder outside DVC)"
+        )
     return f"MLFLOW_TRACKING_URI={uri}"
 
 
 def _store_fix(uri: str) -> str:
     if uri == _default_uri():
-        return ("fix that file or folder, or set MLFLOW_TRACKING_URI to a store you can write "
-                "(sqlite:////absolute/path/mlflow.db or http://host:port)")
-    return (f"fix MLFLOW_TRACKING_URI, or unset it to use the default store sqlite:///"
-            f"{workspace_root() / DEFAULT_STORE}")
+        return (
+            "fix that file or folder, or set MLFLOW_TRACKING_URI to a store you can write "
+            "(sqlite:////absolute/path/mlflow.db or http://host:port)"
+        )
+    return f"fix MLFLOW_TRACKING_URI, or unset it to use the default store sqlite:///{workspace_root() / DEFAULT_STORE}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -106,7 +109,7 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith(prefix):
         return None
     # sqlite:///relative.db and sqlite:////absolute.db (SQLAlchemy's forms), query removed.
-    path = urllib.parse.unquote(uri[len(prefix):].split("?", 1)[0])
+    path = urllib.parse.unquote(uri[len(prefix) :].split("?", 1)[0])
     return Path(path).resolve() if path and path != ":memory:" else None
 
 
@@ -152,8 +155,9 @@ def _sqlite_problem(database: Path) -> str | None:
         return f"cannot create the SQLite store {database}: {existing} is a file, not a folder"
     if existing != folder:  # created on first use (with its parents)
         if not os.access(existing, os.W_OK | os.X_OK):
-            return (f"cannot create the SQLite store {database}: folder {folder} is missing and {existing} "
-                    "is not writable")
+            return (
+                f"cannot create the SQLite store {database}: folder {folder} is missing and {existing} is not writable"
+            )
         return None
     try:  # SQLite writes its journal beside the database: the folder must take new files
         with tempfile.TemporaryFile(dir=folder):
@@ -235,7 +239,8 @@ def _mlflow():
             # A plain path: MLflow mangles a file:// URI given here (the host part is lost).
             location = str(database.parent / ARTIFACT_FOLDER / EXPERIMENT) if database else None
             experiment_id = mlflow.create_experiment(
-                EXPERIMENT, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                EXPERIMENT, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         else:
             experiment_id = experiment.experiment_id
             if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
@@ -245,8 +250,9 @@ def _mlflow():
 
 
 @contextlib.contextmanager
-def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] | None = None,
-              system_metrics: bool = False) -> Iterator[Any]:
+def model_run(
+    model_name: str, run_id: str | None = None, tags: dict[str, str] | None = None, system_metrics: bool = False
+) -> Iterator[Any]:
     """Start (or, given `run_id`, continue) the MLflow run of one model.
 
     `system_metrics` samples CPU, memory and (with pynvml on a GPU node) GPU utilisation and
@@ -265,8 +271,11 @@ def model_run(model_name: str, run_id: str | None = None, tags: dict[str, str] |
         else:
             # In a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
             experiment = dvc_experiment_name()
-            run = mlflow.start_run(run_name=f"{model_name} ({experiment})" if experiment else model_name,
-                                   tags={"model": model_name, **(tags or {})}, log_system_metrics=system_metrics)
+            run = mlflow.start_run(
+                run_name=f"{model_name} ({experiment})" if experiment else model_name,
+                tags={"model": model_name, **(tags or {})},
+                log_system_metrics=system_metrics,
+            )
         try:
             yield run
         except BaseException:
@@ -392,8 +401,12 @@ def log_cache_inputs(cache_dir: Path, contexts: dict[str, str]) -> None:
         dataset = MetaDataset(  # type: ignore[abstract]  # mlflow types `profile` abstract, it is not
             LocalArtifactDatasetSource(str(index.resolve())), name=f"cxr14-cache-{split}", digest=digest
         )
-        tags = {"split": split, "images": str(summary["splits"].get(split, 0)), "patients": str(patients),
-                "size_px": str(summary.get("size"))}
+        tags = {
+            "split": split,
+            "images": str(summary["splits"].get(split, 0)),
+            "patients": str(patients),
+            "size_px": str(summary.get("size")),
+        }
         mlflow.log_input(dataset, context=context, tags=tags)
 
 
@@ -489,8 +502,7 @@ def run_tags(model_name: str, cache_dir: Path, device: str, weights: str | None)
     return tags
 
 
-def end_abandoned_run(run_id: str, reason: str, superseded_by: str | None = None,
-                      status: str = "KILLED") -> str | None:
+def end_abandoned_run(run_id: str, reason: str, superseded_by: str | None = None, status: str = "KILLED") -> str | None:
     """Mark a run that will never be continued (its unfinished checkpoint was not resumed).
 
     Sets the tags `abandoned` (= `reason`) and `superseded_by`, and ends the run with `status`

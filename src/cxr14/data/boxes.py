@@ -32,8 +32,13 @@ log = logging.getLogger(__name__)
 BBOX_FILE = "BBox_List_2017.csv"
 # NIH spelling -> our label, for the 8 findings NIH boxed.
 BOX_FINDINGS: dict[str, str] = {
-    "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Effusion",
-    "Infiltrate": "Infiltration", "Mass": "Mass", "Nodule": "Nodule", "Pneumonia": "Pneumonia",
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Effusion": "Effusion",
+    "Infiltrate": "Infiltration",
+    "Mass": "Mass",
+    "Nodule": "Nodule",
+    "Pneumonia": "Pneumonia",
     "Pneumothorax": "Pneumothorax",
 }
 NIH_SPELLING: dict[str, str] = {ours: nih for nih, ours in BOX_FINDINGS.items()}  # our label -> NIH name
@@ -75,21 +80,27 @@ def read_bbox_list(path: Path) -> pd.DataFrame:
     raw = raw[(raw != "").any(axis=1)]  # blank lines
     for column in [c for c in raw.columns if c.startswith("Unnamed:")]:
         if (line := _first(raw[column].str.strip() != "")) is not None:
-            raise BoxError(f"{path}: line {line}: unexpected value {raw.at[line, column]!r} after the "
-                           f"h column; a box row is: image, finding, x, y, w, h")
+            raise BoxError(
+                f"{path}: line {line}: unexpected value {raw.at[line, column]!r} after the "
+                f"h column; a box row is: image, finding, x, y, w, h"
+            )
         raw = raw.drop(columns=column)
     frame = raw.rename(columns=_RENAME)
     missing = [name for name in ("image_id", "finding", *_COORDS) if name not in frame.columns]
     if missing:
-        raise BoxError(f"{path}: missing column(s) {', '.join(missing)}; expected the header {NIH_HEADER!r} "
-                       f"(or 'Image Index,Finding Label,x,y,w,h'), found {list(raw.columns)}")
+        raise BoxError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected the header {NIH_HEADER!r} "
+            f"(or 'Image Index,Finding Label,x,y,w,h'), found {list(raw.columns)}"
+        )
     frame = frame[["image_id", "finding", *_COORDS]].apply(lambda column: column.str.strip())
     if (line := _first(frame["image_id"] == "")) is not None:
         raise BoxError(f"{path}: line {line}: empty Image Index")
     valid = {**BOX_FINDINGS, **{ours: ours for ours in BOX_FINDINGS.values()}}
     if (line := _first(~frame["finding"].isin(valid))) is not None:
-        raise BoxError(f"{path}: line {line}: unknown finding {frame.at[line, 'finding']!r}; valid findings: "
-                       f"{', '.join(BOX_FINDINGS)}")
+        raise BoxError(
+            f"{path}: line {line}: unknown finding {frame.at[line, 'finding']!r}; valid findings: "
+            f"{', '.join(BOX_FINDINGS)}"
+        )
     frame["finding"] = frame["finding"].map(valid)
     for name in _COORDS:
         text = frame[name]
@@ -98,19 +109,28 @@ def read_bbox_list(path: Path) -> pd.DataFrame:
             raise BoxError(f"{path}: line {line}: {name} = {text[line]!r} is not a finite number")
         frame[name] = values
     if (line := _first((frame["w"] <= 0) | (frame["h"] <= 0))) is not None:
-        raise BoxError(f"{path}: line {line}: box of size w={frame.at[line, 'w']:g}, h={frame.at[line, 'h']:g}; "
-                       f"width and height must be > 0")
+        raise BoxError(
+            f"{path}: line {line}: box of size w={frame.at[line, 'w']:g}, h={frame.at[line, 'h']:g}; "
+            f"width and height must be > 0"
+        )
     return frame
 
 
 def empty_boxes() -> pd.DataFrame:
     """A frame with the columns of :func:`boxes_in_cache` and no rows."""
-    return pd.DataFrame({"row": pd.Series(dtype="int64"), "image_id": pd.Series(dtype=str),
-                         "finding": pd.Series(dtype=str), **{c: pd.Series(dtype="float64") for c in _COORDS}})
+    return pd.DataFrame(
+        {
+            "row": pd.Series(dtype="int64"),
+            "image_id": pd.Series(dtype=str),
+            "finding": pd.Series(dtype=str),
+            **{c: pd.Series(dtype="float64") for c in _COORDS},
+        }
+    )
 
 
-def boxes_in_cache(raw_dir: Path, cache_dir: Path, image_path: Callable[[str], str | Path],
-                   split: str = "test") -> pd.DataFrame:
+def boxes_in_cache(
+    raw_dir: Path, cache_dir: Path, image_path: Callable[[str], str | Path], split: str = "test"
+) -> pd.DataFrame:
     """The boxes of the images in one cache split, in that cache's pixels.
 
     The cache resizes every image to S x S without keeping its aspect, so a box scales by
@@ -144,14 +164,22 @@ def boxes_in_cache(raw_dir: Path, cache_dir: Path, image_path: Callable[[str], s
     rows = pd.Series(np.arange(len(index)), index=index["image_id"].to_numpy())
     frame, clipped = _scaled_boxes(path, boxes[boxes["image_id"].isin(rows.index)], rows, side, image_path)
     frame = frame.sort_values(["row", "finding", "x", "y"], kind="stable").reset_index(drop=True)
-    log.info("boxes: %d of %d in %s split (%d images, %d px); %d dropped (image not in the split)%s",
-             len(frame), len(boxes), split, frame["image_id"].nunique(), side, len(boxes) - len(frame),
-             f"; {clipped} clipped to the image" if clipped else "")
+    log.info(
+        "boxes: %d of %d in %s split (%d images, %d px); %d dropped (image not in the split)%s",
+        len(frame),
+        len(boxes),
+        split,
+        frame["image_id"].nunique(),
+        side,
+        len(boxes) - len(frame),
+        f"; {clipped} clipped to the image" if clipped else "",
+    )
     return frame if len(frame) else empty_boxes()
 
 
-def _scaled_boxes(path: Path, kept: pd.DataFrame, rows: pd.Series, side: int,
-                  image_path: Callable[[str], str | Path]) -> tuple[pd.DataFrame, int]:
+def _scaled_boxes(
+    path: Path, kept: pd.DataFrame, rows: pd.Series, side: int, image_path: Callable[[str], str | Path]
+) -> tuple[pd.DataFrame, int]:
     """(boxes clipped to their image and scaled to side x side cache pixels, how many were clipped)."""
     sizes = {image_id: _png_size(Path(image_path(image_id))) for image_id in kept["image_id"].unique()}
     width = kept["image_id"].map(lambda image_id: sizes[image_id][0]).astype(float)
@@ -159,15 +187,26 @@ def _scaled_boxes(path: Path, kept: pd.DataFrame, rows: pd.Series, side: int,
     x0, y0 = kept["x"].clip(lower=0), kept["y"].clip(lower=0)
     x1, y1 = np.minimum(kept["x"] + kept["w"], width), np.minimum(kept["y"] + kept["h"], height)
     if (line := _first((x1 <= x0) | (y1 <= y0))) is not None:
-        raise BoxError(f"{path}: line {line}: box x={kept.at[line, 'x']:g}, y={kept.at[line, 'y']:g}, "
-                       f"w={kept.at[line, 'w']:g}, h={kept.at[line, 'h']:g} lies entirely outside "
-                       f"{kept.at[line, 'image_id']} ({width[line]:g} x {height[line]:g} px)")
-    clipped = int(((x0 != kept["x"]) | (y0 != kept["y"]) | (x1 != kept["x"] + kept["w"])
-                   | (y1 != kept["y"] + kept["h"])).sum())
+        raise BoxError(
+            f"{path}: line {line}: box x={kept.at[line, 'x']:g}, y={kept.at[line, 'y']:g}, "
+            f"w={kept.at[line, 'w']:g}, h={kept.at[line, 'h']:g} lies entirely outside "
+            f"{kept.at[line, 'image_id']} ({width[line]:g} x {height[line]:g} px)"
+        )
+    clipped = int(
+        ((x0 != kept["x"]) | (y0 != kept["y"]) | (x1 != kept["x"] + kept["w"]) | (y1 != kept["y"] + kept["h"])).sum()
+    )
     sx, sy = side / width, side / height
-    frame = pd.DataFrame({"row": kept["image_id"].map(rows).astype("int64"), "image_id": kept["image_id"],
-                          "finding": kept["finding"], "x": x0 * sx, "y": y0 * sy, "w": (x1 - x0) * sx,
-                          "h": (y1 - y0) * sy})
+    frame = pd.DataFrame(
+        {
+            "row": kept["image_id"].map(rows).astype("int64"),
+            "image_id": kept["image_id"],
+            "finding": kept["finding"],
+            "x": x0 * sx,
+            "y": y0 * sy,
+            "w": (x1 - x0) * sx,
+            "h": (y1 - y0) * sy,
+        }
+    )
     return frame, clipped
 
 

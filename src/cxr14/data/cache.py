@@ -220,7 +220,9 @@ def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     images = np.load(array_path, mmap_mode="r")
     index = pd.read_csv(index_path, dtype={"image_id": str, "patient_id": str})
     if len(index) != len(images):
-        raise CacheMismatchError(f"{cache_dir}: {split}.csv has {len(index)} rows but {split}.npy has {len(images)} images")
+        raise CacheMismatchError(
+            f"{cache_dir}: {split}.csv has {len(index)} rows but {split}.npy has {len(images)} images"
+        )
     return images, index
 
 
@@ -237,12 +239,19 @@ def cache_size(cache_dir: Path) -> int:
     try:
         return int(json.loads(summary_path.read_text(encoding="utf-8"))["size"])
     except (ValueError, KeyError, TypeError) as error:
-        raise CacheMismatchError(f"{summary_path}: unreadable cache summary ({error!r}); rebuild the cache with "
-                                 "`dvc repro -f preprocess`") from None
+        raise CacheMismatchError(
+            f"{summary_path}: unreadable cache summary ({error!r}); rebuild the cache with `dvc repro -f preprocess`"
+        ) from None
 
 
-def check_cache_size(cache_dir: Path, image_size: int, preprocess_size: int | None = None, *,
-                     model: str | None = None, source: str = "params.yaml") -> int:
+def check_cache_size(
+    cache_dir: Path,
+    image_size: int,
+    preprocess_size: int | None = None,
+    *,
+    model: str | None = None,
+    source: str = "params.yaml",
+) -> int:
     """Refuse a cache that the settings would silently misuse; return its size.
 
     Call it before any computation in a stage that feeds the cache to a model: the checks in

@@ -41,10 +41,17 @@ class _MappedView:
     view_strides: tuple[int, ...]
 
     def open(self) -> np.ndarray:
-        mapped = np.memmap(self.filename, dtype=self.dtype, mode="r", offset=self.file_offset,
-                           shape=self.file_shape, order=self.file_order)
-        return np.ndarray(self.view_shape, dtype=mapped.dtype, buffer=mapped, offset=self.view_offset,
-                          strides=self.view_strides)
+        mapped = np.memmap(
+            self.filename,
+            dtype=self.dtype,
+            mode="r",
+            offset=self.file_offset,
+            shape=self.file_shape,
+            order=self.file_order,
+        )
+        return np.ndarray(
+            self.view_shape, dtype=mapped.dtype, buffer=mapped, offset=self.view_offset, strides=self.view_strides
+        )
 
 
 def _mapped_view(array: np.ndarray) -> _MappedView | None:
@@ -56,8 +63,16 @@ def _mapped_view(array: np.ndarray) -> _MappedView | None:
         return None
     order: Literal["C", "F"] = "F" if root.flags.f_contiguous and not root.flags.c_contiguous else "C"
     start = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
-    return _MappedView(str(root.filename), int(root.offset), root.dtype.str, tuple(root.shape), order,
-                       int(start), tuple(array.shape), tuple(array.strides))
+    return _MappedView(
+        str(root.filename),
+        int(root.offset),
+        root.dtype.str,
+        tuple(root.shape),
+        order,
+        int(start),
+        tuple(array.shape),
+        tuple(array.strides),
+    )
 
 
 class CacheBatches(Dataset):
@@ -175,11 +190,14 @@ def make_loader(
     # Its own generator: starting an iteration draws a base seed (for worker processes), which
     # from the global torch RNG would shift dropout after a resume restored that RNG mid-epoch.
     private = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(dataset, sampler=plan, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=private)
+    return DataLoader(
+        dataset, sampler=plan, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=private
+    )
 
 
-def _random_affine(batch: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def _random_affine(
+    batch: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """[B, 2, 3] affine matrices (rotation, zoom, shear, shift, flip) for F.affine_grid."""
 
     def uniform(low: float, high: float) -> torch.Tensor:

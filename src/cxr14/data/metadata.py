@@ -50,8 +50,10 @@ IMAGES_FOLDER = "images"  # the images themselves (the phantom)
 IMAGES_MANIFEST = "images.csv"  # or where they are (NIH data)
 MANIFEST_COLUMNS = ("Image Index", "path", "bytes", "mtime_ns")
 REFETCH = "re-run `dvc repro -f fetch` to record the image folder as it is now"
-METADATA_FIX = ("re-download Data_Entry_2017_v2020.csv from NIH (https://nihcc.app.box.com/v/ChestXray-NIHCC) "
-                "and re-run the fetch stage (dvc repro -f fetch)")
+METADATA_FIX = (
+    "re-download Data_Entry_2017_v2020.csv from NIH (https://nihcc.app.box.com/v/ChestXray-NIHCC) "
+    "and re-run the fetch stage (dvc repro -f fetch)"
+)
 MANIFEST_FIX = "the fetch stage writes this file: re-run it (dvc repro -f fetch)"
 PATIENT_ID = re.compile(r"[1-9][0-9]*")
 SHOWN_BAD_ROWS = 3  # bad Patient IDs quoted in the message; the rest are counted
@@ -101,8 +103,11 @@ class ImageFiles:
             ) from None
         found = (stat.st_size, stat.st_mtime_ns)
         if found != expected:
-            what = (f"{expected[0]:,} bytes then, {found[0]:,} now" if found[0] != expected[0]
-                    else f"modified {_when(found[1])}, recorded {_when(expected[1])}")
+            what = (
+                f"{expected[0]:,} bytes then, {found[0]:,} now"
+                if found[0] != expected[0]
+                else f"modified {_when(found[1])}, recorded {_when(expected[1])}"
+            )
             raise ImageChangedError(
                 f"{path}: image {name} changed since fetch wrote {self.source} ({what}); {REFETCH} "
                 f"(the stages that read the images then re-run)"
@@ -127,15 +132,21 @@ def image_files(raw_dir: Path) -> ImageFiles:
     manifest, folder = raw_dir / IMAGES_MANIFEST, raw_dir / IMAGES_FOLDER
     if manifest.is_file():
         if folder.exists():
-            raise MetadataError(f"{raw_dir} holds both {IMAGES_MANIFEST} and {IMAGES_FOLDER}/, so which images "
-                                f"count is unclear; re-run the fetch stage (dvc repro -f fetch)")
+            raise MetadataError(
+                f"{raw_dir} holds both {IMAGES_MANIFEST} and {IMAGES_FOLDER}/, so which images "
+                f"count is unclear; re-run the fetch stage (dvc repro -f fetch)"
+            )
         return _read_manifest(manifest)
     if not folder.is_dir():
-        raise MetadataError(f"{raw_dir}: no {IMAGES_MANIFEST} and no {IMAGES_FOLDER}/ folder; run the fetch stage "
-                            f"(dvc repro fetch)")
+        raise MetadataError(
+            f"{raw_dir}: no {IMAGES_MANIFEST} and no {IMAGES_FOLDER}/ folder; run the fetch stage (dvc repro fetch)"
+        )
     with os.scandir(folder) as entries:
-        paths = {entry.name: entry.path for entry in entries
-                 if entry.name.endswith(".png") and not entry.name.startswith(".") and entry.is_file()}
+        paths = {
+            entry.name: entry.path
+            for entry in entries
+            if entry.name.endswith(".png") and not entry.name.startswith(".") and entry.is_file()
+        }
     return ImageFiles(folder, paths, {})
 
 
@@ -195,14 +206,17 @@ def _read_manifest(path: Path) -> ImageFiles:
     frame = read_table(path, MANIFEST_FIX)
     missing = [column for column in MANIFEST_COLUMNS if column not in frame.columns]
     if missing:
-        raise MetadataError(f"{path}: missing column(s) {missing}; expected {','.join(MANIFEST_COLUMNS)}. "
-                            f"The fetch stage writes this file: re-run it (dvc repro -f fetch)")
+        raise MetadataError(
+            f"{path}: missing column(s) {missing}; expected {','.join(MANIFEST_COLUMNS)}. "
+            f"The fetch stage writes this file: re-run it (dvc repro -f fetch)"
+        )
     try:
         sizes = frame["bytes"].astype("int64").tolist()
         mtimes = frame["mtime_ns"].astype("int64").tolist()
     except (TypeError, ValueError) as error:
-        raise MetadataError(f"{path}: bytes and mtime_ns must be integers ({error}); re-run the fetch stage "
-                            f"(dvc repro -f fetch)") from error
+        raise MetadataError(
+            f"{path}: bytes and mtime_ns must be integers ({error}); re-run the fetch stage (dvc repro -f fetch)"
+        ) from error
     names = frame["Image Index"].tolist()
     paths = dict(zip(names, frame["path"].tolist()))
     if len(paths) != len(names):
@@ -275,8 +289,9 @@ def _check_unique_images(csv_path: Path, frame: pd.DataFrame) -> None:
         )
 
 
-def _match_images(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray, images: ImageFiles,
-                  missing_images: str, orphan_images: str) -> tuple[np.ndarray, int, int]:
+def _match_images(
+    csv_path: Path, frame: pd.DataFrame, lines: np.ndarray, images: ImageFiles, missing_images: str, orphan_images: str
+) -> tuple[np.ndarray, int, int]:
     """Rows whose image exists (mask), rows without an image, images without a row.
 
     Applies `missing_images` / `orphan_images` as :func:`load_metadata` describes.
@@ -323,8 +338,10 @@ def _check_patient_ids(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -
     bad = np.flatnonzero(~ids.str.fullmatch(PATIENT_ID.pattern).to_numpy(dtype=bool))
     if not len(bad):
         return
-    shown = ", ".join(f"line {lines[row]} ({frame['Image Index'].iat[row]}) {frame['Patient ID'].iat[row]!r}"
-                      for row in bad[:SHOWN_BAD_ROWS])
+    shown = ", ".join(
+        f"line {lines[row]} ({frame['Image Index'].iat[row]}) {frame['Patient ID'].iat[row]!r}"
+        for row in bad[:SHOWN_BAD_ROWS]
+    )
     more = f" and {len(bad) - SHOWN_BAD_ROWS} more" if len(bad) > SHOWN_BAD_ROWS else ""
     raise MetadataError(
         f"{csv_path}: {len(bad)} row(s) have a Patient ID that is not a positive integer: {shown}{more}. "

@@ -38,16 +38,32 @@ DEFAULT_BASE_URL = "https://nihcc.box.com/shared/static"
 # The official box.com ids, MD5s and image counts of images_001 ... images_012, in order
 # (the ids are the links of NIH's batch_download_zips.py).
 _ARCHIVE_IDS = (
-    "vfk49d74nhbxq3nqjg0900w5nvkorp5c", "i28rlmbvmfjbl8p2n3ril0pptcmcu9d1", "f1t00wrtdk94satdfb9olcolqx20z2jp",
-    "0aowwzs5lhjrceb3qp67ahp0rd1l1etg", "v5e3goj22zr6h8tzualxfsqlqaygfbsn", "asi7ikud9jwnkrnkj99jnpfkjdes7l6l",
-    "jn1b4mw4n6lnh74ovmcjb8y48h8xj07n", "tvpxmn7qyrgl0w8wfh9kqfjskv6nmm1j", "upyy3ml7qdumlgk2rfcvlb9k6gvqq2pj",
-    "l6nilvfa9cg3s28tqv1qc1olm3gnz54p", "hhq8fkdgvcari67vfhs7ppg2w6ni4jze", "ioqwiy20ihqwyr8pf4c24eazhh281pbu",
+    "vfk49d74nhbxq3nqjg0900w5nvkorp5c",
+    "i28rlmbvmfjbl8p2n3ril0pptcmcu9d1",
+    "f1t00wrtdk94satdfb9olcolqx20z2jp",
+    "0aowwzs5lhjrceb3qp67ahp0rd1l1etg",
+    "v5e3goj22zr6h8tzualxfsqlqaygfbsn",
+    "asi7ikud9jwnkrnkj99jnpfkjdes7l6l",
+    "jn1b4mw4n6lnh74ovmcjb8y48h8xj07n",
+    "tvpxmn7qyrgl0w8wfh9kqfjskv6nmm1j",
+    "upyy3ml7qdumlgk2rfcvlb9k6gvqq2pj",
+    "l6nilvfa9cg3s28tqv1qc1olm3gnz54p",
+    "hhq8fkdgvcari67vfhs7ppg2w6ni4jze",
+    "ioqwiy20ihqwyr8pf4c24eazhh281pbu",
 )
 _ARCHIVE_MD5S = (
-    "fe8ed0a6961412fddcbb3603c11b3698", "ab07a2d7cbe6f65ddd97b4ed7bde10bf", "2301d03bde4c246388bad3876965d574",
-    "9f1b7f5aae01b13f4bc8e2c44a4b8ef6", "1861f3cd0ef7734df8104f2b0309023b", "456b53a8b351afd92a35bc41444c58c8",
-    "1075121ea20a137b87f290d6a4a5965e", "b61f34cec3aa69f295fbb593cbd9d443", "442a3caa61ae9b64e61c561294d1e183",
-    "09ec81c4c31e32858ad8cf965c494b74", "499aefc67207a5a97692424cf5dbeed5", "dc9fda1757c2de0032b63347a7d2895c",
+    "fe8ed0a6961412fddcbb3603c11b3698",
+    "ab07a2d7cbe6f65ddd97b4ed7bde10bf",
+    "2301d03bde4c246388bad3876965d574",
+    "9f1b7f5aae01b13f4bc8e2c44a4b8ef6",
+    "1861f3cd0ef7734df8104f2b0309023b",
+    "456b53a8b351afd92a35bc41444c58c8",
+    "1075121ea20a137b87f290d6a4a5965e",
+    "b61f34cec3aa69f295fbb593cbd9d443",
+    "442a3caa61ae9b64e61c561294d1e183",
+    "09ec81c4c31e32858ad8cf965c494b74",
+    "499aefc67207a5a97692424cf5dbeed5",
+    "dc9fda1757c2de0032b63347a7d2895c",
 )
 _ARCHIVE_IMAGE_COUNTS = (4_999,) + (10_000,) * 10 + (7_121,)
 
@@ -143,15 +159,28 @@ def _existing_file_is_valid(dest: Path, md5: str | None) -> bool:
         _write_stamp(dest, actual_md5)
         log.info("%s already present, MD5 verified", dest)
         return True
-    log.warning("%s has MD5 %s, expected %s: moving it to %s and downloading again",
-                dest, actual_md5, md5, _sibling(dest, ".corrupt"))
+    log.warning(
+        "%s has MD5 %s, expected %s: moving it to %s and downloading again",
+        dest,
+        actual_md5,
+        md5,
+        _sibling(dest, ".corrupt"),
+    )
     os.replace(dest, _sibling(dest, ".corrupt"))
     _sibling(dest, ".md5").unlink(missing_ok=True)
     return False
 
 
-def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 5, backoff_seconds: float = 2.0,
-                  timeout: float = 60.0, chunk_bytes: int = 1 << 20, progress: bool = True) -> Path:
+def download_file(
+    url: str,
+    dest: Path,
+    md5: str | None = None,
+    retries: int = 5,
+    backoff_seconds: float = 2.0,
+    timeout: float = 60.0,
+    chunk_bytes: int = 1 << 20,
+    progress: bool = True,
+) -> Path:
     """Download `url` to `dest` resumably, verifying `md5` before the file gets its final name.
 
     Args:
@@ -184,8 +213,16 @@ def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 5
     return _verify_and_rename(url, dest, part_path, state, md5)
 
 
-def _transfer_with_retries(url: str, part_path: Path, state: _PartState, retries: int, backoff_seconds: float,
-                           timeout: float, chunk_bytes: int, progress: bool) -> None:
+def _transfer_with_retries(
+    url: str,
+    part_path: Path,
+    state: _PartState,
+    retries: int,
+    backoff_seconds: float,
+    timeout: float,
+    chunk_bytes: int,
+    progress: bool,
+) -> None:
     """Fill `part_path` with `url`'s bytes, resuming after each failure (see :func:`download_file`)."""
     for attempt in range(retries):
         state.sync_with(part_path)
@@ -208,8 +245,15 @@ def _transfer_with_retries(url: str, part_path: Path, state: _PartState, retries
                 f"(last error: {failure}); {part_path} is kept, re-run to resume"
             ) from failure
         wait_seconds = backoff_seconds * 2**attempt
-        log.warning("%s: attempt %d/%d failed at %d bytes (%s); retrying in %.2g s",
-                    url, attempt + 1, retries, on_disk, failure, wait_seconds)
+        log.warning(
+            "%s: attempt %d/%d failed at %d bytes (%s); retrying in %.2g s",
+            url,
+            attempt + 1,
+            retries,
+            on_disk,
+            failure,
+            wait_seconds,
+        )
         time.sleep(wait_seconds)
 
 
@@ -245,8 +289,9 @@ class _PartState:
             self.n_bytes = on_disk
 
 
-def _transfer_once(url: str, part_path: Path, state: _PartState, timeout: float, chunk_bytes: int,
-                   show_progress: bool) -> None:
+def _transfer_once(
+    url: str, part_path: Path, state: _PartState, timeout: float, chunk_bytes: int, show_progress: bool
+) -> None:
     """One HTTP attempt, appending to `part_path` and updating `state` chunk by chunk.
 
     Raises `_IncompleteTransfer` / OSError when the body stops early, so the caller retries.
@@ -280,11 +325,18 @@ def _transfer_once(url: str, part_path: Path, state: _PartState, timeout: float,
         length_header = response.headers.get("Content-Length")
         body_bytes = int(length_header) if length_header and length_header.isdigit() else None
         received = 0
-        with part_path.open(mode) as part_stream, progress_bar(
-            total=None if body_bytes is None else start_byte + body_bytes, initial=start_byte,
-            desc=part_path.name.removesuffix(".part"), unit="B", unit_scale=True, unit_divisor=1024,
-            disable_bar=not show_progress,
-        ) as bar:
+        with (
+            part_path.open(mode) as part_stream,
+            progress_bar(
+                total=None if body_bytes is None else start_byte + body_bytes,
+                initial=start_byte,
+                desc=part_path.name.removesuffix(".part"),
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                disable_bar=not show_progress,
+            ) as bar,
+        ):
             while chunk := response.read(chunk_bytes):
                 part_stream.write(chunk)
                 state.hasher.update(chunk)
@@ -333,8 +385,15 @@ def _check_free_space(needs: dict[Path, int], required_margin_bytes: int) -> Non
             )
 
 
-def download_nih(archives: list[Archive], download_dir: Path, extract_dir: Path, retries: int = 5,
-                 backoff_seconds: float = 2.0, progress: bool = True, required_margin_bytes: int = 0) -> list[Path]:
+def download_nih(
+    archives: list[Archive],
+    download_dir: Path,
+    extract_dir: Path,
+    retries: int = 5,
+    backoff_seconds: float = 2.0,
+    progress: bool = True,
+    required_margin_bytes: int = 0,
+) -> list[Path]:
     """Download, verify and extract `archives`, skipping whatever earlier runs finished.
 
     Free space is checked before any download starts, so a full disk fails in seconds instead
@@ -382,8 +441,14 @@ def download_nih(archives: list[Archive], download_dir: Path, extract_dir: Path,
         if marker_path.exists() and not archive_path.exists():
             log.info("%s already extracted (archive deleted since); skipping", archive.name)
             continue
-        download_file(archive.url, archive_path, md5=archive.md5, retries=retries,
-                      backoff_seconds=backoff_seconds, progress=progress)
+        download_file(
+            archive.url,
+            archive_path,
+            md5=archive.md5,
+            retries=retries,
+            backoff_seconds=backoff_seconds,
+            progress=progress,
+        )
         if marker_path.exists():
             log.info("%s already extracted into %s; skipping", archive.name, extract_dir)
             continue
@@ -400,6 +465,7 @@ def _is_within(path: Path, root: Path) -> bool:
 
 def _check_member(archive: Path, member: tarfile.TarInfo, target_root: Path) -> None:
     """Raise UnsafeArchiveError if extracting `member` could touch anything outside `target_root`."""
+
     def refuse(reason: str) -> UnsafeArchiveError:
         return UnsafeArchiveError(
             f"{archive}: member '{member.name}' {reason}; refusing to extract anything from this archive "
@@ -492,8 +558,7 @@ def fetch_metadata(source: str, dest: Path) -> Path:
         source_path = Path(source).expanduser()
         if not source_path.is_file():
             raise MissingInputError(
-                f"metadata source {source_path} does not exist; give the path of the downloaded file or its "
-                "http(s) URL"
+                f"metadata source {source_path} does not exist; give the path of the downloaded file or its http(s) URL"
             )
         atomic_write_bytes(dest, source_path.read_bytes())
     log.info("metadata %s -> %s", source, dest)

@@ -91,8 +91,9 @@ def detect_layout(root: Path) -> NihLayout:
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise NihLayoutError(f"data.nih.path: {root} is not a folder; point it at the unpacked NIH ChestX-ray14 "
-                             f"download ({_EXPECTED})")
+        raise NihLayoutError(
+            f"data.nih.path: {root} is not a folder; point it at the unpacked NIH ChestX-ray14 download ({_EXPECTED})"
+        )
     candidates = [layout for layout in (_official(root), _kaggle(root), _sample(root)) if layout is not None]
     kinds = [layout.kind for layout in candidates]
     if "official" in kinds and "kaggle" in kinds:
@@ -105,8 +106,7 @@ def detect_layout(root: Path) -> NihLayout:
         log.debug("%s: detected %s", root, layout.describe())
         return layout
     raise NihLayoutError(
-        f"data.nih.path: {root} holds no NIH ChestX-ray14 layout. Looked for {_EXPECTED}. "
-        f"Found: {_list_folder(root)}"
+        f"data.nih.path: {root} holds no NIH ChestX-ray14 layout. Looked for {_EXPECTED}. Found: {_list_folder(root)}"
     )
 
 
@@ -156,8 +156,13 @@ def index_raw(layout: NihLayout, out_dir: Path) -> int:
         if boxes is not None:
             shutil.copyfile(boxes, staging / BBOX_FILE)
     copied = layout.metadata_csv.name + (f" and {boxes.name}" if boxes is not None else f" (no {BBOX_FILE})")
-    log.info("recorded %s images (%.1f GB) in %s and copied %s", f"{len(rows):,}",
-             sum(row[2] for row in rows) / 1e9, out_dir / IMAGES_MANIFEST, copied)
+    log.info(
+        "recorded %s images (%.1f GB) in %s and copied %s",
+        f"{len(rows):,}",
+        sum(row[2] for row in rows) / 1e9,
+        out_dir / IMAGES_MANIFEST,
+        copied,
+    )
     return len(rows)
 
 
@@ -234,8 +239,9 @@ def _scan_images(layout: NihLayout) -> dict[str, os.DirEntry]:
 
 def _bbox_list(layout: NihLayout) -> Path | None:
     """NIH's box file, in the root folder or beside the metadata CSV, if the download has it."""
-    return next((path for path in (layout.root / BBOX_FILE, layout.metadata_csv.parent / BBOX_FILE)
-                 if path.is_file()), None)
+    return next(
+        (path for path in (layout.root / BBOX_FILE, layout.metadata_csv.parent / BBOX_FILE) if path.is_file()), None
+    )
 
 
 def _check_out_dir(layout: NihLayout, out_dir: Path) -> None:

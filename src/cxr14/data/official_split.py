@@ -158,7 +158,10 @@ def filter_views(
     dropped = view_positions[~keep].value_counts()
     log.info(
         "view filter %s: kept %d of %d images, dropped %d (%s)",
-        "/".join(wanted), int(keep.sum()), len(keep), int((~keep).sum()),
+        "/".join(wanted),
+        int(keep.sum()),
+        len(keep),
+        int((~keep).sum()),
         ", ".join(f"{view or 'blank'} {count}" for view, count in dropped.items()) or "none",
     )
     return metadata_frame.loc[keep].reset_index(drop=True), labels[keep]

@@ -1,7 +1,7 @@
 """Process pools for image work: one decode per core, OpenCV's own threads switched off.
 
-    with opencv_single_threaded():
-        with multiprocessing.get_context("fork").Pool(workers) as pool: ...
+with opencv_single_threaded():
+    with multiprocessing.get_context("fork").Pool(workers) as pool: ...
 """
 
 from __future__ import annotations

@@ -18,12 +18,25 @@ from cxr14.labels import LABELS, NO_FINDING
 
 Gen = np.random.Generator
 FINDINGS: tuple[str, ...] = tuple(name for name in LABELS if name != NO_FINDING)
-PREVALENCE = {"Infiltration": .177, "Effusion": .119, "Atelectasis": .103, "Nodule": .056, "Mass": .052,
-              "Pneumothorax": .047, "Consolidation": .042, "Pleural_Thickening": .030, "Cardiomegaly": .025,
-              "Emphysema": .022, "Edema": .021, "Fibrosis": .015, "Pneumonia": .013, "Hernia": .002}
+PREVALENCE = {
+    "Infiltration": 0.177,
+    "Effusion": 0.119,
+    "Atelectasis": 0.103,
+    "Nodule": 0.056,
+    "Mass": 0.052,
+    "Pneumothorax": 0.047,
+    "Consolidation": 0.042,
+    "Pleural_Thickening": 0.030,
+    "Cardiomegaly": 0.025,
+    "Emphysema": 0.022,
+    "Edema": 0.021,
+    "Fibrosis": 0.015,
+    "Pneumonia": 0.013,
+    "Hernia": 0.002,
+}
 # P(k findings), k = 0..5: 53.8 % No Finding, 27.2 % one, 13 % two, 6 % three or more; the 3/4/5
 # split makes those images carry 3.2 findings on average, so the prevalences above add up.
-CARDINALITY = np.array([.538, .272, .130, .06 * .82, .06 * .16, .06 * .02])
+CARDINALITY = np.array([0.538, 0.272, 0.130, 0.06 * 0.82, 0.06 * 0.16, 0.06 * 0.02])
 CHRONIC = np.isin(FINDINGS, ["Cardiomegaly", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening"])
 P_REPEAT, P_KEEP_CHRONIC = 0.30, 0.45  # follow-up label kernels; the rest are fresh draws
 
@@ -46,7 +59,7 @@ def _calibrate(target: np.ndarray, pk: np.ndarray, iters: int = 300) -> np.ndarr
         f[:, 0] = 1.0  # f[i, j] = e_j of the weights without item i
         for j in range(1, len(pk)):
             f[:, j] = e[j] - w * f[:, j - 1]
-        w = w * target / (w * (f[:, :-1] / e[1:len(pk)] * pk[1:]).sum(axis=1))
+        w = w * target / (w * (f[:, :-1] / e[1 : len(pk)] * pk[1:]).sum(axis=1))
         w /= w.sum()
     return w
 

@@ -84,8 +84,11 @@ def measure_efficiency(
         model, _random_batch(model, 1, input_size, device), device, warmup=warmup, repeats=repeats
     )
     throughput_seconds = median_forward_seconds(
-        model, _random_batch(model, throughput_batch, input_size, device), device,
-        warmup=1, repeats=throughput_repeats,
+        model,
+        _random_batch(model, throughput_batch, input_size, device),
+        device,
+        warmup=1,
+        repeats=throughput_repeats,
     )
     return {
         "params_total": params_total,

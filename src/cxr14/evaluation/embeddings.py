@@ -34,8 +34,9 @@ RECALL_AT = 5
 
 
 @torch.no_grad()
-def extract_embeddings(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, batch_size: int, image_size: int,
-                       device: torch.device) -> np.ndarray:
+def extract_embeddings(
+    bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, batch_size: int, image_size: int, device: torch.device
+) -> np.ndarray:
     """float32 [N, embedding_dim]: the input of the classifier for each cache image, in row order."""
     model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     model.eval()
@@ -47,7 +48,7 @@ def extract_embeddings(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray,
         hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().float().cpu()))
     try:
         for start in progress(range(0, len(images), batch_size), desc="embeddings", unit="batch", leave=False):
-            batch = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1).to(device)
+            batch = torch.from_numpy(np.array(images[start : start + batch_size])).unsqueeze(1).to(device)
             inputs = prepare_batch(batch, bundle.in_chans, bundle.mean, bundle.std, image_size)
             if interface:
                 embedding = model.forward_head(model.forward_features(inputs), pre_logits=True)
@@ -112,15 +113,25 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, patient_ids: np.n
     return _retrieval_summary(hits_at_1, hits_at_k, average_precisions, chance)
 
 
-def _retrieval_summary(hits_at_1: list[float], hits_at_k: list[float], average_precisions: list[float],
-                       chance: list[float]) -> dict:
+def _retrieval_summary(
+    hits_at_1: list[float], hits_at_k: list[float], average_precisions: list[float], chance: list[float]
+) -> dict:
     """Means over the scored queries (all None without one)."""
     if not average_precisions:
-        return {"precision_at_1": None, "recall_at_5": None, "mean_average_precision": None,
-                "chance_precision": None, "queries": 0}
-    return {"precision_at_1": float(np.mean(hits_at_1)), "recall_at_5": float(np.mean(hits_at_k)),
-            "mean_average_precision": float(np.mean(average_precisions)),
-            "chance_precision": float(np.mean(chance)), "queries": len(average_precisions)}
+        return {
+            "precision_at_1": None,
+            "recall_at_5": None,
+            "mean_average_precision": None,
+            "chance_precision": None,
+            "queries": 0,
+        }
+    return {
+        "precision_at_1": float(np.mean(hits_at_1)),
+        "recall_at_5": float(np.mean(hits_at_k)),
+        "mean_average_precision": float(np.mean(average_precisions)),
+        "chance_precision": float(np.mean(chance)),
+        "queries": len(average_precisions),
+    }
 
 
 def finding_groups(labels: np.ndarray) -> list[str]:

@@ -19,8 +19,9 @@ from cxr14.io import progress
 from cxr14.labels import LABEL_INDEX, LABELS, NO_FINDING
 
 
-def select_gradcam_images(index: pd.DataFrame, labels: np.ndarray, boxes: pd.DataFrame, count: int,
-                          seed: int) -> pd.DataFrame:
+def select_gradcam_images(
+    index: pd.DataFrame, labels: np.ndarray, boxes: pd.DataFrame, count: int, seed: int
+) -> pd.DataFrame:
     """Rows of the test split to overlay, with the finding whose map is drawn.
 
     Boxed images first (one per finding in turn, so several findings show), then images
@@ -45,8 +46,7 @@ def select_gradcam_images(index: pd.DataFrame, labels: np.ndarray, boxes: pd.Dat
                     used.add(row)
 
     if len(boxes):
-        take_round_robin({name: sorted(set(boxes.loc[boxes["finding"] == name, "row"].astype(int)))
-                          for name in LABELS})
+        take_round_robin({name: sorted(set(boxes.loc[boxes["finding"] == name, "row"].astype(int))) for name in LABELS})
     prevalence = labels.sum(axis=0)
     by_frequency = [LABELS[c] for c in np.argsort(-prevalence, kind="stable") if LABELS[c] != NO_FINDING]
     take_round_robin({name: list(np.flatnonzero(labels[:, LABEL_INDEX[name]])) for name in by_frequency})
@@ -55,20 +55,32 @@ def select_gradcam_images(index: pd.DataFrame, labels: np.ndarray, boxes: pd.Dat
     return frame
 
 
-def batched_grad_cam(bundle, taps, images: np.ndarray, rows: list[int], findings: list[str], batch_size: int, image_size: int,
-          device: torch.device, desc: str) -> tuple[np.ndarray, np.ndarray]:
+def batched_grad_cam(
+    bundle,
+    taps,
+    images: np.ndarray,
+    rows: list[int],
+    findings: list[str],
+    batch_size: int,
+    image_size: int,
+    device: torch.device,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM for (row, finding) pairs, batched."""
     maps, probabilities = [], []
     for start in progress(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
         stop = start + batch_size
-        part_maps, part_probabilities = grad_cam(bundle, taps, images[rows[start:stop]],
-                                                 [LABEL_INDEX[name] for name in findings[start:stop]],
-                                                 image_size, device)
+        part_maps, part_probabilities = grad_cam(
+            bundle,
+            taps,
+            images[rows[start:stop]],
+            [LABEL_INDEX[name] for name in findings[start:stop]],
+            image_size,
+            device,
+        )
         maps.append(part_maps)
         probabilities.append(part_probabilities)
     side = images.shape[-1]
     if not maps:
         return np.zeros((0, side, side), np.float32), np.zeros(0, np.float32)
     return np.concatenate(maps), np.concatenate(probabilities)
-
-

@@ -134,8 +134,11 @@ def _find_taps_by_interface(bundle: ModelBundle, image_size: int, device: torch.
     model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     # Hooks only name the module whose output the feature map is (for the record), they choose nothing.
     completed: list[tuple[str, object]] = []
-    hooks = [module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, out)))
-             for name, module in model.named_modules() if name]
+    hooks = [
+        module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, out)))
+        for name, module in model.named_modules()
+        if name
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -161,11 +164,13 @@ def _find_taps_by_interface(bundle: ModelBundle, image_size: int, device: torch.
     feature_layer = next((name for name, out in reversed(completed) if out is features), "forward_features")
     get_classifier = getattr(model, "get_classifier", None)
     classifier = get_classifier() if callable(get_classifier) else None
-    classifier_layer = next((name for name, module in model.named_modules() if name and module is classifier),
-                            "forward_head")
+    classifier_layer = next(
+        (name for name, module in model.named_modules() if name and module is classifier), "forward_head"
+    )
     layout, prefix = kind
-    return ModelTaps(feature_layer, layout, prefix, classifier_layer, embedding.flatten(1).shape[1],
-                     from_interface=True)
+    return ModelTaps(
+        feature_layer, layout, prefix, classifier_layer, embedding.flatten(1).shape[1], from_interface=True
+    )
 
 
 def _find_taps_by_hooks(bundle: ModelBundle, image_size: int, device: torch.device, seed: int) -> ModelTaps:
@@ -180,30 +185,47 @@ def _find_taps_by_hooks(bundle: ModelBundle, image_size: int, device: torch.devi
     model = bundle.model
     modules = dict(model.named_modules())
     completed: list[tuple[str, nn.Module, Any]] = []
-    hooks = [module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, mod, out)))
-             for name, module in modules.items() if name]
+    hooks = [
+        module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, mod, out)))
+        for name, module in modules.items()
+        if name
+    ]
     was_training = model.training
     model.eval()
     try:
         inputs = _noise_inputs(bundle, image_size, device, seed)
         with torch.enable_grad():
             logits = model(inputs.requires_grad_(True)).float()
-            candidates = [(name, out, kind) for name, _, out in completed
-                          if (kind := _spatial_kind(out)) is not None and not _inside_attention(name, modules)
-                          and out.requires_grad]
-            gradients = torch.autograd.grad(logits.sum(), [out for _, out, _ in candidates], allow_unused=True) \
-                if candidates else ()
+            candidates = [
+                (name, out, kind)
+                for name, _, out in completed
+                if (kind := _spatial_kind(out)) is not None
+                and not _inside_attention(name, modules)
+                and out.requires_grad
+            ]
+            gradients = (
+                torch.autograd.grad(logits.sum(), [out for _, out, _ in candidates], allow_unused=True)
+                if candidates
+                else ()
+            )
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    spatial = [(name, kind) for (name, _, kind), gradient in zip(candidates, gradients)
-               if _spatial_gradient(gradient, *kind) > 0]
-    classifiers = [(name, module) for name, module, _ in completed
-                   if isinstance(module, nn.Linear) and module.out_features == NUM_CLASSES]
+    spatial = [
+        (name, kind)
+        for (name, _, kind), gradient in zip(candidates, gradients)
+        if _spatial_gradient(gradient, *kind) > 0
+    ]
+    classifiers = [
+        (name, module)
+        for name, module, _ in completed
+        if isinstance(module, nn.Linear) and module.out_features == NUM_CLASSES
+    ]
     if not spatial:
-        raise ExplainError(f"{bundle.name}: no layer with a spatial output (feature map or patch tokens) "
-                           "that the logits depend on")
+        raise ExplainError(
+            f"{bundle.name}: no layer with a spatial output (feature map or patch tokens) that the logits depend on"
+        )
     if not classifiers:
         raise ExplainError(f"{bundle.name}: no Linear layer with {NUM_CLASSES} outputs (the classifier) was run")
     (feature_layer, (layout, prefix)), (classifier_layer, classifier) = spatial[-1], classifiers[-1]
@@ -218,13 +240,14 @@ def _as_grid(activations: torch.Tensor, taps: ModelTaps) -> torch.Tensor:
     """[N, C, h, w] whatever the layer's layout."""
     if taps.layout == "channels_first":
         return activations
-    patches = activations[:, taps.prefix_tokens:, :]
+    patches = activations[:, taps.prefix_tokens :, :]
     side = math.isqrt(patches.shape[1])
     return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
 
 
-def grad_cam(bundle: ModelBundle, taps: ModelTaps, pixels: np.ndarray, classes: list[int], image_size: int,
-             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def grad_cam(
+    bundle: ModelBundle, taps: ModelTaps, pixels: np.ndarray, classes: list[int], image_size: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps, one per image for the class given beside it, and that class's probability.
 
     Args:
@@ -242,8 +265,13 @@ def grad_cam(bundle: ModelBundle, taps: ModelTaps, pixels: np.ndarray, classes: 
     model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     model.eval()
     captured: dict[str, torch.Tensor] = {}
-    hook = None if taps.from_interface else _module(model, taps.feature_layer).register_forward_hook(
-        lambda mod, args, out: captured.__setitem__("activations", out))
+    hook = (
+        None
+        if taps.from_interface
+        else _module(model, taps.feature_layer).register_forward_hook(
+            lambda mod, args, out: captured.__setitem__("activations", out)
+        )
+    )
     side = pixels.shape[-1]
     try:
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1).to(device)
@@ -284,7 +312,10 @@ def box_scores(cam: np.ndarray, box: pd.Series, threshold: float) -> dict[str, f
     peak_y, peak_x = np.unravel_index(int(np.argmax(cam)), cam.shape)
     region = cam >= threshold if cam.max() > 0 else np.zeros_like(mask)
     union = np.logical_or(region, mask).sum()
-    return {"hit": float(mask[peak_y, peak_x]), "iou": float(np.logical_and(region, mask).sum() / union) if union else 0.0}
+    return {
+        "hit": float(mask[peak_y, peak_x]),
+        "iou": float(np.logical_and(region, mask).sum() / union) if union else 0.0,
+    }
 
 
 def centre_baseline(box: pd.Series, side: int) -> float:
@@ -306,15 +337,21 @@ def localisation_scores(cams: np.ndarray, boxes: pd.DataFrame, threshold: float)
     for cam, (_, box) in zip(cams, boxes.iterrows()):
         empty = not cam.max() > 0
         scores = {"hit": 0.0, "iou": 0.0} if empty else box_scores(cam, box, threshold)
-        rows.append({"finding": box["finding"], **scores, "centre_hit": centre_baseline(box, cam.shape[0]),
-                     "empty": empty})
+        rows.append(
+            {"finding": box["finding"], **scores, "centre_hit": centre_baseline(box, cam.shape[0]), "empty": empty}
+        )
     table = pd.DataFrame(rows, columns=["finding", "hit", "iou", "centre_hit", "empty"])
 
     def summary(part: pd.DataFrame) -> dict:
-        return {"boxes": int(len(part)), "pointing_game": float(part["hit"].mean()),
-                "mean_iou": float(part["iou"].mean()), "centre_baseline": float(part["centre_hit"].mean()),
-                "empty_maps": int(part["empty"].sum())}
+        return {
+            "boxes": int(len(part)),
+            "pointing_game": float(part["hit"].mean()),
+            "mean_iou": float(part["iou"].mean()),
+            "centre_baseline": float(part["centre_hit"].mean()),
+            "empty_maps": int(part["empty"].sum()),
+        }
 
-    per_finding = {name: summary(table[table["finding"] == name]) for name in LABELS if (table["finding"] == name).any()}
-    return {"overall": summary(table) if len(table) else None, "per_finding": per_finding,
-            "cam_threshold": threshold}
+    per_finding = {
+        name: summary(table[table["finding"] == name]) for name in LABELS if (table["finding"] == name).any()
+    }
+    return {"overall": summary(table) if len(table) else None, "per_finding": per_finding, "cam_threshold": threshold}

@@ -309,13 +309,12 @@ def paired_bootstrap(
     ones = np.ones((1, len(positive)))
     observed = float(_macro_difference(model_a, model_b, ones)[0])
     if np.isnan(observed):
-        raise InputDataError("no class has both positives and negatives in the test split: the macro AUROC is "
-                             "undefined; use a larger split.test_fraction or more images")
+        raise InputDataError(
+            "no class has both positives and negatives in the test split: the macro AUROC is "
+            "undefined; use a larger split.test_fraction or more images"
+        )
     differences = np.concatenate(
-        [
-            _macro_difference(model_a, model_b, weights)
-            for weights in _resampled_weights(units, resamples, seed)
-        ]
+        [_macro_difference(model_a, model_b, weights) for weights in _resampled_weights(units, resamples, seed)]
     )
     differences = differences[~np.isnan(differences)]
     p_value = min(1.0, 2.0 * min(float(np.mean(differences <= 0)), float(np.mean(differences >= 0))))

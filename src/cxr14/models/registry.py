@@ -70,8 +70,12 @@ _FETCH_ERRORS = (OSError, RuntimeError, ValueError)
 # scalar types keeps torch.load in its safe weights_only mode for them.
 NUMPY_SCALAR_GLOBALS = [
     np._core.multiarray.scalar,  # type: ignore[attr-defined]  # numpy's stubs omit _core
-    np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType,
-    np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.BoolDType,
+    np.dtype,
+    np.dtypes.Float64DType,
+    np.dtypes.Float32DType,
+    np.dtypes.Int64DType,
+    np.dtypes.Int32DType,
+    np.dtypes.BoolDType,
 ]
 # Prefixes that wrappers add to parameter names: DataParallel/DDP and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -144,8 +148,10 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         if name not in REGISTERED_MODELS:
-            raise ValueError(f"model {name!r} is not in cxr14.model_names.REGISTERED_MODELS; add it there (the "
-                             "report stage knows registered names from that list, without importing torch)")
+            raise ValueError(
+                f"model {name!r} is not in cxr14.model_names.REGISTERED_MODELS; add it there (the "
+                "report stage knows registered names from that list, without importing torch)"
+            )
         summary = description or (builder.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = ModelSpec(builder, in_chans, mean, std, pretrained, timm_weights, summary)
         return builder
@@ -218,14 +224,17 @@ def _with_close_match(name: str) -> str:
     close = difflib.get_close_matches(name, available_models(), n=1)
     if not close:
         prefix = "timm:" if name.startswith("timm:") else ""
-        close = [prefix + match for match in difflib.get_close_matches(name.removeprefix("timm:"),
-                                                                       timm.list_models(), n=1)]
+        close = [
+            prefix + match for match in difflib.get_close_matches(name.removeprefix("timm:"), timm.list_models(), n=1)
+        ]
     return f"{name!r} (did you mean '{close[0]}'?)" if close else repr(name)
 
 
 def _valid_names() -> str:
-    return (f"valid names: {', '.join(available_models())}, or any timm model name, e.g. timm:convnext_tiny "
-            "(see timm.list_models())")
+    return (
+        f"valid names: {', '.join(available_models())}, or any timm model name, e.g. timm:convnext_tiny "
+        "(see timm.list_models())"
+    )
 
 
 def check_model_names(names: Iterable[str], key: str = "models", source: str | None = None) -> None:
@@ -243,8 +252,9 @@ def check_model_names(names: Iterable[str], key: str = "models", source: str | N
     unknown = [str(name) for name in names if not _is_known(str(name))]
     if unknown:
         where = f"{source}: " if source else ""
-        raise UnknownModelError(f"{where}{key}: unknown model {', '.join(map(_with_close_match, unknown))}; "
-                                f"{_valid_names()}")
+        raise UnknownModelError(
+            f"{where}{key}: unknown model {', '.join(map(_with_close_match, unknown))}; {_valid_names()}"
+        )
 
 
 def _spec_for(name: str) -> ModelSpec:
@@ -255,11 +265,20 @@ def _spec_for(name: str) -> ModelSpec:
     architecture = name.removeprefix("timm:")
     if not name.startswith("timm:"):
         # A project model whose module cxr14.models forgets to import would land here silently.
-        log.warning("model %r is not registered; building timm's architecture of that name. If it is a project "
-                    "model, import its module in cxr14.models; if timm's is meant, write timm:%s", name, name)
+        log.warning(
+            "model %r is not registered; building timm's architecture of that name. If it is a project "
+            "model, import its module in cxr14.models; if timm's is meant, write timm:%s",
+            name,
+            name,
+        )
     return ModelSpec(
-        partial(_create_plain_timm, architecture), in_chans=3, mean=None, std=None, pretrained=False,
-        timm_weights=True, description=f"timm architecture {architecture}",
+        partial(_create_plain_timm, architecture),
+        in_chans=3,
+        mean=None,
+        std=None,
+        pretrained=False,
+        timm_weights=True,
+        description=f"timm architecture {architecture}",
     )
 
 
@@ -450,13 +469,17 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     if not names:
         get_classifier = getattr(model, "get_classifier", None)
         classifier = get_classifier() if callable(get_classifier) else None
-        names = tuple(module_name for module_name, module in model.named_modules()
-                      if classifier is not None and module is classifier and module_name)
+        names = tuple(
+            module_name
+            for module_name, module in model.named_modules()
+            if classifier is not None and module is classifier and module_name
+        )
     return {key for key in model.state_dict() if any(key.startswith(f"{name}.") for name in names)}
 
 
-def _refuse_unless_backbone_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str,
-                                 path: Path) -> None:
+def _refuse_unless_backbone_fits(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str, path: Path
+) -> None:
     """Raise PretrainedWeightsError unless the file holds every tensor of the model's body.
 
     timm loads non-strictly once it has dropped a classifier, so a file of another architecture

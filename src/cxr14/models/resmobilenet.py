@@ -66,8 +66,9 @@ MOBILENET_BATCH_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 
 def mobilenet_stem() -> nn.Module:
     """Conv 3x3 stride 2 to 16 channels, BN, Hardswish: output H/2."""
-    return Conv2dNormActivation(3, 16, kernel_size=3, stride=2, norm_layer=MOBILENET_BATCH_NORM,
-                                activation_layer=nn.Hardswish)
+    return Conv2dNormActivation(
+        3, 16, kernel_size=3, stride=2, norm_layer=MOBILENET_BATCH_NORM, activation_layer=nn.Hardswish
+    )
 
 
 def resnet_stem() -> nn.Module:
@@ -128,8 +129,9 @@ class ResMobileNet(nn.Module):
             mobilenet_reduction *= stride
             stride = 2 if reduction < mobilenet_reduction else 1
             reduction *= stride
-            config = InvertedResidualConfig(in_channels, kernel, expanded, out_channels, use_se, activation, stride,
-                                            dilation=1, width_mult=1.0)
+            config = InvertedResidualConfig(
+                in_channels, kernel, expanded, out_channels, use_se, activation, stride, dilation=1, width_mult=1.0
+            )
             blocks.append(InvertedResidual(config, norm_layer=MOBILENET_BATCH_NORM))
         self.blocks = nn.Sequential(*blocks)
         tail_channels = MOBILENET_V3_LARGE_BLOCKS[-1][3]

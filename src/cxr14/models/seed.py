@@ -93,7 +93,12 @@ class _EncoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.GELU(), nn.Dropout(dropout)
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -32,17 +32,28 @@ from torch.nn.modules.dropout import _DropoutNd
 from cxr14.io import atomic_write_text
 
 COLUMNS = [
-    "model", "layer_name", "layer_type", "input_shape", "output_shape", "parameters", "trainable",
-    "kernel_size", "stride", "padding", "activation", "dropout_rate", "bias",
+    "model",
+    "layer_name",
+    "layer_type",
+    "input_shape",
+    "output_shape",
+    "parameters",
+    "trainable",
+    "kernel_size",
+    "stride",
+    "padding",
+    "activation",
+    "dropout_rate",
+    "bias",
 ]
 ROOT_LAYER_NAME = "(root)"
 
 # Every activation class torch defines; MultiheadAttention lives in the same file but is a layer
 # with weights, not an elementwise activation.
 _TORCH_ACTIVATIONS = tuple(
-    cls for _, cls in inspect.getmembers(torch_activation, inspect.isclass)
-    if issubclass(cls, nn.Module) and cls.__module__ == torch_activation.__name__
-    and cls is not nn.MultiheadAttention
+    cls
+    for _, cls in inspect.getmembers(torch_activation, inspect.isclass)
+    if issubclass(cls, nn.Module) and cls.__module__ == torch_activation.__name__ and cls is not nn.MultiheadAttention
 )
 # timm keeps its own activation classes (Swish, HardSwish, GELUTanh, ...) in these modules; they
 # are matched by module name so that this file does not need timm to be importable.
@@ -84,21 +95,23 @@ def layer_table(model: nn.Module, input_size: Sequence[int], model_name: str) ->
         new_parameters = [p for p in own_parameters if id(p) not in counted_parameter_ids]
         counted_parameter_ids.update(id(p) for p in new_parameters)
         input_shape, output_shape = first_call_shapes.get(module, ("", ""))
-        rows.append({
-            "model": model_name,
-            "layer_name": name or ROOT_LAYER_NAME,
-            "layer_type": type(module).__name__,
-            "input_shape": input_shape,
-            "output_shape": output_shape,
-            "parameters": sum(p.numel() for p in new_parameters),
-            "trainable": _trainable_state(own_parameters),
-            "kernel_size": _size_text(module, "kernel_size"),
-            "stride": _size_text(module, "stride"),
-            "padding": _size_text(module, "padding"),
-            "activation": _activation_name(module),
-            "dropout_rate": _dropout_rate(module),
-            "bias": _has_bias(module),
-        })
+        rows.append(
+            {
+                "model": model_name,
+                "layer_name": name or ROOT_LAYER_NAME,
+                "layer_type": type(module).__name__,
+                "input_shape": input_shape,
+                "output_shape": output_shape,
+                "parameters": sum(p.numel() for p in new_parameters),
+                "trainable": _trainable_state(own_parameters),
+                "kernel_size": _size_text(module, "kernel_size"),
+                "stride": _size_text(module, "stride"),
+                "padding": _size_text(module, "padding"),
+                "activation": _activation_name(module),
+                "dropout_rate": _dropout_rate(module),
+                "bias": _has_bias(module),
+            }
+        )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["parameters"] = table["parameters"].astype("int64")
     table["dropout_rate"] = table["dropout_rate"].astype("float64")

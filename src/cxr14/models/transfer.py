@@ -91,7 +91,11 @@ class TransferNet(nn.Module):
 
 def _register_transfer(architecture: str) -> None:
     @register(
-        architecture, mean=None, std=None, pretrained=True, timm_weights=True,
+        architecture,
+        mean=None,
+        std=None,
+        pretrained=True,
+        timm_weights=True,
         description=f"ImageNet {architecture} features + Dropout .4, Dense 1024 head (seed transfer recipe)",
     )
     def build(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
@@ -103,20 +107,39 @@ for _architecture in TRANSFER_BACKBONES:
     _register_transfer(_architecture)
 
 
-@register("resnet34", mean=None, std=None, pretrained=False, timm_weights=True,
-          description="timm resnet34 trained from scratch (21.3 M params)")
+@register(
+    "resnet34",
+    mean=None,
+    std=None,
+    pretrained=False,
+    timm_weights=True,
+    description="timm resnet34 trained from scratch (21.3 M params)",
+)
 def resnet34(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
     return create_timm_model("resnet34", pretrained, pretrained_file, num_classes=num_classes)
 
 
-@register("vit_b16", mean=None, std=None, pretrained=True, timm_weights=True,
-          description="timm ViT-B/16, ImageNet-21k pretrained, fine-tuned on 1k (86 M params)")
+@register(
+    "vit_b16",
+    mean=None,
+    std=None,
+    pretrained=True,
+    timm_weights=True,
+    description="timm ViT-B/16, ImageNet-21k pretrained, fine-tuned on 1k (86 M params)",
+)
 def vit_b16(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
-    return create_timm_model("vit_base_patch16_224", pretrained, pretrained_file, num_classes=num_classes,
-                             img_size=image_size)
+    return create_timm_model(
+        "vit_base_patch16_224", pretrained, pretrained_file, num_classes=num_classes, img_size=image_size
+    )
 
 
-@register("densenet121", mean=None, std=None, pretrained=True, timm_weights=True,
-          description="timm DenseNet-121, ImageNet-pretrained (CheXNet's architecture)")
+@register(
+    "densenet121",
+    mean=None,
+    std=None,
+    pretrained=True,
+    timm_weights=True,
+    description="timm DenseNet-121, ImageNet-pretrained (CheXNet's architecture)",
+)
 def densenet121(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
     return create_timm_model("densenet121", pretrained, pretrained_file, num_classes=num_classes)

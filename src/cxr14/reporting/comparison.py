@@ -23,9 +23,20 @@ from cxr14.reporting.files import per_model_files
 # Rajpurkar et al. 2017 (CheXNet), Table 1: per-class test AUROC of DenseNet-121 on NIH
 # ChestX-ray14 with a random patient split of their own, so a reference, not a like-for-like.
 CHEXNET_AUROC = {
-    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345, "Mass": 0.8676,
-    "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887, "Consolidation": 0.7901, "Edema": 0.8878,
-    "Emphysema": 0.9371, "Fibrosis": 0.8047, "Pleural_Thickening": 0.8062, "Hernia": 0.9164,
+    "Atelectasis": 0.8094,
+    "Cardiomegaly": 0.9248,
+    "Effusion": 0.8638,
+    "Infiltration": 0.7345,
+    "Mass": 0.8676,
+    "Nodule": 0.7802,
+    "Pneumonia": 0.7680,
+    "Pneumothorax": 0.8887,
+    "Consolidation": 0.7901,
+    "Edema": 0.8878,
+    "Emphysema": 0.9371,
+    "Fibrosis": 0.8047,
+    "Pleural_Thickening": 0.8062,
+    "Hernia": 0.9164,
 }
 
 
@@ -49,8 +60,9 @@ def truth_and_scores(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]
     return predictions[list(TRUTH_COLUMNS)].to_numpy(), predictions[list(LABELS)].to_numpy()
 
 
-def paired_comparisons(predictions: dict[str, pd.DataFrame], ranking: list[str], resamples: int,
-                       seed: int) -> list[dict]:
+def paired_comparisons(
+    predictions: dict[str, pd.DataFrame], ranking: list[str], resamples: int, seed: int
+) -> list[dict]:
     """Best model (ranking[0]) minus each other model: macro AUROC difference, 95 % CI, p."""
     best = ranking[0]
     reference = predictions[best]
@@ -61,8 +73,9 @@ def paired_comparisons(predictions: dict[str, pd.DataFrame], ranking: list[str],
         other = predictions[name]
         if not np.array_equal(other["image_id"].to_numpy(), reference["image_id"].to_numpy()):
             raise ComparisonError(f"{name} and {best} were scored on different test images; re-run evaluate")
-        result = paired_bootstrap(targets, reference_scores, truth_and_scores(other)[1],
-                                  patients, resamples=resamples, seed=seed)
+        result = paired_bootstrap(
+            targets, reference_scores, truth_and_scores(other)[1], patients, resamples=resamples, seed=seed
+        )
         rows.append({"better": best, "worse": name, **result})
     return rows
 
@@ -70,27 +83,41 @@ def paired_comparisons(predictions: dict[str, pd.DataFrame], ranking: list[str],
 def comparison_lines(rows: list[dict], resamples: int) -> list[str]:
     if not rows:
         return []
-    lines = ["", "## Are the differences real?", "",
-             f"Paired bootstrap over test patients ({resamples} resamples, both models on the same resampled images): "
-             "macro AUROC of the best model minus each other model, its 95 % interval and a two-sided p-value. "
-             "An interval that contains 0 means this test set cannot tell the two apart.", "",
-             "| comparison | Δ macro AUROC | 95 % CI | p |", "|---|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Are the differences real?",
+        "",
+        f"Paired bootstrap over test patients ({resamples} resamples, both models on the same resampled images): "
+        "macro AUROC of the best model minus each other model, its 95 % interval and a two-sided p-value. "
+        "An interval that contains 0 means this test set cannot tell the two apart.",
+        "",
+        "| comparison | Δ macro AUROC | 95 % CI | p |",
+        "|---|---:|---:|---:|",
+    ]
     for row in rows:
         low, high = row["ci"]
         # A bootstrap cannot resolve p below 1/resamples: say so rather than print 0.000.
         p_text = f"< {1 / resamples:.3g}" if row["p_value"] < 1 / resamples else f"{row['p_value']:.3f}"
-        lines.append(f"| `{row['better']}` − `{row['worse']}` | {row['difference']:+.3f} | "
-                     f"[{low:+.3f}, {high:+.3f}] | {p_text} |")
+        lines.append(
+            f"| `{row['better']}` − `{row['worse']}` | {row['difference']:+.3f} | "
+            f"[{low:+.3f}, {high:+.3f}] | {p_text} |"
+        )
     return lines
 
 
 def chexnet_lines(best: dict) -> list[str]:
     """Our best model's per-class AUROC beside CheXNet's published numbers (NIH data only)."""
-    lines = ["", "## Reference: CheXNet (published, different split)", "",
-             "CheXNet's per-class test AUROC (Rajpurkar et al. 2017, DenseNet-121, their own random patient split), "
-             f"shown beside `{best['model']}` for orientation only: the test sets differ, so this is not a paired "
-             "comparison.", "",
-             f"| finding | `{best['model']}` | CheXNet |", "|---|---:|---:|"]
+    lines = [
+        "",
+        "## Reference: CheXNet (published, different split)",
+        "",
+        "CheXNet's per-class test AUROC (Rajpurkar et al. 2017, DenseNet-121, their own random patient split), "
+        f"shown beside `{best['model']}` for orientation only: the test sets differ, so this is not a paired "
+        "comparison.",
+        "",
+        f"| finding | `{best['model']}` | CheXNet |",
+        "|---|---:|---:|",
+    ]
     for name, published in CHEXNET_AUROC.items():
         ours = best["metrics"]["auroc"].get(name)
         lines.append(f"| {name} | {'–' if ours is None else f'{ours:.3f}'} | {published:.4f} |")

@@ -16,15 +16,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on a GPU node or in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from cxr14.evaluation.metrics import micro_roc_points  # noqa: E402
-from cxr14.io import atomic_write_bytes  # noqa: E402
-from cxr14.labels import LABELS  # noqa: E402
+from cxr14.evaluation.metrics import micro_roc_points
+from cxr14.io import atomic_write_bytes
+from cxr14.labels import LABELS
 
 DPI = 110
 
@@ -81,10 +81,16 @@ def roc_pr_figure(targets: np.ndarray, scores: np.ndarray, title: str) -> Figure
         pr_axes.plot(recall, precision, lw=2.4, color="black")
         pr_axes.axhline(flat_targets.mean(), ls=":", color="grey", lw=1, label="prevalence (micro)")
     roc_axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-    roc_axes.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC (test)",
-                 xlim=(0, 1), ylim=(0, 1.01))
-    pr_axes.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall (test)", xlim=(0, 1),
-                ylim=(0, 1.01))
+    roc_axes.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"{title}: ROC (test)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    pr_axes.set(
+        xlabel="recall", ylabel="precision", title=f"{title}: precision-recall (test)", xlim=(0, 1), ylim=(0, 1.01)
+    )
     roc_axes.legend(fontsize=6.5, loc="lower right", ncol=2)
     pr_axes.legend(fontsize=7, loc="upper right")
     figure.tight_layout()
@@ -94,17 +100,29 @@ def roc_pr_figure(targets: np.ndarray, scores: np.ndarray, title: str) -> Figure
 def reliability_figure(calibration: dict, title: str) -> Figure:
     """Observed positive rate against mean score per bin (all N x 15 entries), with bin counts."""
     bins = [row for row in calibration["bins"] if row["count"]]
-    figure, (axes, count_axes) = plt.subplots(2, 1, figsize=(4.8, 5.4), sharex=True,
-                                              gridspec_kw={"height_ratios": [3, 1]})
+    figure, (axes, count_axes) = plt.subplots(
+        2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
-    axes.plot([row["mean_score"] for row in bins], [row["observed_rate"] for row in bins], marker="o",
-              color="tab:blue", label=f"model (ECE {calibration['ece']:.3f})")
+    axes.plot(
+        [row["mean_score"] for row in bins],
+        [row["observed_rate"] for row in bins],
+        marker="o",
+        color="tab:blue",
+        label=f"model (ECE {calibration['ece']:.3f})",
+    )
     axes.set(ylabel="observed positive rate", title=f"{title}: reliability (test)", xlim=(0, 1), ylim=(0, 1))
     axes.legend(fontsize=8, loc="upper left")
     edges = [row["bin_low"] for row in calibration["bins"]]
     width = calibration["bins"][0]["bin_high"] - calibration["bins"][0]["bin_low"]
-    count_axes.bar(edges, [row["count"] for row in calibration["bins"]], width=width, align="edge",
-                   color="tab:grey", edgecolor="white")
+    count_axes.bar(
+        edges,
+        [row["count"] for row in calibration["bins"]],
+        width=width,
+        align="edge",
+        color="tab:grey",
+        edgecolor="white",
+    )
     count_axes.set(xlabel="predicted probability", ylabel="entries", yscale="log")
     figure.tight_layout()
     return figure
@@ -164,8 +182,9 @@ def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     return figure
 
 
-def gradcam_figure(images: np.ndarray, cams: np.ndarray, captions: list[str], boxes: list[list[tuple]],
-                   title: str, columns: int = 4) -> Figure:
+def gradcam_figure(
+    images: np.ndarray, cams: np.ndarray, captions: list[str], boxes: list[list[tuple]], title: str, columns: int = 4
+) -> Figure:
     """Each test image with its Grad-CAM overlaid and its boxes (green), one tile each.
 
     The map's colour (jet) is blended in proportion to its value, so where the map is zero the

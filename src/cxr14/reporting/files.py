@@ -1,7 +1,7 @@
 """The report's inputs: one file per model under metrics/, each made by a known stage.
 
-    paths = per_model_files(Path("metrics/efficiency"), ["cnn"], ".json", "profile")
-    figures = per_model_json(Path("metrics/efficiency"), ["cnn"], "profile")
+paths = per_model_files(Path("metrics/efficiency"), ["cnn"], ".json", "profile")
+figures = per_model_json(Path("metrics/efficiency"), ["cnn"], "profile")
 """
 
 from __future__ import annotations

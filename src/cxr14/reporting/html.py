@@ -43,7 +43,8 @@ def _data_uri(source: str, report_dir: Path) -> str:
     if not path.is_file():
         raise ReportError(f"{path}: the report refers to this figure but it does not exist; run `dvc repro`")
     mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
-        path.suffix.lower())
+        path.suffix.lower()
+    )
     if mime is None:
         raise ReportError(f"{path}: cannot embed a {path.suffix} file as a figure")
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
@@ -54,7 +55,7 @@ def render_html(markdown_text: str, report_dir: Path, title: str) -> str:
     body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
     body = _IMAGE_SRC.sub(lambda match: match.group(1) + _data_uri(match.group(2), report_dir) + match.group(3), body)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )

@@ -20,7 +20,11 @@ from cxr14.labels import LABELS
 from cxr14.reporting.comparison import chexnet_lines, comparison_lines
 from cxr14.reporting.files import ReportError, per_model_files, per_model_json
 from cxr14.reporting.sections import (
-    comparison_figure_lines, data_lines, explain_lines, figure_lines, reference_lines,
+    comparison_figure_lines,
+    data_lines,
+    explain_lines,
+    figure_lines,
+    reference_lines,
 )
 
 
@@ -29,7 +33,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _interval(metrics: dict) -> str:
-    """"[low, high]" of the patient-level bootstrap, when the record has one."""
+    """ "[low, high]" of the patient-level bootstrap, when the record has one."""
     low, high = (metrics.get("intervals") or {}).get("macro_auroc") or (None, None)
     return "" if low is None else f"[{_fmt(low)}, {_fmt(high)}]"
 
@@ -45,23 +49,36 @@ def _operating_point_lines(ranked: list[dict]) -> list[str]:
     if not with_points:
         return []
     target = with_points[0]["metrics"]["sensitivity_target"]
-    lines = ["", "## Operating points and calibration", "",
-             "Per-class thresholds chosen on validation only: max-F1, and the highest threshold reaching "
-             f"{target:.0%} validation sensitivity; values are test-split macro averages over the classes where "
-             "they are defined. Accuracy is the seed's (Keras binary accuracy over all 15 × N entries at 0.5): "
-             "with mostly-negative labels it is high for any model and says little. ECE: expected calibration "
-             "error over all entries.", "",
-             "| model | sens @maxF1 | spec @maxF1 | PPV @maxF1 | F1 @maxF1 | sens @target | spec @target | "
-             "PPV @target | seed accuracy | ECE |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Operating points and calibration",
+        "",
+        "Per-class thresholds chosen on validation only: max-F1, and the highest threshold reaching "
+        f"{target:.0%} validation sensitivity; values are test-split macro averages over the classes where "
+        "they are defined. Accuracy is the seed's (Keras binary accuracy over all 15 × N entries at 0.5): "
+        "with mostly-negative labels it is high for any model and says little. ECE: expected calibration "
+        "error over all entries.",
+        "",
+        "| model | sens @maxF1 | spec @maxF1 | PPV @maxF1 | F1 @maxF1 | sens @target | spec @target | "
+        "PPV @target | seed accuracy | ECE |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for record in with_points:
         m = record["metrics"]
         cells = []
         for point in ("at_max_f1", "at_sensitivity"):
-            keys = ("sensitivity", "specificity", "ppv", "f1") if point == "at_max_f1" else ("sensitivity", "specificity", "ppv")
+            keys = (
+                ("sensitivity", "specificity", "ppv", "f1")
+                if point == "at_max_f1"
+                else ("sensitivity", "specificity", "ppv")
+            )
             for key in keys:
                 cells.append(_fmt(_mean_defined({name: row[key] for name, row in m[point].items()})))
-        lines.append(f"| `{record['model']}` | " + " | ".join(cells) +
-                     f" | {_fmt(m['seed_accuracy'])} | {_fmt(m['calibration']['ece'])} |")
+        lines.append(
+            f"| `{record['model']}` | "
+            + " | ".join(cells)
+            + f" | {_fmt(m['seed_accuracy'])} | {_fmt(m['calibration']['ece'])} |"
+        )
     return lines
 
 
@@ -130,10 +147,16 @@ def _efficiency_lines(ranked: list[dict], efficiency: dict[str, dict], tables: d
 
 def _layer_table_lines(ranked: list[dict], tables: dict[str, pd.DataFrame]) -> list[str]:
     """Per model: where its layer table is and what it is made of (most frequent layer types)."""
-    lines = ["", "## Layer tables", "",
-             "One row per layer: name, type, input/output shape, params, trainable, kernel, stride, padding, "
-             "activation, dropout, bias. All models: `metrics/structure.xlsx`.", "",
-             "| model | table | layers | most frequent layer types |", "|---|---|---:|---|"]
+    lines = [
+        "",
+        "## Layer tables",
+        "",
+        "One row per layer: name, type, input/output shape, params, trainable, kernel, stride, padding, "
+        "activation, dropout, bias. All models: `metrics/structure.xlsx`.",
+        "",
+        "| model | table | layers | most frequent layer types |",
+        "|---|---|---:|---|",
+    ]
     for record in ranked:
         name = record["model"]
         table = tables[name]
@@ -143,12 +166,19 @@ def _layer_table_lines(ranked: list[dict], tables: dict[str, pd.DataFrame]) -> l
     return lines
 
 
-def build_report(records: list[dict], split_summary: dict | None, efficiency: dict[str, dict] | None = None,
-                 tables: dict[str, pd.DataFrame] | None = None, comparisons: list[dict] | None = None,
-                 resamples: int = 0, chexnet_reference: bool = False, explanations: dict[str, dict] | None = None,
-                 comparison_figures: dict[str, Path] | None = None,
-                 model_figures: dict[str, dict[str, Path]] | None = None,
-                 report_dir: Path = Path("metrics")) -> tuple[str, dict]:
+def build_report(
+    records: list[dict],
+    split_summary: dict | None,
+    efficiency: dict[str, dict] | None = None,
+    tables: dict[str, pd.DataFrame] | None = None,
+    comparisons: list[dict] | None = None,
+    resamples: int = 0,
+    chexnet_reference: bool = False,
+    explanations: dict[str, dict] | None = None,
+    comparison_figures: dict[str, Path] | None = None,
+    model_figures: dict[str, dict[str, Path]] | None = None,
+    report_dir: Path = Path("metrics"),
+) -> tuple[str, dict]:
     """Return the markdown text and a machine-readable summary.
 
     Figures are referenced relative to `report_dir` (where report.md is written).
@@ -190,14 +220,18 @@ def _data_size_lines(split_summary: dict) -> list[str]:
 
 def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> list[str]:
     """The ranking table: one row per model, with cost columns when `efficiency` is given."""
-    cost_header, cost_rule = ("", "") if not efficiency else (
-        " GFLOPs | latency (ms) | size (MB) | inference img/s |", "---:|---:|---:|---:|")
+    cost_header, cost_rule = (
+        ("", "")
+        if not efficiency
+        else (" GFLOPs | latency (ms) | size (MB) | inference img/s |", "---:|---:|---:|---:|")
+    )
     lines = [
         "Test split, thresholds for F1 tuned per class on validation. Macro AUROC averages the classes "
         "with positives in the test split (count in the last column). Sources: `metrics/details/<model>.json`"
         + ("; cost columns from `metrics/efficiency/<model>.json` (see Efficiency)." if efficiency else "."),
         "",
-        "| rank | model | params | macro AUROC (95 % CI) | micro AUROC | macro AP | macro F1 |" + cost_header
+        "| rank | model | params | macro AUROC (95 % CI) | micro AUROC | macro AP | macro F1 |"
+        + cost_header
         + " best epoch | train time (s) | classes |",
         "|---:|---|---:|---:|---:|---:|---:|" + cost_rule + "---:|---:|---:|",
     ]
@@ -206,8 +240,10 @@ def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> li
         cost = ""
         if efficiency:
             e = efficiency[record["model"]]
-            cost = (f" {e['flops_per_image'] / 1e9:.3f} | {e['latency_ms']:.2f} | {e['size_mb']:.1f} | "
-                    f"{e['throughput_img_s']:.0f} |")
+            cost = (
+                f" {e['flops_per_image'] / 1e9:.3f} | {e['latency_ms']:.2f} | {e['size_mb']:.1f} | "
+                f"{e['throughput_img_s']:.0f} |"
+            )
         lines.append(
             f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_fmt(m['macro_auroc'])} {_interval(m)} | "
             f"{_fmt(m['micro_auroc'])} | {_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} |{cost} {t['best_epoch']} | "
@@ -229,18 +265,31 @@ def _per_class_lines(ranked: list[dict]) -> list[str]:
     return lines
 
 
-def _summary(ranked: list[dict], efficiency: dict[str, dict] | None, explanations: dict[str, dict] | None,
-             comparisons: list[dict] | None) -> dict:
+def _summary(
+    ranked: list[dict],
+    efficiency: dict[str, dict] | None,
+    explanations: dict[str, dict] | None,
+    comparisons: list[dict] | None,
+) -> dict:
     """The machine-readable summary: ranking, headline numbers per model, comparisons."""
     return {
         "ranking": [r["model"] for r in ranked],
         "models": {
-            r["model"]: {"macro_auroc": r["metrics"]["macro_auroc"], "macro_f1": r["metrics"]["macro_f1"],
-                         "params_total": r["training"]["params_total"], "train_seconds": r["training"]["train_seconds"],
-                         **({"efficiency": efficiency[r["model"]]} if efficiency else {}),
-                         **({"retrieval": explanations[r["model"]]["retrieval"],
-                             "localisation": (explanations[r["model"]]["localisation"] or {}).get("overall")}
-                            if explanations else {})}
+            r["model"]: {
+                "macro_auroc": r["metrics"]["macro_auroc"],
+                "macro_f1": r["metrics"]["macro_f1"],
+                "params_total": r["training"]["params_total"],
+                "train_seconds": r["training"]["train_seconds"],
+                **({"efficiency": efficiency[r["model"]]} if efficiency else {}),
+                **(
+                    {
+                        "retrieval": explanations[r["model"]]["retrieval"],
+                        "localisation": (explanations[r["model"]]["localisation"] or {}).get("overall"),
+                    }
+                    if explanations
+                    else {}
+                ),
+            }
             for r in ranked
         },
         "comparisons": comparisons or [],

@@ -69,18 +69,25 @@ def model_figure_paths(figure_dirs: dict[str, Path], models: list[str]) -> dict[
     return paths
 
 
-def draw_comparison_figures(ranked: list[dict], predictions: dict[str, pd.DataFrame],
-                            histories: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
+def draw_comparison_figures(
+    ranked: list[dict], predictions: dict[str, pd.DataFrame], histories: dict[str, pd.DataFrame], out_dir: Path
+) -> dict[str, Path]:
     """AUROC heat-map, micro ROC/PR of all models, training curves of all models → PNGs in out_dir."""
     order = [record["model"] for record in ranked]
-    table = pd.DataFrame({record["model"]: [record["metrics"]["auroc"].get(name) for name in LABELS]
-                          for record in ranked}, index=list(LABELS), dtype=float)
+    table = pd.DataFrame(
+        {record["model"]: [record["metrics"]["auroc"].get(name) for name in LABELS] for record in ranked},
+        index=list(LABELS),
+        dtype=float,
+    )
     curves = {name: truth_and_scores(predictions[name]) for name in order}
-    return save_figures({
-        "auroc_heatmap.png": auroc_heatmap(table),
-        "roc_pr_all.png": roc_overlay(curves),
-        "training_all.png": training_figure({name: histories[name] for name in order}),
-    }, out_dir)
+    return save_figures(
+        {
+            "auroc_heatmap.png": auroc_heatmap(table),
+            "roc_pr_all.png": roc_overlay(curves),
+            "training_all.png": training_figure({name: histories[name] for name in order}),
+        },
+        out_dir,
+    )
 
 
 def _image(path: Path, report_dir: Path, alt: str) -> str:
@@ -88,97 +95,140 @@ def _image(path: Path, report_dir: Path, alt: str) -> str:
 
 
 def comparison_figure_lines(figures: dict[str, Path], report_dir: Path) -> list[str]:
-    return ["", "## Figures: all models", "",
-            "Per-class test AUROC (rows: findings; blank: no positive in the test split), micro-averaged ROC and "
-            "precision-recall curves, and the training curves the early stopping saw.", "",
-            _image(figures["auroc_heatmap.png"], report_dir, "per-class AUROC heat-map"), "",
-            _image(figures["roc_pr_all.png"], report_dir, "ROC and PR of all models"), "",
-            _image(figures["training_all.png"], report_dir, "training curves of all models")]
+    return [
+        "",
+        "## Figures: all models",
+        "",
+        "Per-class test AUROC (rows: findings; blank: no positive in the test split), micro-averaged ROC and "
+        "precision-recall curves, and the training curves the early stopping saw.",
+        "",
+        _image(figures["auroc_heatmap.png"], report_dir, "per-class AUROC heat-map"),
+        "",
+        _image(figures["roc_pr_all.png"], report_dir, "ROC and PR of all models"),
+        "",
+        _image(figures["training_all.png"], report_dir, "training curves of all models"),
+    ]
 
 
 def data_lines(split_summary: dict) -> list[str]:
     """Images, patients and positives per finding in each split (metrics/split.json)."""
     splits = ("train", "val", "test")
-    lines = ["", "## Data and split", "",
-             f"Split method `{split_summary['method']}`, by patient (no patient in two splits); "
-             f"{split_summary['excluded_images']} images excluded by the view/one-per-patient filters, "
-             f"{split_summary['dropped_missing_images']} metadata rows dropped for a missing image, "
-             f"{split_summary['orphan_images']} images without a metadata row. Source: `metrics/split.json`.", "",
-             "| | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits),
-             "| images | " + " | ".join(f"{split_summary[name]['images']:,}" for name in splits) + " |",
-             "| patients | " + " | ".join(f"{split_summary[name]['patients']:,}" for name in splits) + " |"]
+    lines = [
+        "",
+        "## Data and split",
+        "",
+        f"Split method `{split_summary['method']}`, by patient (no patient in two splits); "
+        f"{split_summary['excluded_images']} images excluded by the view/one-per-patient filters, "
+        f"{split_summary['dropped_missing_images']} metadata rows dropped for a missing image, "
+        f"{split_summary['orphan_images']} images without a metadata row. Source: `metrics/split.json`.",
+        "",
+        "| | " + " | ".join(splits) + " |",
+        "|---|" + "---:|" * len(splits),
+        "| images | " + " | ".join(f"{split_summary[name]['images']:,}" for name in splits) + " |",
+        "| patients | " + " | ".join(f"{split_summary[name]['patients']:,}" for name in splits) + " |",
+    ]
     for label in LABELS:
-        cells = [f"{split_summary[name]['positives'][label]:,} ({split_summary[name]['prevalence'][label]:.1%})"
-                 for name in splits]
+        cells = [
+            f"{split_summary[name]['positives'][label]:,} ({split_summary[name]['prevalence'][label]:.1%})"
+            for name in splits
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
 def explain_lines(ranked: list[dict], explanations: dict[str, dict]) -> list[str]:
     """Retrieval table for every model, and the localisation tables when boxes were scored."""
-    lines = ["", "## Embeddings: retrieval", "",
-             "The embedding is the classifier's input (penultimate layer). Each test image queries every test "
-             "image of other patients by cosine similarity; relevant = sharing at least one of the 15 labels. "
-             "P@1: nearest image relevant; R@5: a relevant image among the 5 nearest; mAP: mean average "
-             "precision of the full ranking; chance: share of relevant images in a gallery (what P@1 of random "
-             "embeddings would be). Source: `metrics/explain/<model>.json`.", "",
-             "| model | layer read | dim | P@1 | R@5 | mAP | chance | queries |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Embeddings: retrieval",
+        "",
+        "The embedding is the classifier's input (penultimate layer). Each test image queries every test "
+        "image of other patients by cosine similarity; relevant = sharing at least one of the 15 labels. "
+        "P@1: nearest image relevant; R@5: a relevant image among the 5 nearest; mAP: mean average "
+        "precision of the full ranking; chance: share of relevant images in a gallery (what P@1 of random "
+        "embeddings would be). Source: `metrics/explain/<model>.json`.",
+        "",
+        "| model | layer read | dim | P@1 | R@5 | mAP | chance | queries |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for record in ranked:
         summary = explanations[record["model"]]
         retrieval, taps = summary["retrieval"], summary["taps"]
-        lines.append(f"| `{record['model']}` | `{taps['classifier_layer']}` input | {taps['embedding_dim']} | "
-                     f"{_fmt(retrieval['precision_at_1'])} | {_fmt(retrieval['recall_at_5'])} | "
-                     f"{_fmt(retrieval['mean_average_precision'])} | {_fmt(retrieval['chance_precision'])} | "
-                     f"{retrieval['queries']} |")
+        lines.append(
+            f"| `{record['model']}` | `{taps['classifier_layer']}` input | {taps['embedding_dim']} | "
+            f"{_fmt(retrieval['precision_at_1'])} | {_fmt(retrieval['recall_at_5'])} | "
+            f"{_fmt(retrieval['mean_average_precision'])} | {_fmt(retrieval['chance_precision'])} | "
+            f"{retrieval['queries']} |"
+        )
     scored = [record for record in ranked if explanations[record["model"]].get("localisation")]
     lines += ["", "## Explainability: Grad-CAM localisation", ""]
     if not scored:
-        lines.append("No bounding boxes for the test split (NIH's `BBox_List_2017.csv` absent), so no "
-                     "localisation score; the Grad-CAM overlays below are qualitative.")
+        lines.append(
+            "No bounding boxes for the test split (NIH's `BBox_List_2017.csv` absent), so no "
+            "localisation score; the Grad-CAM overlays below are qualitative."
+        )
         return lines
     first = explanations[scored[0]["model"]]["localisation"]
-    lines += ["Grad-CAM of each box's finding on its image, on the layer named (the last spatial layer the "
-              "logits depend on). Pointing game: the map's peak lies inside the box. IoU: the region where the map "
-              f"is at least {first['cam_threshold']:.0%} of its peak against the box. Centre baseline: the pointing "
-              "game of always pointing at the image centre. Empty maps: no location raises the finding's logit "
-              "(Grad-CAM keeps only positive evidence); they count as misses with IoU 0.", "",
-              "| model | Grad-CAM layer | boxes | pointing game | mean IoU | centre baseline | empty maps |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "Grad-CAM of each box's finding on its image, on the layer named (the last spatial layer the "
+        "logits depend on). Pointing game: the map's peak lies inside the box. IoU: the region where the map "
+        f"is at least {first['cam_threshold']:.0%} of its peak against the box. Centre baseline: the pointing "
+        "game of always pointing at the image centre. Empty maps: no location raises the finding's logit "
+        "(Grad-CAM keeps only positive evidence); they count as misses with IoU 0.",
+        "",
+        "| model | Grad-CAM layer | boxes | pointing game | mean IoU | centre baseline | empty maps |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for record in scored:
         summary = explanations[record["model"]]
         overall = summary["localisation"]["overall"]
-        lines.append(f"| `{record['model']}` | `{summary['taps']['feature_layer']}` | {overall['boxes']} | "
-                     f"{_fmt(overall['pointing_game'])} | {_fmt(overall['mean_iou'])} | "
-                     f"{_fmt(overall['centre_baseline'])} | {overall['empty_maps']} |")
+        lines.append(
+            f"| `{record['model']}` | `{summary['taps']['feature_layer']}` | {overall['boxes']} | "
+            f"{_fmt(overall['pointing_game'])} | {_fmt(overall['mean_iou'])} | "
+            f"{_fmt(overall['centre_baseline'])} | {overall['empty_maps']} |"
+        )
     findings = [name for name in LABELS if name in first["per_finding"]]
     header = "| finding | boxes | " + " | ".join(f"`{record['model']}`" for record in scored) + " | centre |"
     lines += ["", "Pointing game per finding:", "", header, "|---|---:|" + "---:|" * (len(scored) + 1)]
     for name in findings:
-        cells = [_fmt(explanations[record["model"]]["localisation"]["per_finding"][name]["pointing_game"])
-                 for record in scored]
+        cells = [
+            _fmt(explanations[record["model"]]["localisation"]["per_finding"][name]["pointing_game"])
+            for record in scored
+        ]
         reference = first["per_finding"][name]
-        lines.append(f"| {name} | {reference['boxes']} | " + " | ".join(cells) +
-                     f" | {_fmt(reference['centre_baseline'])} |")
+        lines.append(
+            f"| {name} | {reference['boxes']} | " + " | ".join(cells) + f" | {_fmt(reference['centre_baseline'])} |"
+        )
     return lines
 
 
 def figure_lines(ranked: list[dict], paths: dict[str, dict[str, Path]], report_dir: Path) -> list[str]:
     """One subsection per model with its five figures (also in the model's MLflow run, under figures/)."""
-    lines = ["", "## Figures per model", "",
-             "Drawn by `evaluate@<model>` (`metrics/figures/<model>/`) and `explain@<model>` "
-             "(`metrics/explain/<model>/`); each is also an artifact of the model's MLflow run (`figures/`)."]
+    lines = [
+        "",
+        "## Figures per model",
+        "",
+        "Drawn by `evaluate@<model>` (`metrics/figures/<model>/`) and `explain@<model>` "
+        "(`metrics/explain/<model>/`); each is also an artifact of the model's MLflow run (`figures/`).",
+    ]
     for record in ranked:
         name = record["model"]
         lines += ["", f"### `{name}`", ""]
         for file_name, (caption, _) in MODEL_FIGURES.items():
-            lines += [f"{caption[0].upper()}{caption[1:]}:", "", _image(paths[name][file_name], report_dir,
-                                                             f"{name}: {caption}"), ""]
+            lines += [
+                f"{caption[0].upper()}{caption[1:]}:",
+                "",
+                _image(paths[name][file_name], report_dir, f"{name}: {caption}"),
+                "",
+            ]
     return lines
 
 
 # Cited only when the report shows CheXNet's numbers (NIH data).
-CHEXNET_REFERENCE = ("Rajpurkar P. et al. CheXNet: radiologist-level pneumonia detection on chest X-rays with deep "
-                     "learning. arXiv:1711.05225, 2017 (the per-class AUROC reference).")
+CHEXNET_REFERENCE = (
+    "Rajpurkar P. et al. CheXNet: radiologist-level pneumonia detection on chest X-rays with deep "
+    "learning. arXiv:1711.05225, 2017 (the per-class AUROC reference)."
+)
 
 
 def reference_lines(chexnet: bool = False) -> list[str]:

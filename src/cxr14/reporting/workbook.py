@@ -42,17 +42,19 @@ def write_structure_workbook(tables: dict[str, pd.DataFrame], path: Path) -> Non
     if not tables:
         raise ValueError(f"write_structure_workbook({path}): no tables given; pass at least one model's table")
     sheet_names = _unique_sheet_names(tables, reserved=[SUMMARY_SHEET])
-    summary = pd.DataFrame([
-        {
-            "model": model_name,
-            "sheet": sheet_names[model_name],
-            "rows": len(table),
-            "params_total": int(table["parameters"].sum()),
-            "params_trainable": int(table.loc[table["trainable"].eq(True), "parameters"].sum()),
-            "params_in_partial_layers": int(table.loc[table["trainable"].eq("partial"), "parameters"].sum()),
-        }
-        for model_name, table in tables.items()
-    ])
+    summary = pd.DataFrame(
+        [
+            {
+                "model": model_name,
+                "sheet": sheet_names[model_name],
+                "rows": len(table),
+                "params_total": int(table["parameters"].sum()),
+                "params_trainable": int(table.loc[table["trainable"].eq(True), "parameters"].sum()),
+                "params_in_partial_layers": int(table.loc[table["trainable"].eq("partial"), "parameters"].sum()),
+            }
+            for model_name, table in tables.items()
+        ]
+    )
     buffer = io.BytesIO()
     with pd.ExcelWriter(buffer, engine="openpyxl") as writer:
         _write_sheet(writer, summary, SUMMARY_SHEET)
@@ -75,7 +77,7 @@ def _unique_sheet_names(tables: Iterable[str], reserved: Iterable[str]) -> dict[
         counter = 2
         while candidate.lower() in taken:
             suffix = f"_{counter}"
-            candidate = base[:_EXCEL_SHEET_NAME_LIMIT - len(suffix)] + suffix
+            candidate = base[: _EXCEL_SHEET_NAME_LIMIT - len(suffix)] + suffix
             counter += 1
         taken.add(candidate.lower())
         names[model_name] = candidate

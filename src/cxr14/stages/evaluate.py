@@ -22,12 +22,16 @@ from cxr14.config import Config
 from cxr14.data.cache import open_split, split_labels
 from cxr14.evaluation.metrics import max_f1_thresholds, micro_roc_points, test_metrics
 from cxr14.evaluation.statistics import (
-    bootstrap_intervals, calibration, seed_accuracy, sensitivity_thresholds, threshold_metrics,
+    bootstrap_intervals,
+    calibration,
+    seed_accuracy,
+    sensitivity_thresholds,
+    threshold_metrics,
 )
+from cxr14.inference import load_trained, predict, select_device
 from cxr14.labels import LABELS
 from cxr14.reporting.comparison import TRUTH_COLUMNS, truth_and_scores
 from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figures, training_figure
-from cxr14.inference import load_trained, predict, select_device
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,9 @@ def evaluate_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Pat
     patient_ids = test_index["patient_id"].astype(str).to_numpy()
     sensitivity_cut = sensitivity_thresholds(val_targets, val_scores, target=settings.sensitivity_target)
     metrics.update(
-        intervals=bootstrap_intervals(test_targets, test_scores, patient_ids, resamples=settings.bootstrap_resamples,
-                                      seed=cfg.seed),
+        intervals=bootstrap_intervals(
+            test_targets, test_scores, patient_ids, resamples=settings.bootstrap_resamples, seed=cfg.seed
+        ),
         at_max_f1=threshold_metrics(test_targets, test_scores, thresholds),
         at_sensitivity=threshold_metrics(test_targets, test_scores, sensitivity_cut),
         sensitivity_target=settings.sensitivity_target,
@@ -67,8 +72,13 @@ def evaluate_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Pat
     predictions.insert(1, "patient_id", test_index["patient_id"].astype(str))
     for column, name in enumerate(TRUTH_COLUMNS):  # the truth beside the scores, for paired comparisons
         predictions[name] = test_targets[:, column].astype(int)
-    log.info("%s: test macro AUROC %.4f over %d classes, %d images",
-             model_name, metrics["macro_auroc"], metrics["classes_in_macro_auroc"], len(test_targets))
+    log.info(
+        "%s: test macro AUROC %.4f over %d classes, %d images",
+        model_name,
+        metrics["macro_auroc"],
+        metrics["classes_in_macro_auroc"],
+        len(test_targets),
+    )
     return {
         "model": model_name,
         "metrics": metrics,
@@ -98,11 +108,16 @@ def write_figures(record: dict, figure_dir: Path) -> list[Path]:
     """ROC + precision-recall, reliability diagram and training curves of one model (PNG)."""
     name = record["model"]
     targets, scores = truth_and_scores(record["predictions"])
-    return list(save_figures({
-        "roc_pr.png": roc_pr_figure(targets, scores, name),
-        "reliability.png": reliability_figure(record["metrics"]["calibration"], name),
-        "training.png": training_figure({name: record["history"]}),
-    }, figure_dir).values())
+    return list(
+        save_figures(
+            {
+                "roc_pr.png": roc_pr_figure(targets, scores, name),
+                "reliability.png": reliability_figure(record["metrics"]["calibration"], name),
+                "training.png": training_figure({name: record["history"]}),
+            },
+            figure_dir,
+        ).values()
+    )
 
 
 def log_to_run(record: dict, run_file: Path, figures: Sequence[Path] = (), cache_dir: Path | None = None) -> None:

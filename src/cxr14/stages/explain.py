@@ -40,13 +40,27 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
     images, index = open_split(cache_dir, "test")
     labels = split_labels(index)
     taps = find_taps(bundle, image_size, device, seed=cfg.seed)
-    log.info("%s: Grad-CAM on %s (%s), embeddings from the input of %s (%d-d)", model_name, taps.feature_layer,
-             taps.layout, taps.classifier_layer, taps.embedding_dim)
+    log.info(
+        "%s: Grad-CAM on %s (%s), embeddings from the input of %s (%d-d)",
+        model_name,
+        taps.feature_layer,
+        taps.layout,
+        taps.classifier_layer,
+        taps.embedding_dim,
+    )
 
     selection = select_gradcam_images(index, labels, boxes, settings.gradcam_images, cfg.seed)
-    overlay_maps, overlay_probabilities = batched_grad_cam(bundle, taps, images, selection["row"].tolist(),
-                                                           selection["finding"].tolist(), settings.batch_size,
-                                                           image_size, device, "Grad-CAM")
+    overlay_maps, overlay_probabilities = batched_grad_cam(
+        bundle,
+        taps,
+        images,
+        selection["row"].tolist(),
+        selection["finding"].tolist(),
+        settings.batch_size,
+        image_size,
+        device,
+        "Grad-CAM",
+    )
     selection = selection.assign(probability=overlay_probabilities.round(4))
 
     localisation = None
@@ -58,8 +72,12 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
     retrieval = retrieval_metrics(vectors, labels, patient_ids)
     return {
         "model": model_name,
-        "taps": {"feature_layer": taps.feature_layer, "layout": taps.layout, "classifier_layer": taps.classifier_layer,
-                 "embedding_dim": taps.embedding_dim},
+        "taps": {
+            "feature_layer": taps.feature_layer,
+            "layout": taps.layout,
+            "classifier_layer": taps.classifier_layer,
+            "embedding_dim": taps.embedding_dim,
+        },
         "retrieval": retrieval,
         "localisation": localisation,
         "gradcam": selection,
@@ -70,24 +88,48 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
     }
 
 
-def _box_localisation(bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, boxes: pd.DataFrame,
-                      settings: ExplainConfig, image_size: int, device: torch.device) -> dict:
+def _box_localisation(
+    bundle: ModelBundle,
+    taps: ModelTaps,
+    images: np.ndarray,
+    boxes: pd.DataFrame,
+    settings: ExplainConfig,
+    image_size: int,
+    device: torch.device,
+) -> dict:
     """Grad-CAM once per boxed (image, finding) pair, scored against every box of the pair."""
     pairs = boxes[["row", "finding"]].drop_duplicates().reset_index(drop=True)
-    pair_maps, _ = batched_grad_cam(bundle, taps, images, pairs["row"].astype(int).tolist(),
-                                    pairs["finding"].tolist(), settings.batch_size, image_size, device,
-                                    "localisation")
+    pair_maps, _ = batched_grad_cam(
+        bundle,
+        taps,
+        images,
+        pairs["row"].astype(int).tolist(),
+        pairs["finding"].tolist(),
+        settings.batch_size,
+        image_size,
+        device,
+        "localisation",
+    )
     lookup = {(int(row), finding): position for position, (row, finding) in enumerate(pairs.itertuples(index=False))}
-    box_maps = np.stack([pair_maps[lookup[(int(row), finding)]] for row, finding in zip(boxes["row"], boxes["finding"])])
+    box_maps = np.stack(
+        [pair_maps[lookup[(int(row), finding)]] for row, finding in zip(boxes["row"], boxes["finding"])]
+    )
     return localisation_scores(box_maps, boxes, settings.cam_threshold)
 
 
-def _tsne_table(vectors: np.ndarray, index: pd.DataFrame, labels: np.ndarray, settings: ExplainConfig,
-                seed: int) -> pd.DataFrame:
+def _tsne_table(
+    vectors: np.ndarray, index: pd.DataFrame, labels: np.ndarray, settings: ExplainConfig, seed: int
+) -> pd.DataFrame:
     """The t-SNE map of a seeded subsample: image id, x, y and finding group per point."""
     xy, tsne_rows = tsne_layout(vectors, settings.tsne_points, settings.tsne_perplexity, seed)
-    return pd.DataFrame({"image_id": index["image_id"].to_numpy()[tsne_rows], "x": xy[:, 0].round(4),
-                         "y": xy[:, 1].round(4), "group": finding_groups(labels[tsne_rows])})
+    return pd.DataFrame(
+        {
+            "image_id": index["image_id"].to_numpy()[tsne_rows],
+            "x": xy[:, 0].round(4),
+            "y": xy[:, 1].round(4),
+            "group": finding_groups(labels[tsne_rows]),
+        }
+    )
 
 
 def _caption(row) -> str:
@@ -98,18 +140,32 @@ def write_explanation(record: dict, boxes: pd.DataFrame, summary_path: Path, fig
     """metrics/explain/<model>.json + gradcam.png/.csv and tsne.png/.csv in `figure_dir`; returns the figures."""
     name = record["model"]
     selection: pd.DataFrame = record["gradcam"]
-    tile_boxes = [[(box.x, box.y, box.w, box.h) for box in boxes[(boxes["row"] == row.row) &
-                                                                 (boxes["finding"] == row.finding)].itertuples()]
-                  for row in selection.itertuples()]
+    tile_boxes = [
+        [
+            (box.x, box.y, box.w, box.h)
+            for box in boxes[(boxes["row"] == row.row) & (boxes["finding"] == row.finding)].itertuples()
+        ]
+        for row in selection.itertuples()
+    ]
     tsne: pd.DataFrame = record["tsne"]
-    figures = save_figures({
-        "gradcam.png": gradcam_figure(record["gradcam_images"], record["gradcam_maps"],
-                                      [_caption(row) for row in selection.itertuples()], tile_boxes,
-                                      f"{name}: Grad-CAM on layer '{record['taps']['feature_layer']}'"
-                                      + (" (green: ground-truth boxes)" if len(boxes) else "")),
-        "tsne.png": tsne_figure(tsne[["x", "y"]].to_numpy(), tsne["group"].tolist(),
-                                f"{name}: t-SNE of {record['taps']['embedding_dim']}-d test embeddings"),
-    }, figure_dir)
+    figures = save_figures(
+        {
+            "gradcam.png": gradcam_figure(
+                record["gradcam_images"],
+                record["gradcam_maps"],
+                [_caption(row) for row in selection.itertuples()],
+                tile_boxes,
+                f"{name}: Grad-CAM on layer '{record['taps']['feature_layer']}'"
+                + (" (green: ground-truth boxes)" if len(boxes) else ""),
+            ),
+            "tsne.png": tsne_figure(
+                tsne[["x", "y"]].to_numpy(),
+                tsne["group"].tolist(),
+                f"{name}: t-SNE of {record['taps']['embedding_dim']}-d test embeddings",
+            ),
+        },
+        figure_dir,
+    )
     atomic_write_text(figure_dir / "gradcam.csv", selection.to_csv(index=False))
     atomic_write_text(figure_dir / "tsne.csv", tsne.to_csv(index=False))
     summary = {key: record[key] for key in ("model", "taps", "retrieval", "localisation", "test_images")}
@@ -120,8 +176,11 @@ def write_explanation(record: dict, boxes: pd.DataFrame, summary_path: Path, fig
 
 def log_explanation(record: dict, figures: list[Path], run_file: Path) -> None:
     """Retrieval and localisation numbers plus the figures, into the model's training run."""
-    metrics = {f"retrieval_{key}": value for key, value in record["retrieval"].items()
-               if key != "queries" and value is not None}
+    metrics = {
+        f"retrieval_{key}": value
+        for key, value in record["retrieval"].items()
+        if key != "queries" and value is not None
+    }
     overall = (record["localisation"] or {}).get("overall") or {}
     metrics.update({f"localisation_{key}": value for key, value in overall.items() if key != "boxes"})
     with tracking.model_run(record["model"], run_id=tracking.recorded_run_id(run_file)):

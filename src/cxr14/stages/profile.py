@@ -31,20 +31,37 @@ def profile_model(cfg: Config, model_name: str, model_dir: Path) -> tuple[pd.Dat
     input_size = (bundle.in_chans, image_size, image_size)
     table = layer_table(bundle.model, input_size, model_name)
     settings = cfg.profile
-    figures = measure_efficiency(bundle.model, input_size, device, warmup=settings.warmup, repeats=settings.repeats,
-                                 throughput_batch=settings.throughput_batch,
-                                 throughput_repeats=settings.throughput_repeats)
+    figures = measure_efficiency(
+        bundle.model,
+        input_size,
+        device,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        throughput_batch=settings.throughput_batch,
+        throughput_repeats=settings.throughput_repeats,
+    )
     figures = {"model": model_name, **figures, "layers": len(table)}
-    log.info("%s: %s params, %.3f GFLOPs/image, %.1f MB, %.2f ms/image at batch 1, %.0f img/s at batch %d on %s",
-             model_name, f"{figures['params_total']:,}", figures["flops_per_image"] / 1e9, figures["size_mb"],
-             figures["latency_ms"], figures["throughput_img_s"], figures["batch_size_throughput"], figures["device"])
+    log.info(
+        "%s: %s params, %.3f GFLOPs/image, %.1f MB, %.2f ms/image at batch 1, %.0f img/s at batch %d on %s",
+        model_name,
+        f"{figures['params_total']:,}",
+        figures["flops_per_image"] / 1e9,
+        figures["size_mb"],
+        figures["latency_ms"],
+        figures["throughput_img_s"],
+        figures["batch_size_throughput"],
+        figures["device"],
+    )
     return table, figures
 
 
 def log_profile(figures: dict, table_csv: Path, run_file: Path) -> None:
     """Add the efficiency figures and the layer table to the model's training run."""
-    numeric = {f"efficiency_{key}": value for key, value in figures.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    numeric = {
+        f"efficiency_{key}": value
+        for key, value in figures.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     with tracking.model_run(figures["model"], run_id=tracking.recorded_run_id(run_file)):
         tracking.log_metrics(numeric)
         tracking.log_artifact(table_csv, artifact_path="structure")

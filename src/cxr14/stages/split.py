@@ -43,8 +43,12 @@ def make_splits(metadata, split_cfg, seed: int, source: str = "phantom") -> tupl
     table = pd.DataFrame({"image_id": frame["image_id"], "patient_id": frame["patient_id"], "split": assignment})
     check_patient_disjoint(table)
     summary = split_summary(table, labels)
-    summary.update(method=method, excluded_images=int((assignment == EXCLUDED).sum()),
-                   dropped_missing_images=metadata.dropped_missing, orphan_images=metadata.orphan_images)
+    summary.update(
+        method=method,
+        excluded_images=int((assignment == EXCLUDED).sum()),
+        dropped_missing_images=metadata.dropped_missing,
+        orphan_images=metadata.orphan_images,
+    )
     order = np.argsort(table["image_id"].to_numpy(), kind="stable")
     table = table.iloc[order].reset_index(drop=True)
     for split in SPLITS:

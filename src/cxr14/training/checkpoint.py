@@ -81,8 +81,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "delete it and re-run the stage that writes it"
         ) from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(checkpoint).__name__}; "
-                              "delete it and re-run the stage that writes it")
+        raise CheckpointError(
+            f"{path}: expected a checkpoint dict, found {type(checkpoint).__name__}; "
+            "delete it and re-run the stage that writes it"
+        )
     return checkpoint
 
 
@@ -105,10 +107,18 @@ def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]
 def capture_rng(generator: torch.Generator) -> dict:
     """Every random state a training step draws from, as tensors and plain numbers."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "augment": generator.get_state(),
-             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
-                       "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "augment": generator.get_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -118,8 +128,15 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     generator.set_state(state["augment"].cpu())
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].cpu().numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

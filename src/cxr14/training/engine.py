@@ -63,10 +63,19 @@ from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
 from cxr14.training.checkpoint import (
-    capture_rng, load_checkpoint, remove_stale_temporaries, restore_rng, save_checkpoint,
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
 )
 from cxr14.training.distributed import (
-    DistributedContext, barrier, close_distributed, from_main, gather_to_all, init_distributed,
+    DistributedContext,
+    barrier,
+    close_distributed,
+    from_main,
+    gather_to_all,
+    init_distributed,
     sum_across,
 )
 from cxr14.training.losses import make_loss
@@ -75,8 +84,7 @@ from cxr14.training.schedule import LearningRateSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train_model", "validation_loss",
-           "make_optimizer", "save_checkpoint"]
+__all__ = ["TrainResult", "train_model", "validation_loss", "make_optimizer", "save_checkpoint"]
 
 
 @dataclass
@@ -93,6 +101,7 @@ class TrainResult:
 class Partial:
     """How far an unfinished epoch got, as a mid-epoch `last.pt` records it: the batches trained
     and optimizer steps taken, the running train-loss sum over the `seen` images, the seconds."""
+
     batches: int = 0
     steps: int = 0
     loss_sum: float = 0.0
@@ -108,6 +117,7 @@ class TrainingState:
 
     A checkpoint stores it as plain data (`to_dict`), so it loads with torch.load(weights_only=True).
     """
+
     epoch: int = 0
     best_auroc: float = -1.0
     best_epoch: int = 0
@@ -183,22 +193,34 @@ def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Mo
     """The loss the validation reports: the configured training loss (same kind, pos_weight from
     the train split, focal alpha/gamma) without label smoothing, so the val curve measures the
     training objective against the true labels and stays comparable to the train curve."""
-    return make_loss(train.loss, train_labels=train_labels, focal_alpha=train.focal_alpha,
-                     focal_gamma=train.focal_gamma, label_smoothing=0.0)
+    return make_loss(
+        train.loss,
+        train_labels=train_labels,
+        focal_alpha=train.focal_alpha,
+        focal_gamma=train.focal_gamma,
+        label_smoothing=0.0,
+    )
 
 
 def _validate(bundle, images, labels, train: TrainConfig, device, loss_fn: torch.nn.Module) -> tuple[float, float]:
     """(loss_fn on the logits, mean over all elements; macro AUROC of the sigmoid scores); CPU loss_fn."""
-    logits = torch.from_numpy(predict_logits(bundle, images, labels, train.batch_size, train.image_size, device,
-                                             desc="validate"))
+    logits = torch.from_numpy(
+        predict_logits(bundle, images, labels, train.batch_size, train.image_size, device, desc="validate")
+    )
     loss = float(loss_fn(logits, torch.from_numpy(np.asarray(labels, np.float32)))) if len(logits) else math.nan
     return loss, float(macro_auroc(labels, torch.sigmoid(logits).numpy()))
 
 
 def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
     """The model with the weights and freezing `train` asks for; fails before any training."""
-    bundle = build_model(model_name, NUM_CLASSES, train.image_size, pretrained=train.pretrained,
-                         pretrained_path=train.pretrained_path, freeze_backbone=train.freeze_backbone)
+    bundle = build_model(
+        model_name,
+        NUM_CLASSES,
+        train.image_size,
+        pretrained=train.pretrained,
+        pretrained_path=train.pretrained_path,
+        freeze_backbone=train.freeze_backbone,
+    )
     if train.freeze_backbone and bundle.weights is None:
         raise ConfigError(
             f"{model_name}: train.freeze_backbone is true but the backbone has no pretrained weights "
@@ -207,16 +229,26 @@ def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
     return bundle
 
 
-def epoch_batches(train: TrainConfig, images: np.ndarray, labels: np.ndarray, seed: int, epoch: int,
-                  context: DistributedContext) -> list[list[int]]:
+def epoch_batches(
+    train: TrainConfig, images: np.ndarray, labels: np.ndarray, seed: int, epoch: int, context: DistributedContext
+) -> list[list[int]]:
     """This process's row batches for `epoch`: a function of (seed, epoch, rank) only, so a
     resumed run can skip exactly the batches it already trained."""
     if train.sampling == "findings":
-        batches = weighted_batches(finding_weights(labels), train.batch_size, seed, epoch,
-                                   rank=context.rank, world_size=context.world_size)
+        batches = weighted_batches(
+            finding_weights(labels), train.batch_size, seed, epoch, rank=context.rank, world_size=context.world_size
+        )
     else:
-        loader = make_loader(images, labels, train.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                             rank=context.rank, world_size=context.world_size)
+        loader = make_loader(
+            images,
+            labels,
+            train.batch_size,
+            shuffle=True,
+            seed=seed,
+            epoch=epoch,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
         batches = [list(map(int, batch)) for batch in loader.sampler]
     return batches[: train.max_steps_per_epoch] if train.max_steps_per_epoch else batches
 
@@ -231,8 +263,10 @@ def shadowed_settings(cfg: Config, model_name: str) -> list[str]:
     for name, value in dataclasses.asdict(override).items():
         general = getattr(cfg.train, name)
         if value is not None and value != general:
-            notes.append(f"{model_name}: train.overrides.{model_name}.{name} = {value!r} replaces train.{name} = "
-                         f"{general!r} (set -S train.overrides.{model_name}.{name}=... to change it)")
+            notes.append(
+                f"{model_name}: train.overrides.{model_name}.{name} = {value!r} replaces train.{name} = "
+                f"{general!r} (set -S train.overrides.{model_name}.{name}=... to change it)"
+            )
     return notes
 
 
@@ -262,6 +296,7 @@ class _Training:
     """One training in this process: its settings, data, model and optimizer (fixed once prepared)
     and what changes as it runs: the `TrainingState`, the best weights so far (rank 0) and, until
     the first resumed epoch starts, the random states a mid-epoch `last.pt` saved for this rank."""
+
     seed: int
     model_name: str
     train: TrainConfig
@@ -303,8 +338,9 @@ class _Training:
         return training_fingerprint(self.key)
 
 
-def _train(cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path,
-           out_dir: Path) -> TrainResult:
+def _train(
+    cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path, out_dir: Path
+) -> TrainResult:
     """Prepare, resume (or refuse to), then inside the MLflow run each epoch's training and its
     end-of-epoch bookkeeping until early stopping or the last epoch, and the final outputs."""
     run = _prepare(cfg, model_name, train, context, cache_dir, out_dir)
@@ -324,12 +360,14 @@ def _train(cfg: Config, model_name: str, train: TrainConfig, context: Distribute
         _finish(run)
     barrier(context)
     state = run.state
-    return TrainResult(state.best_epoch, state.best_auroc, state.epoch, state.train_seconds, state.run_id or "",
-                       state.history)
+    return TrainResult(
+        state.best_epoch, state.best_auroc, state.epoch, state.train_seconds, state.run_id or "", state.history
+    )
 
 
-def _prepare(cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path,
-             out_dir: Path) -> _Training:
+def _prepare(
+    cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path, out_dir: Path
+) -> _Training:
     """Everything before resuming: the tracking store checked, stale temporaries removed, the data
     opened, the model built (seeded), the optimizer, schedule and losses; a fresh state."""
     device, main = context.device, context.is_main
@@ -347,8 +385,9 @@ def _prepare(cfg: Config, model_name: str, train: TrainConfig, context: Distribu
     val_images, val_index = open_split(cache_dir, "val")
     train_labels, val_labels = split_labels(train_index), split_labels(val_index)
     if len(train_images) == 0 or len(val_images) == 0:
-        raise InputDataError(f"{cache_dir}: the train and val splits must not be empty; lower split.test_fraction "
-                             "or use more images")
+        raise InputDataError(
+            f"{cache_dir}: the train and val splits must not be empty; lower split.test_fraction or use more images"
+        )
 
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(model_name, train)
@@ -360,13 +399,41 @@ def _prepare(cfg: Config, model_name: str, train: TrainConfig, context: Distribu
     batches_per_epoch = len(epoch_batches(train, train_images, train_labels, cfg.seed, 1, context))
     steps_per_epoch = math.ceil(batches_per_epoch / train.grad_accum_steps)
     schedule = LearningRateSchedule(optimizer, train, steps_per_epoch)
-    loss_fn = make_loss(train.loss, train_labels=train_labels, focal_alpha=train.focal_alpha,
-                        focal_gamma=train.focal_gamma, label_smoothing=train.label_smoothing).to(device)
+    loss_fn = make_loss(
+        train.loss,
+        train_labels=train_labels,
+        focal_alpha=train.focal_alpha,
+        focal_gamma=train.focal_gamma,
+        label_smoothing=train.label_smoothing,
+    ).to(device)
     val_loss_fn = validation_loss(train, train_labels)  # on the CPU, beside the gathered logits
-    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name,
-                "world_size": context.world_size}
-    return _Training(cfg.seed, model_name, train, context, cache_dir, out_dir, uri, key, resolved, train_images,
-                     train_labels, val_images, val_labels, bundle, model, optimizer, schedule, loss_fn, val_loss_fn)
+    resolved = {
+        **config_to_dict(cfg),
+        "train": dataclasses.asdict(train),
+        "model": model_name,
+        "world_size": context.world_size,
+    }
+    return _Training(
+        cfg.seed,
+        model_name,
+        train,
+        context,
+        cache_dir,
+        out_dir,
+        uri,
+        key,
+        resolved,
+        train_images,
+        train_labels,
+        val_images,
+        val_labels,
+        bundle,
+        model,
+        optimizer,
+        schedule,
+        loss_fn,
+        val_loss_fn,
+    )
 
 
 def _resume(run: _Training) -> tuple[str | None, str] | None:
@@ -384,8 +451,14 @@ def _resume(run: _Training) -> tuple[str | None, str] | None:
     if refusal is not None:
         old_run = (checkpoint.get("state") or {}).get("run_id")
         if run.main:
-            log.warning("%s: not resuming the unfinished %s: %s; starting over at epoch 1 in a new MLflow run "
-                        "(the old run %s is marked abandoned)", run.model_name, run.last_path, refusal, old_run)
+            log.warning(
+                "%s: not resuming the unfinished %s: %s; starting over at epoch 1 in a new MLflow run "
+                "(the old run %s is marked abandoned)",
+                run.model_name,
+                run.last_path,
+                refusal,
+                old_run,
+            )
         return old_run, refusal
     run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -394,8 +467,11 @@ def _resume(run: _Training) -> tuple[str | None, str] | None:
     if state.partial is not None:
         run.resume_rng = checkpoint["rng"][run.context.rank]
     if run.main:
-        where = f"epoch {state.epoch + 1}, batch {state.partial.batches}" if state.partial \
+        where = (
+            f"epoch {state.epoch + 1}, batch {state.partial.batches}"
+            if state.partial
             else f"the end of epoch {state.epoch}"
+        )
         log.info("resuming %s from %s at %s", run.model_name, run.last_path, where)
     return None
 
@@ -406,7 +482,8 @@ def _network(model: torch.nn.Module, context: DistributedContext, train: TrainCo
     if context.enabled:
         device = context.device
         network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if train.compile:
         network = torch.compile(network)
     return network
@@ -429,21 +506,32 @@ def _tracked_run(run: _Training, abandoned: tuple[str | None, str] | None, orpha
     atomic_write_json(run.out_dir / "config.json", resolved)
     tags = tracking.run_tags(run.model_name, run.cache_dir, str(run.device), run.bundle.weights)
     if abandoned is not None:
-        tags.update(resume_refused=f"{run.last_path.name} not resumed: {abandoned[1]}"[:5000],
-                    restarted_from=str(abandoned[0]))
+        tags.update(
+            resume_refused=f"{run.last_path.name} not resumed: {abandoned[1]}"[:5000], restarted_from=str(abandoned[0])
+        )
     with tracking.model_run(run.model_name, run_id=run.state.run_id, tags=tags, system_metrics=True) as mlflow_run:
         if run.state.run_id is None:
             run_id = run.state.run_id = mlflow_run.info.run_id
             if orphan and orphan != (abandoned or (None,))[0]:
-                tracking.end_orphaned_run(orphan, f"its process died before writing {run.last_path}; training "
-                                          f"restarted in run {run_id}", superseded_by=run_id)
+                tracking.end_orphaned_run(
+                    orphan,
+                    f"its process died before writing {run.last_path}; training restarted in run {run_id}",
+                    superseded_by=run_id,
+                )
             if abandoned is not None and abandoned[0]:
                 tracking.end_abandoned_run(
-                    abandoned[0], f"{run.last_path} not resumed: {abandoned[1]}; training restarted in run "
-                    f"{run_id}", superseded_by=run_id)
+                    abandoned[0],
+                    f"{run.last_path} not resumed: {abandoned[1]}; training restarted in run {run_id}",
+                    superseded_by=run_id,
+                )
             n_params, n_trainable = _param_counts(run.model)
-            tracking.log_params({**flatten({k: v for k, v in resolved.items() if k != "models"}),
-                                 "params_total": n_params, "params_trainable": n_trainable})
+            tracking.log_params(
+                {
+                    **flatten({k: v for k, v in resolved.items() if k != "models"}),
+                    "params_total": n_params,
+                    "params_trainable": n_trainable,
+                }
+            )
             tracking.log_artifact(run.out_dir / "config.json")
             tracking.log_cache_inputs(run.cache_dir, {"train": "training", "val": "validation"})
         atomic_write_json(run.out_dir / "mlflow_run.json", {"run_id": run.state.run_id, "tracking_uri": run.uri})
@@ -467,13 +555,27 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
         run.resume_rng = None
     batches = epoch_batches(train, run.train_images, run.train_labels, seed, epoch, context)
     done = partial.batches
-    loader = make_loader(run.train_images, run.train_labels, train.batch_size, shuffle=False, seed=seed,
-                         num_workers=train.num_workers, pin_memory=device.type == "cuda", batches=batches[done:])
+    loader = make_loader(
+        run.train_images,
+        run.train_labels,
+        train.batch_size,
+        shuffle=False,
+        seed=seed,
+        num_workers=train.num_workers,
+        pin_memory=device.type == "cuda",
+        batches=batches[done:],
+    )
     set_train_mode(run.model)  # frozen BatchNorm layers keep their running statistics
     loss_sum, seen, steps = partial.loss_sum, partial.seen, partial.steps
     seen_before, seconds_before = seen, partial.seconds
-    bar = progress(loader, desc=f"{run.model_name} epoch {epoch}/{train.epochs}", unit="batch", leave=False,
-                   total=len(batches) - done, disable_bar=not run.main)
+    bar = progress(
+        loader,
+        desc=f"{run.model_name} epoch {epoch}/{train.epochs}",
+        unit="batch",
+        leave=False,
+        total=len(batches) - done,
+        disable_bar=not run.main,
+    )
     for index, (pixels, targets) in enumerate(bar, start=done):
         group_start = index - index % train.grad_accum_steps
         group_size = min(train.grad_accum_steps, len(batches) - group_start)
@@ -486,21 +588,47 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
             steps += 1
             every = train.checkpoint_every_steps
             if every and steps % every == 0 and index + 1 < len(batches):
-                _save_partial(run, generator, Partial(batches=index + 1, steps=steps, loss_sum=loss_sum, seen=seen,
-                                                      seconds=seconds_before + time.perf_counter() - started))
+                _save_partial(
+                    run,
+                    generator,
+                    Partial(
+                        batches=index + 1,
+                        steps=steps,
+                        loss_sum=loss_sum,
+                        seen=seen,
+                        seconds=seconds_before + time.perf_counter() - started,
+                    ),
+                )
         elapsed = time.perf_counter() - started
-        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
-                        img_s=f"{(seen - seen_before) / max(elapsed, 1e-9):.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{loss_sum / max(seen, 1):.4f}",
+            img_s=f"{(seen - seen_before) / max(elapsed, 1e-9):.0f}",
+            refresh=False,
+        )
     return loss_sum, seen, seconds_before + time.perf_counter() - started
 
 
-def _forward_backward(run: _Training, epoch: int, pixels: torch.Tensor, targets: torch.Tensor,
-                      generator: torch.Generator, group_size: int, boundary: bool) -> torch.Tensor:
+def _forward_backward(
+    run: _Training,
+    epoch: int,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    group_size: int,
+    boundary: bool,
+) -> torch.Tensor:
     """One batch: augment, forward, loss, and its share (1/`group_size`) of the accumulated
     gradient; under DDP the gradients are synchronised only at an accumulation `boundary`."""
     device, bundle, train = run.device, run.bundle, run.train
-    inputs = prepare_batch(pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std,
-                           train.image_size, train.augment, generator)
+    inputs = prepare_batch(
+        pixels.to(device, non_blocking=True),
+        bundle.in_chans,
+        bundle.mean,
+        bundle.std,
+        train.image_size,
+        train.augment,
+        generator,
+    )
     targets = targets.to(device, non_blocking=True)
     no_sync = run.network.no_sync() if run.context.enabled and not boundary else contextlib.nullcontext()
     with no_sync:
@@ -508,8 +636,7 @@ def _forward_backward(run: _Training, epoch: int, pixels: torch.Tensor, targets:
             logits = run.network(inputs)
         loss = run.loss_fn(logits.float(), targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{run.model_name}: loss became {loss.item()} at epoch {epoch}; lower train.lr")
+            raise FloatingPointError(f"{run.model_name}: loss became {loss.item()} at epoch {epoch}; lower train.lr")
         (loss / group_size).backward()
     return loss
 
@@ -526,8 +653,11 @@ def _optimizer_step(run: _Training) -> None:
 def _last_checkpoint(run: _Training, state: TrainingState, finished: bool, rng: list | None = None) -> dict:
     """The contents of `last.pt`: model, optimizer, schedule, (mid-epoch) every rank's random
     states, the state as plain data, and what a resume must match."""
-    payload = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-               "schedule": run.schedule.state_dict()}
+    payload = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+    }
     if rng is not None:
         payload["rng"] = rng
     payload.update(state=state.to_dict(), fingerprint=run.fingerprint, resume_key=run.key, finished=finished)
@@ -538,8 +668,10 @@ def _save_partial(run: _Training, generator: torch.Generator, partial: Partial) 
     """A mid-epoch `last.pt` (rank 0) with every rank's random states, so a kill resumes here."""
     rng_states = gather_to_all(run.context, capture_rng(generator))
     if run.main:
-        save_checkpoint(run.last_path, _last_checkpoint(run, dataclasses.replace(run.state, partial=partial),
-                                                        finished=False, rng=rng_states))
+        save_checkpoint(
+            run.last_path,
+            _last_checkpoint(run, dataclasses.replace(run.state, partial=partial), finished=False, rng=rng_states),
+        )
 
 
 def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: int, seconds: float) -> bool:
@@ -547,22 +679,38 @@ def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: int, seconds: f
     early stopping, metrics and log lines, best.pt on an improvement and last.pt. Returns whether
     training stops here (patience used up, or the last epoch)."""
     loss_sum, seen = sum_across(run.context, loss_sum, seen)
-    validation = _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device,
-                           run.val_loss_fn) if run.main else None
+    validation = (
+        _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device, run.val_loss_fn)
+        if run.main
+        else None
+    )
     val_loss, val_auroc = from_main(run.context, validation)
     run.schedule.after_epoch(val_auroc)
-    row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
-           "val_macro_auroc": val_auroc, "lr": run.optimizer.param_groups[0]["lr"],
-           "images_per_second": seen / max(seconds, 1e-9)}
+    row = {
+        "epoch": epoch,
+        "train_loss": loss_sum / max(seen, 1),
+        "val_loss": val_loss,
+        "val_macro_auroc": val_auroc,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "images_per_second": seen / max(seconds, 1e-9),
+    }
     improved = run.state.record_epoch(row, seconds)
     stop = run.state.bad_epochs >= run.train.patience or epoch == run.train.epochs
     if run.main:
         _log_epoch(run, row)
         if improved:
             run.best_weights = copy.deepcopy(run.model.state_dict())
-            save_checkpoint(run.out_dir / "best.pt", {"model": run.best_weights, "model_name": run.model_name,
-                                                      "epoch": epoch, "val_macro_auroc": float(val_auroc),
-                                                      "image_size": run.train.image_size, "selected": True})
+            save_checkpoint(
+                run.out_dir / "best.pt",
+                {
+                    "model": run.best_weights,
+                    "model_name": run.model_name,
+                    "epoch": epoch,
+                    "val_macro_auroc": float(val_auroc),
+                    "image_size": run.train.image_size,
+                    "selected": True,
+                },
+            )
         save_checkpoint(run.last_path, _last_checkpoint(run, run.state, finished=stop))
     if stop and epoch < run.train.epochs and run.main:
         log.info("%s: early stop after epoch %d (best epoch %d)", run.model_name, epoch, run.state.best_epoch)
@@ -572,11 +720,22 @@ def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: int, seconds: f
 def _log_epoch(run: _Training, row: dict) -> None:
     """The epoch's metrics to MLflow and a log line; a warning when its AUROC is undefined."""
     tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-    log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s", run.model_name,
-             row["epoch"], row["train_loss"], row["val_loss"], row["val_macro_auroc"], row["images_per_second"])
+    log.info(
+        "%s epoch %d: train loss %.4f, val loss %.4f, val macro AUROC %.4f, %.0f img/s",
+        run.model_name,
+        row["epoch"],
+        row["train_loss"],
+        row["val_loss"],
+        row["val_macro_auroc"],
+        row["images_per_second"],
+    )
     if not np.isfinite(row["val_macro_auroc"]):
-        log.warning("%s epoch %d: validation AUROC undefined (no class has both outcomes in val, or non-finite "
-                    "scores); not a candidate for best, counts as a bad epoch", run.model_name, row["epoch"])
+        log.warning(
+            "%s epoch %d: validation AUROC undefined (no class has both outcomes in val, or non-finite "
+            "scores); not a candidate for best, counts as a bad epoch",
+            run.model_name,
+            row["epoch"],
+        )
 
 
 def _finish(run: _Training) -> None:
@@ -595,20 +754,38 @@ def _finish(run: _Training) -> None:
     else:
         # Nothing to select on: best.pt (which evaluate needs) holds the last epoch's weights,
         # marked as not selected; train.json says so and best_epoch stays 0.
-        selection = (f"none: validation macro AUROC undefined in all {state.epoch} epochs; "
-                     "best.pt holds the last epoch's weights")
+        selection = (
+            f"none: validation macro AUROC undefined in all {state.epoch} epochs; "
+            "best.pt holds the last epoch's weights"
+        )
         log.warning("%s: %s", run.model_name, selection)
-        save_checkpoint(run.out_dir / "best.pt", {"model": run.model.state_dict(), "model_name": run.model_name,
-                                                  "epoch": state.epoch, "val_macro_auroc": math.nan,
-                                                  "image_size": run.train.image_size, "selected": False})
+        save_checkpoint(
+            run.out_dir / "best.pt",
+            {
+                "model": run.model.state_dict(),
+                "model_name": run.model_name,
+                "epoch": state.epoch,
+                "val_macro_auroc": math.nan,
+                "image_size": run.train.image_size,
+                "selected": False,
+            },
+        )
     atomic_write_text(run.out_dir / "history.csv", pd.DataFrame(state.history).to_csv(index=False))
     n_params, n_trainable = _param_counts(run.model)
-    summary = {"model": run.model_name, "params_total": n_params, "params_trainable": n_trainable,
-               "weights": run.bundle.weights, "image_size": run.train.image_size,
-               "world_size": run.context.world_size, "best_epoch": state.best_epoch,
-               "best_val_macro_auroc": state.best_auroc if selected else None,
-               "selection": selection, "epochs_run": state.epoch,
-               "train_seconds": round(state.train_seconds, 2), "run_id": state.run_id}
+    summary = {
+        "model": run.model_name,
+        "params_total": n_params,
+        "params_trainable": n_trainable,
+        "weights": run.bundle.weights,
+        "image_size": run.train.image_size,
+        "world_size": run.context.world_size,
+        "best_epoch": state.best_epoch,
+        "best_val_macro_auroc": state.best_auroc if selected else None,
+        "selection": selection,
+        "epochs_run": state.epoch,
+        "train_seconds": round(state.train_seconds, 2),
+        "run_id": state.run_id,
+    }
     atomic_write_json(run.out_dir / "train.json", summary)
     tracking.log_metrics({"best_val_macro_auroc": state.best_auroc, "train_seconds": state.train_seconds})
     tracking.log_artifact(run.out_dir / "history.csv")

@@ -115,9 +115,7 @@ def positive_weights(train_labels: np.ndarray, max_pos_weight: float = 100.0) ->
     """
     labels = np.asarray(train_labels)
     if labels.ndim != 2 or labels.shape[0] == 0:
-        raise ValueError(
-            f"train_labels must be an [N, C] multi-hot matrix with N >= 1, got shape {labels.shape}"
-        )
+        raise ValueError(f"train_labels must be an [N, C] multi-hot matrix with N >= 1, got shape {labels.shape}")
     if not max_pos_weight > 0:
         raise ValueError(f"max_pos_weight must be > 0, got {max_pos_weight}")
     positives = (labels > 0.5).sum(axis=0).astype(np.float64)

@@ -96,4 +96,4 @@ def weighted_batches(
     # Modulo wraps more than once when there are fewer draws than ranks.
     padded = drawn[np.arange(per_rank * world_size) % num_samples]
     share = padded[rank::world_size].tolist()
-    return [share[start:start + batch_size] for start in range(0, len(share), batch_size)]
+    return [share[start : start + batch_size] for start in range(0, len(share), batch_size)]

@@ -91,8 +91,12 @@ class LearningRateSchedule:
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "plateau_scale": self.plateau_scale, "best_metric": self.best_metric,
-                "stalled_epochs": self.stalled_epochs}
+        return {
+            "step": self.step,
+            "plateau_scale": self.plateau_scale,
+            "best_metric": self.best_metric,
+            "stalled_epochs": self.stalled_epochs,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
