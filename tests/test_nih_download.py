@@ -326,13 +326,13 @@ def test_safe_extract_refuses_unsafe_members(tmp_path, kind):
             unsafe.size = len(b"evil")
         tar.addfile(unsafe, io.BytesIO(b"evil") if unsafe.isreg() else None)
     target = tmp_path / "extract" / "here"
-    files_before = {path for path in tmp_path.rglob("*")}
+    files_before = set(tmp_path.rglob("*"))
 
     with pytest.raises(UnsafeArchiveError) as raised:
         safe_extract(archive, target)
 
     assert str(archive) in str(raised.value) and unsafe.name in str(raised.value)
-    assert {path for path in tmp_path.rglob("*")} == files_before  # nothing written, outside or inside
+    assert set(tmp_path.rglob("*")) == files_before  # nothing written, outside or inside
 
 
 def test_insufficient_disk_space_fails_before_any_download(file_server, tmp_path):

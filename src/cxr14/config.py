@@ -362,7 +362,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             continue
         full = f"{prefix}.{name}" if prefix else name
         annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             values[name] = _build(annotation, raw[name], full)
         else:
             values[name] = _check_value(full, raw[name], annotation)

@@ -308,7 +308,9 @@ def _transfer_once(
         error.close()
         if total.isdigit() and int(total) != start_byte:
             part_path.unlink()
-            raise _IncompleteTransfer(f"{part_path} ({start_byte} bytes) does not match the remote size {total}")
+            raise _IncompleteTransfer(
+                f"{part_path} ({start_byte} bytes) does not match the remote size {total}"
+            ) from error
         return
     with response:
         if start_byte and response.status == 206:
@@ -417,21 +419,7 @@ def download_nih(
         DownloadError, ChecksumError, UnsafeArchiveError: see `download_file` and `safe_extract`.
     """
     download_dir, extract_dir = Path(download_dir), Path(extract_dir)
-    download_needed, extract_needed = 0, 0
-    for archive in archives:
-        archive_path = download_dir / archive.name
-        if (extract_dir / f".extracted-{archive.name}").exists():
-            continue
-        if archive_path.exists():
-            extract_needed += archive_path.stat().st_size
-            continue
-        size = _remote_size(archive.url) or ESTIMATED_ARCHIVE_BYTES
-        part_path = _sibling(archive_path, ".part")
-        download_needed += max(size - (part_path.stat().st_size if part_path.exists() else 0), 0)
-        extract_needed += size
-    needs = {download_dir: download_needed}
-    needs[extract_dir] = needs.get(extract_dir, 0) + extract_needed
-    _check_free_space(needs, required_margin_bytes)
+    _check_free_space(_space_needed(archives, download_dir, extract_dir), required_margin_bytes)
 
     archive_paths = []
     for archive in archives:
@@ -457,6 +445,25 @@ def download_nih(
             log.warning("%s: extracted %d files, the release lists %d images", archive.name, n_files, archive.n_images)
         atomic_write_text(marker_path, f"{archive.md5} {n_files}\n")
     return archive_paths
+
+
+def _space_needed(archives: list[Archive], download_dir: Path, extract_dir: Path) -> dict[Path, int]:
+    """Bytes the remaining downloads and extractions will write, per folder (one entry if they are the same)."""
+    download_needed, extract_needed = 0, 0
+    for archive in archives:
+        archive_path = download_dir / archive.name
+        if (extract_dir / f".extracted-{archive.name}").exists():
+            continue
+        if archive_path.exists():
+            extract_needed += archive_path.stat().st_size
+            continue
+        size = _remote_size(archive.url) or ESTIMATED_ARCHIVE_BYTES
+        part_path = _sibling(archive_path, ".part")
+        download_needed += max(size - (part_path.stat().st_size if part_path.exists() else 0), 0)
+        extract_needed += size
+    needs = {download_dir: download_needed}
+    needs[extract_dir] = needs.get(extract_dir, 0) + extract_needed
+    return needs
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -495,8 +502,9 @@ def safe_extract(archive: Path, target_dir: Path) -> int:
     """Extract the regular files and folders of `archive` into `target_dir`; return the file count.
 
     Every member is checked before anything is written, so a malicious archive leaves no
-    trace (for a .tar.gz this costs a second decompression pass). Files unpack into a staging folder inside `target_dir` and are then renamed into
-    place, so an interrupted extraction never leaves a truncated image under its real name.
+    trace (for a .tar.gz this costs a second decompression pass). Files unpack into a staging
+    folder inside `target_dir` and are then renamed into place, so an interrupted extraction
+    never leaves a truncated image under its real name.
     Links that stay inside the target are skipped (the release has none).
 
     Raises:

@@ -29,6 +29,7 @@ def fetch(cfg: Config, out_dir: Path) -> None:
     from cxr14.data.nih_layout import detect_layout, index_raw
 
     nih = cfg.data.nih
+    assert nih.path, "config validation requires data.nih.path when data.source is nih"
     root = Path(nih.path).expanduser().resolve()
     if nih.download:
         root.mkdir(parents=True, exist_ok=True)

@@ -130,7 +130,8 @@ def _efficiency_lines(ranked: list[dict], efficiency: dict[str, dict], tables: d
         "Source: `metrics/efficiency/<model>.json`; layer tables: `metrics/structure/<model>.csv` and "
         "`metrics/structure.xlsx` (one sheet per model).",
         "",
-        "| model | input | params | trainable | GFLOPs | size (MB) | latency (ms) | throughput (img/s) | batch | layers |",
+        "| model | input | params | trainable | GFLOPs | size (MB) | latency (ms) | throughput (img/s) | batch "
+        "| layers |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in ranked:

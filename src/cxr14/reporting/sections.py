@@ -168,8 +168,13 @@ def explain_lines(ranked: list[dict], explanations: dict[str, dict]) -> list[str
             "localisation score; the Grad-CAM overlays below are qualitative."
         )
         return lines
+    return lines + _localisation_lines(scored, explanations)
+
+
+def _localisation_lines(scored: list[dict], explanations: dict[str, dict]) -> list[str]:
+    """The localisation tables (overall, then pointing game per finding) of the models with boxes scored."""
     first = explanations[scored[0]["model"]]["localisation"]
-    lines += [
+    lines = [
         "Grad-CAM of each box's finding on its image, on the layer named (the last spatial layer the "
         "logits depend on). Pointing game: the map's peak lies inside the box. IoU: the region where the map "
         f"is at least {first['cam_threshold']:.0%} of its peak against the box. Centre baseline: the pointing "

@@ -46,10 +46,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from cxr14 import tracking
 from cxr14.config import Config, ConfigError, TrainConfig, config_to_dict, flatten
@@ -316,7 +318,7 @@ class _Training:
     schedule: LearningRateSchedule
     loss_fn: torch.nn.Module
     val_loss_fn: torch.nn.Module
-    network: torch.nn.Module | None = None  # the model as trained: DDP-wrapped and/or compiled
+    network: Any = None  # the model as trained: DDP-wrapped (no_sync) and/or compiled; set by _prepare
     state: TrainingState = field(default_factory=TrainingState)
     best_weights: dict | None = None
     resume_rng: dict | None = None
@@ -381,13 +383,7 @@ def _prepare(
         remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir))
 
-    train_images, train_index = open_split(cache_dir, "train")
-    val_images, val_index = open_split(cache_dir, "val")
-    train_labels, val_labels = split_labels(train_index), split_labels(val_index)
-    if len(train_images) == 0 or len(val_images) == 0:
-        raise InputDataError(
-            f"{cache_dir}: the train and val splits must not be empty; lower split.test_fraction or use more images"
-        )
+    train_images, train_labels, val_images, val_labels = _open_training_data(cache_dir)
 
     torch.manual_seed(cfg.seed)
     bundle = build_for_training(model_name, train)
@@ -407,12 +403,8 @@ def _prepare(
         label_smoothing=train.label_smoothing,
     ).to(device)
     val_loss_fn = validation_loss(train, train_labels)  # on the CPU, beside the gathered logits
-    resolved = {
-        **config_to_dict(cfg),
-        "train": dataclasses.asdict(train),
-        "model": model_name,
-        "world_size": context.world_size,
-    }
+    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name}
+    resolved["world_size"] = context.world_size
     return _Training(
         cfg.seed,
         model_name,
@@ -434,6 +426,18 @@ def _prepare(
         loss_fn,
         val_loss_fn,
     )
+
+
+def _open_training_data(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, val images, val labels) of the cache; both splits must have images."""
+    train_images, train_index = open_split(cache_dir, "train")
+    val_images, val_index = open_split(cache_dir, "val")
+    train_labels, val_labels = split_labels(train_index), split_labels(val_index)
+    if len(train_images) == 0 or len(val_images) == 0:
+        raise InputDataError(
+            f"{cache_dir}: the train and val splits must not be empty; lower split.test_fraction or use more images"
+        )
+    return train_images, train_labels, val_images, val_labels
 
 
 def _resume(run: _Training) -> tuple[str | None, str] | None:
@@ -485,7 +489,7 @@ def _network(model: torch.nn.Module, context: DistributedContext, train: TrainCo
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if train.compile:
-        network = torch.compile(network)
+        network = cast(torch.nn.Module, torch.compile(network))  # an OptimizedModule
     return network
 
 
@@ -543,11 +547,9 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
     there), with gradient accumulation and a mid-epoch `last.pt` every
     `train.checkpoint_every_steps` optimizer steps. Returns this process's train-loss sum, images
     seen and seconds for the whole epoch (a resumed part included)."""
-    train, context, device, seed = run.train, run.context, run.device, run.seed
+    train, context, seed = run.train, run.context, run.seed
     started = time.perf_counter()
-    # Per (seed, epoch, rank): a resumed or sharded run draws what an uninterrupted one would.
-    torch.manual_seed(seed * 1000 + epoch + 7919 * context.rank)
-    generator = torch.Generator(device=device).manual_seed(seed * 1000 + epoch + 7919 * context.rank)
+    generator = _epoch_generator(run, epoch)
     partial = run.state.partial or Partial()
     run.state.partial = None
     if run.resume_rng is not None:
@@ -555,16 +557,7 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
         run.resume_rng = None
     batches = epoch_batches(train, run.train_images, run.train_labels, seed, epoch, context)
     done = partial.batches
-    loader = make_loader(
-        run.train_images,
-        run.train_labels,
-        train.batch_size,
-        shuffle=False,
-        seed=seed,
-        num_workers=train.num_workers,
-        pin_memory=device.type == "cuda",
-        batches=batches[done:],
-    )
+    loader = _epoch_loader(run, batches[done:])
     set_train_mode(run.model)  # frozen BatchNorm layers keep their running statistics
     loss_sum, seen, steps = partial.loss_sum, partial.seen, partial.steps
     seen_before, seconds_before = seen, partial.seconds
@@ -606,6 +599,29 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
             refresh=False,
         )
     return loss_sum, seen, seconds_before + time.perf_counter() - started
+
+
+def _epoch_generator(run: _Training, epoch: int) -> torch.Generator:
+    """Seed torch and return the augmentation generator for `epoch` on this rank: per (seed, epoch,
+    rank), so a resumed or sharded run draws what an uninterrupted one would."""
+    epoch_seed = run.seed * 1000 + epoch + 7919 * run.context.rank
+    torch.manual_seed(epoch_seed)
+    return torch.Generator(device=run.device).manual_seed(epoch_seed)
+
+
+def _epoch_loader(run: _Training, batches: list[list[int]]) -> DataLoader:
+    """A loader over this process's remaining `batches` of the epoch, in order."""
+    train = run.train
+    return make_loader(
+        run.train_images,
+        run.train_labels,
+        train.batch_size,
+        shuffle=False,
+        seed=run.seed,
+        num_workers=train.num_workers,
+        pin_memory=run.device.type == "cuda",
+        batches=batches,
+    )
 
 
 def _forward_backward(
@@ -653,7 +669,7 @@ def _optimizer_step(run: _Training) -> None:
 def _last_checkpoint(run: _Training, state: TrainingState, finished: bool, rng: list | None = None) -> dict:
     """The contents of `last.pt`: model, optimizer, schedule, (mid-epoch) every rank's random
     states, the state as plain data, and what a resume must match."""
-    payload = {
+    payload: dict[str, Any] = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "schedule": run.schedule.state_dict(),
@@ -674,7 +690,7 @@ def _save_partial(run: _Training, generator: torch.Generator, partial: Partial) 
         )
 
 
-def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: int, seconds: float) -> bool:
+def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: float, seconds: float) -> bool:
     """After `epoch`'s training: validation (rank 0), the schedule's epoch step, the history row,
     early stopping, metrics and log lines, best.pt on an improvement and last.pt. Returns whether
     training stops here (patience used up, or the last epoch)."""
