@@ -8,8 +8,6 @@ The payload creates a folder when unpickled; its absence after each attempt prov
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,8 @@ from cxr14.io import atomic_write_json
 from cxr14.models import PretrainedWeightsError, build_model
 from cxr14.training.checkpoint import CheckpointError, load_checkpoint
 from cxr14.training.engine import train_model
-from tests.conftest import REPO_ROOT, tiny_params
+from tests.conftest import tiny_params
+from tests.test_cli import run_stage
 
 
 class Payload:
@@ -82,9 +81,8 @@ def test_the_evaluate_stage_refuses_a_planted_best_pt_in_one_line(tiny_cache, tm
         yaml.safe_dump(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "models": ["cnn_gap"]}))
     )
     metrics = tmp_path / "metrics"
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "pipeline" / "evaluate.py"),
+    result = run_stage(
+        "evaluate.py",
         "cnn_gap",
         "--params",
         str(params),
@@ -100,9 +98,7 @@ def test_the_evaluate_stage_refuses_a_planted_best_pt_in_one_line(tiny_cache, tm
         str(metrics / "roc.csv"),
         "--curves",
         str(metrics / "curves.csv"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
