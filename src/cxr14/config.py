@@ -51,12 +51,24 @@ def bounded(default: Any, low: float | None, high: float | None, brackets: str) 
 
 
 @dataclass(frozen=True)
+class LabelNoiseConfig:
+    """Report-style label noise in the phantom's Data_Entry_2017.csv (the images and the expert
+    file keep the truth). NIH's labels were mined from reports, roughly 90 % right."""
+
+    # Each true finding of an image is left out of its labels with this probability.
+    missed: float = bounded(0.1, 0, 1, "[)")
+    # Each absent finding of an image is added to its labels with this probability.
+    spurious: float = bounded(0.005, 0, 1, "[)")
+
+
+@dataclass(frozen=True)
 class PhantomConfig:
     # ~600 patients x 3.6 follow-ups ~= 2,150 images, small enough to generate in about a
     # minute on 2 cores.
     n_patients: int = bounded(600, 0, None, "()")
     # NIH images are 1024 x 1024; the phantom matches so preprocess does real work.
     image_size: int = bounded(1024, 0, None, "()")
+    label_noise: LabelNoiseConfig = field(default_factory=LabelNoiseConfig)
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,10 @@ class NihConfig:
     base_url: str = "https://nihcc.box.com/shared/static"
     # Metadata CSV as a path or URL, when it is not inside `path` (e.g. Data_Entry_2017_v2020.csv).
     metadata: str | None = None
+    # Radiologist-adjudicated labels (Majkowska et al., Radiology 2020) as a path or URL of the
+    # released CSV (NIH metadata columns + Fracture, Pneumothorax, Airspace opacity, Nodule or
+    # mass as YES/NO, and Set Id); evaluate@ scores the test images it covers against them.
+    expert_labels: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,9 @@ class SplitConfig:
     views: tuple[str, ...] = ("PA", "AP")
     # Keep one seeded image per patient, so every test case is independent.
     one_per_patient: bool = False
+    # Train on a seeded subsample of the training PATIENTS (validation and test unchanged), for
+    # learning curves: a sweep over fractions x models.
+    train_fraction: float = bounded(1.0, 0, 1, "(]")
 
     def resolved_method(self, source: str) -> str:
         """`auto` made concrete for a data source."""
@@ -224,6 +243,8 @@ class EvaluateConfig:
     # Second operating point: per class, the highest threshold reaching this validation sensitivity.
     sensitivity_target: float = bounded(0.9, 0, 1, "()")
     calibration_bins: int = bounded(10, 2, None, "[)")
+    # Subgroups (sex, age, view, follow-up) with fewer test patients are reported as too small.
+    subgroup_min_patients: int = bounded(20, 1, None, "[)")
 
 
 @dataclass(frozen=True)
@@ -255,8 +276,12 @@ class ExplainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    # The one seed every random choice derives from (split, init, augmentation, order).
+    # The data seed: split, phantom, label noise, bootstrap and every other data-side draw.
     seed: int = 42
+    # Training seeds (init, augmentation, batch order): train@<model>-<seed> and evaluate@ run
+    # once per seed, and the report gives the spread across them. Separate from `seed`, so that
+    # adding a training seed changes neither the split nor the cache.
+    train_seeds: tuple[int, ...] = (42,)
     # How train@<model> starts: "python", or e.g. "torchrun --standalone --nproc_per_node=4"
     # for data-parallel training on 4 GPUs (dvc.yaml puts it in front of pipeline/train.py).
     launcher: str = "python"
@@ -411,6 +436,8 @@ def _validate(cfg: Config) -> None:
             )
     sections = {
         "data.phantom": cfg.data.phantom,
+        "data.phantom.label_noise": cfg.data.phantom.label_noise,
+        "split": cfg.split,
         "preprocess": cfg.preprocess,
         "evaluate": cfg.evaluate,
         "profile": cfg.profile,
@@ -431,6 +458,10 @@ def _validate(cfg: Config) -> None:
         problems.append(f"split.views must be a non-empty subset of [PA, AP], got {list(cfg.split.views)}")
     if not cfg.launcher.strip():
         problems.append("launcher must not be empty (use python, or torchrun ... for DDP)")
+    if not cfg.train_seeds:
+        problems.append("train_seeds: the list is empty (give at least one training seed, e.g. [42])")
+    if len(set(cfg.train_seeds)) != len(cfg.train_seeds):
+        problems.append(f"train_seeds: duplicate seeds in {list(cfg.train_seeds)}")
     if not cfg.models:
         problems.append("models: the list is empty")
     if len(set(cfg.models)) != len(cfg.models):
@@ -473,6 +504,7 @@ def config_to_dict(cfg: Config) -> dict:
     """The resolved config as plain data (saved next to outputs and logged to MLflow)."""
     data = dataclasses.asdict(cfg)
     data["models"] = list(cfg.models)
+    data["train_seeds"] = list(cfg.train_seeds)
     return data
 
 
