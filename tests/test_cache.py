@@ -2,6 +2,7 @@ import json
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxr14.config import SplitConfig
@@ -23,7 +24,7 @@ def test_cache_layout_labels_and_pixels(small_nih, tmp_path):
     assert sum(summary["splits"].values()) == 30
     images, index = open_split(tmp_path / "cache", "train")
     assert images.dtype == np.uint8 and images.shape[1:] == (32, 32)
-    assert list(index.columns) == ["image_id", "patient_id", *LABELS]
+    assert list(index.columns) == ["image_id", "patient_id", *LABELS, "age", "sex", "view", "follow_up"]
     # row 0 of the cache is exactly the area-resized source PNG, with its own labels
     image_id = index["image_id"][0]
     source = cv2.imread(str(small_nih / "images" / image_id), cv2.IMREAD_GRAYSCALE)
@@ -130,3 +131,54 @@ def test_cache_without_summary_says_to_run_preprocess(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"cache.json: cache file missing; run the preprocess stage"):
         check_cache_size(tmp_path, image_size=32)
+
+
+def test_index_has_the_subgroup_attributes_and_cache_json_counts_the_unknown(small_nih, tmp_path):
+    from cxr14.data.cache import split_attributes
+
+    csv = small_nih / "Data_Entry_2017.csv"
+    rows = csv.read_text().splitlines()
+    rows[1] = rows[1].replace(",50,M,PA", ",58Y,,PA")  # 00000001_000.png: unknown age and sex
+    csv.write_text("\n".join(rows) + "\n")
+    summary, metadata = build(small_nih, tmp_path / "cache")
+    split = next(
+        name
+        for name in ("train", "val", "test")
+        if "00000001_000.png" in open_split(tmp_path / "cache", name)[1]["image_id"].tolist()
+    )
+    _, index = open_split(tmp_path / "cache", split)
+    assert list(index.columns) == ["image_id", "patient_id", *LABELS, "age", "sex", "view", "follow_up"]
+    attributes = split_attributes(index).set_index(index["image_id"])
+    assert attributes.loc["00000001_000.png"].tolist() == [pd.NA, "unknown", "PA", 0]
+    assert attributes.loc["00000001_001.png"].tolist() == [50, "M", "PA", 1]
+    assert summary["unknown_attributes"][split] == {"age": 1, "sex": 1, "view": 0, "follow_up": 0}
+    others = {name: counts for name, counts in summary["unknown_attributes"].items() if name != split}
+    assert all(counts == {"age": 0, "sex": 0, "view": 0, "follow_up": 0} for counts in others.values())
+    assert (
+        json.loads((tmp_path / "cache" / "cache.json").read_text())["unknown_attributes"]
+        == summary["unknown_attributes"]
+    )
+    assert "00000001_000.png,1," in (tmp_path / "cache" / f"{split}.csv").read_text()  # the empty age cell
+    assert ",,unknown,PA,0\n" in (tmp_path / "cache" / f"{split}.csv").read_text()
+
+
+def test_attributes_leave_the_images_and_labels_as_they_were(small_nih, tmp_path):
+    """The .npy files and the first 17 index columns are those of a frame without the attributes (before them)."""
+    metadata = load_metadata(small_nih)
+    table, _ = make_splits(metadata, SplitConfig(), seed=0)
+    frame = metadata.frame.assign(split=metadata.frame["image_id"].map(dict(zip(table["Image Index"], table["split"]))))
+    old_style = frame[["image_id", "patient_id", "split"]]
+    build_cache(frame, metadata.labels, metadata.images.paths, tmp_path / "new", size=32, workers=2)
+    summary = build_cache(old_style, metadata.labels, metadata.images.paths, tmp_path / "old", size=32, workers=2)
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "new" / f"{split}.npy").read_bytes() == (tmp_path / "old" / f"{split}.npy").read_bytes()
+        _, new = open_split(tmp_path / "new", split)
+        _, old = open_split(tmp_path / "old", split)
+        assert new.iloc[:, :17].equals(old.iloc[:, :17])
+        assert (old["sex"] == "unknown").all() and old["age"].isna().all()  # no attributes given: all unknown
+        assert summary["unknown_attributes"][split]["age"] == len(old)
+    _, legacy = open_split(tmp_path / "old", "test")
+    from cxr14.data.cache import split_attributes
+
+    legacy = legacy.drop(columns=["age", "sex", "view", "follow_up"])  # a cache written before issue 14
+    assert split_attributes(legacy)["view"].eq("unknown").all() and len(split_labels(legacy)) == len(legacy)

@@ -1,5 +1,6 @@
 import os
 
+import pandas as pd
 import pytest
 
 from cxr14.data.metadata import (
@@ -310,3 +311,63 @@ def test_split_stage_stops_on_bad_metadata_with_one_line(tmp_path, case):
     }[case]
     assert len(errors) == 1 and errors[0].startswith(f"error: {csv}") and expected in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "splits.csv").exists()
+
+
+# ------------------------------------------------------------------ subgroup attributes (issue 14)
+def _with_attributes(tmp_path, ages, sexes, views=None, follow_ups=None):
+    """An NIH folder of one image per patient whose Patient Age / Gender (... ) cells are the given strings."""
+    rows = [(f"{p:08d}_000.png", "No Finding", str(p)) for p in range(1, len(ages) + 1)]
+    raw = write_nih_folder(tmp_path / "raw", rows)
+    csv = raw / "Data_Entry_2017.csv"
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame["Patient Age"], frame["Patient Gender"] = ages, sexes
+    if views is not None:
+        frame["View Position"] = views
+    if follow_ups is not None:
+        frame["Follow-up #"] = follow_ups
+    frame.to_csv(csv, index=False)
+    return raw
+
+
+def test_ages_that_are_not_plain_integers_are_unknown_counted_and_named(tmp_path, caplog):
+    ages = ["58", "058Y", "", "-3", "abc", "058", "121", " 7 "]
+    raw = _with_attributes(tmp_path, ages, ["M"] * len(ages))
+    caplog.set_level("WARNING")
+    metadata = load_metadata(raw)
+    assert metadata.frame["age"].tolist() == [58, pd.NA, pd.NA, pd.NA, pd.NA, 58, pd.NA, 7]
+    assert str(metadata.frame["age"].dtype) == "Int64"
+    assert metadata.unknown_attributes == {"age": 5, "sex": 0, "view": 0, "follow_up": 0}
+    warnings = [record.getMessage() for record in caplog.records if "Patient Age" in record.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    csv = raw / "Data_Entry_2017.csv"
+    assert warnings[0].startswith(f"{csv}: 5 row(s) have a 'Patient Age' that is not a plain integer number of years")
+    assert "line 3 '058Y', line 4 '', line 5 '-3' and 2 more" in warnings[0] and "age is unknown" in warnings[0]
+
+
+def test_sex_view_and_follow_up_are_parsed_or_unknown(tmp_path, caplog):
+    raw = _with_attributes(
+        tmp_path,
+        ["40"] * 5,
+        ["M", "f", "", "X", "F"],
+        views=["PA", "ap", "", "LL", "PA"],
+        follow_ups=["0", "3", "", "x", "12"],
+    )
+    caplog.set_level("WARNING")
+    frame = load_metadata(raw).frame
+    assert frame["sex"].tolist() == ["M", "F", "unknown", "unknown", "F"]
+    assert frame["view"].tolist() == ["PA", "AP", "unknown", "LL", "PA"]  # another view is kept as written
+    assert frame["follow_up"].tolist() == [0, 3, pd.NA, pd.NA, 12]
+    assert "'Patient Gender' that is not M or F: line 4 '', line 5 'X'" in caplog.text
+    assert "'View Position' that is not a view such as PA or AP: line 4 ''" in caplog.text
+    assert "'Follow-up #' that is not a non-negative integer" in caplog.text and "line 5 'x'" in caplog.text
+
+
+def test_required_columns_only_make_every_attribute_unknown(tmp_path, caplog):
+    raw = write_nih_folder(tmp_path / "raw", [("00000001_000.png", "Mass", "1"), ("00000002_000.png", "Mass", "2")])
+    csv = raw / "Data_Entry_2017.csv"
+    pd.read_csv(csv, dtype=str)[["Image Index", "Finding Labels", "Patient ID"]].to_csv(csv, index=False)
+    caplog.set_level("WARNING")
+    metadata = load_metadata(raw)
+    assert metadata.unknown_attributes == {"age": 2, "sex": 2, "view": 2, "follow_up": 2}
+    assert metadata.frame["sex"].tolist() == ["unknown", "unknown"] and metadata.frame["age"].isna().all()
+    assert f"{csv}: no 'Patient Age' column; age is unknown for all 2 rows" in caplog.text

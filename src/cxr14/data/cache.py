@@ -6,7 +6,10 @@
 
 Each PNG is decoded exactly once, here, in parallel, resized with area interpolation and
 stored as grayscale uint8 in one `<split>.npy` per split (memory-mapped by training), beside
-`<split>.csv` holding the image id, patient id and the 15 multi-hot labels in LABELS order.
+`<split>.csv` holding the image id, patient id and the 15 multi-hot labels in LABELS order,
+then the subgroup attributes `age`, `sex`, `view`, `follow_up` (cxr14.data.metadata: an empty
+age/follow_up cell or "unknown" is an unknown value; cache.json counts them per split under
+`unknown_attributes`; :func:`split_attributes` reads them, also from caches made before them).
 Output is byte-identical for the same inputs and written atomically (staging folder + rename);
 an interrupted run resumes from its staging folder. Memory stays bounded at any scale.
 """
@@ -29,6 +32,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cxr14.data.metadata import ATTRIBUTE_COLUMNS, UNKNOWN, count_unknown
 from cxr14.data.parallel import opencv_single_threaded
 from cxr14.errors import Cxr14Error, InputDataError, MissingInputError
 from cxr14.io import atomic_write_json, atomic_write_text, progress
@@ -115,7 +119,8 @@ def build_cache(
     same. Memory stays bounded: blocks go straight into the memory-mapped arrays.
 
     Args:
-        metadata: rows with image_id, patient_id, split.
+        metadata: rows with image_id, patient_id, split, and the attribute columns of
+            cxr14.data.metadata.Metadata (age, sex, view, follow_up; absent ones are unknown).
         labels: uint8 [N, 15] aligned with `metadata`.
         images: image id -> its PNG, for every row of `metadata` (see
             cxr14.data.metadata.ImageFiles, whose `checked_paths` also verifies NIH files).
@@ -124,7 +129,9 @@ def build_cache(
         workers: processes (0 = all cores).
 
     Returns:
-        A summary (images per split, size, converted images) also written to `cache_dir/cache.json`.
+        A summary (images per split, size, converted images, per split the rows whose
+        attribute is unknown: {"unknown_attributes": {split: {"age": n, "sex": n, "view": n,
+        "follow_up": n}}}) also written to `cache_dir/cache.json`.
     """
     workers = workers or os.cpu_count() or 1
     plan = {}
@@ -163,7 +170,7 @@ def _build_cache(plan: dict, image_paths: dict[str, str], cache_dir: Path, size:
         shutil.rmtree(partial)  # stale work for other inputs
     partial.mkdir(parents=True, exist_ok=True)
 
-    summary: dict = {"size": size, "splits": {}, "converted_to_8bit_gray": 0}
+    summary: dict = {"size": size, "splits": {}, "converted_to_8bit_gray": 0, "unknown_attributes": {}}
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for split, (rows, label_matrix) in plan.items():
             array_path = partial / f"{split}.npy"
@@ -193,11 +200,10 @@ def _build_cache(plan: dict, image_paths: dict[str, str], cache_dir: Path, size:
                         atomic_write_json(state_path, state)
                         last_saved = time.monotonic()
                     bar.update(len(block))
-            index = pd.DataFrame({"image_id": rows["image_id"], "patient_id": rows["patient_id"]})
-            for column, name in enumerate(LABELS):
-                index[name] = label_matrix[:, column]
+            index = _index_frame(rows, label_matrix)
             atomic_write_text(partial / f"{split}.csv", index.to_csv(index=False))
             summary["splits"][split] = len(rows)
+            summary["unknown_attributes"][split] = count_unknown(index)
             summary["converted_to_8bit_gray"] += converted
             log.info("cache %s: %d images at %d px", split, len(rows), size)
     if summary["converted_to_8bit_gray"]:
@@ -210,6 +216,37 @@ def _build_cache(plan: dict, image_paths: dict[str, str], cache_dir: Path, size:
     return summary
 
 
+def _index_frame(rows: pd.DataFrame, label_matrix: np.ndarray) -> pd.DataFrame:
+    """A split's index: image_id, patient_id, the 15 labels, then ATTRIBUTE_COLUMNS (unknown if absent)."""
+    index = pd.DataFrame({"image_id": rows["image_id"], "patient_id": rows["patient_id"]})
+    for column, name in enumerate(LABELS):
+        index[name] = label_matrix[:, column]
+    for name in ATTRIBUTE_COLUMNS:
+        if name in ("age", "follow_up"):
+            values = rows[name] if name in rows else pd.Series(pd.NA, index=rows.index)
+            index[name] = values.astype("Int64")
+        else:
+            index[name] = rows[name].astype(str) if name in rows else UNKNOWN
+    return index
+
+
+def split_attributes(index: pd.DataFrame) -> pd.DataFrame:
+    """The subgroup attributes of an index frame from :func:`open_split`, one row per image.
+
+    Columns age, follow_up (Int64, <NA> when unknown), sex and view (str, "unknown" when
+    unknown); a cache written before these columns existed gives all unknown.
+    """
+    out = pd.DataFrame(index=index.index)
+    for name in ATTRIBUTE_COLUMNS:
+        if name not in index:
+            out[name] = pd.Series(pd.NA, index=index.index, dtype="Int64") if name in ("age", "follow_up") else UNKNOWN
+        elif name in ("age", "follow_up"):
+            out[name] = pd.to_numeric(index[name], errors="coerce").astype("Int64")
+        else:
+            out[name] = index[name].fillna(UNKNOWN).astype(str)
+    return out
+
+
 def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Memory-map one split's images and read its index (labels in LABELS order)."""
     array_path = Path(cache_dir) / f"{split}.npy"
@@ -218,7 +255,13 @@ def open_split(cache_dir: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
         if not path.is_file():
             raise MissingInputError(f"{path}: cache file missing; run the preprocess stage (dvc repro preprocess)")
     images = np.load(array_path, mmap_mode="r")
-    index = pd.read_csv(index_path, dtype={"image_id": str, "patient_id": str})
+    # sex and view as written ("NA" is not missing); an empty age or follow_up cell is unknown (NaN)
+    index = pd.read_csv(
+        index_path,
+        dtype={"image_id": str, "patient_id": str, "sex": str, "view": str},
+        keep_default_na=False,
+        na_values={"age": [""], "follow_up": [""]},
+    )
     if len(index) != len(images):
         raise CacheMismatchError(
             f"{cache_dir}: {split}.csv has {len(index)} rows but {split}.npy has {len(images)} images"

@@ -22,6 +22,12 @@ stage's folder holds either the images themselves, `images/*.png` (the phantom),
 and modification time as fetch saw them (`Image Index,path,bytes,mtime_ns`). DVC tracks the
 manifest, not the 42 GB it points to, so a reader that opens an image first compares the file
 with its row and stops on any difference (:class:`ImageChangedError`).
+
+The subgroup attributes (:func:`subgroup_attributes`) are parsed here too, as the columns `age`,
+`sex`, `view` and `follow_up` of the table. They never stop a stage: a value that is not what NIH
+writes becomes unknown for its row (<NA> for the integers, "unknown" for the strings), is counted
+(:attr:`Metadata.unknown_attributes`) and is named in one warning line per attribute (file, first
+lines, values, what was expected). An absent column makes the attribute unknown for every row.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -57,6 +63,16 @@ METADATA_FIX = (
 MANIFEST_FIX = "the fetch stage writes this file: re-run it (dvc repro -f fetch)"
 PATIENT_ID = re.compile(r"[1-9][0-9]*")
 SHOWN_BAD_ROWS = 3  # bad Patient IDs quoted in the message; the rest are counted
+UNKNOWN = "unknown"  # a sex or view that is missing or not what NIH writes
+MAX_AGE = 120  # older ages are typos (NIH's v1 file had ages of 148-414 years)
+ATTRIBUTE_COLUMNS = ("age", "sex", "view", "follow_up")  # table columns, and extra columns of the cache index
+# attribute -> (metadata column, what a valid cell is: for the warning)
+ATTRIBUTE_SOURCES = {
+    "age": ("Patient Age", f"a plain integer number of years from 0 to {MAX_AGE} (e.g. 58)"),
+    "sex": ("Patient Gender", "M or F"),
+    "view": ("View Position", "a view such as PA or AP"),
+    "follow_up": ("Follow-up #", "a non-negative integer (0 = the patient's first image)"),
+}
 
 
 class MetadataError(Cxr14Error, ValueError):
@@ -229,12 +245,16 @@ def _read_manifest(path: Path) -> ImageFiles:
 class Metadata:
     """Validated metadata: one row per usable image, labels aligned with the rows."""
 
-    frame: pd.DataFrame  # columns: image_id, patient_id, finding_labels, view_position
+    # columns: image_id, patient_id, finding_labels, view_position (as written) and ATTRIBUTE_COLUMNS:
+    # age, follow_up (Int64, <NA> when unknown), sex ("M"/"F"/"unknown"), view ("PA", "AP", ... /"unknown")
+    frame: pd.DataFrame
     labels: np.ndarray  # uint8 [N, 15]
     images: ImageFiles
     source_csv: Path
     dropped_missing: int
     orphan_images: int = 0
+    # attribute -> rows of `frame` where it is unknown (bad or missing cell, or no column)
+    unknown_attributes: dict[str, int] = field(default_factory=dict)
 
 
 def find_metadata_csv(raw_dir: Path) -> Path:
@@ -273,9 +293,11 @@ def load_metadata(raw_dir: Path, missing_images: str = "error", orphan_images: s
     for row, (cell, image) in enumerate(zip(frame["Finding Labels"], frame["Image Index"])):
         labels[row] = encode_findings(cell, where=f"{csv_path} line {lines[row]} ({image})")
     present, dropped, orphans = _match_images(csv_path, frame, lines, images, missing_images, orphan_images)
-    table = _metadata_table(frame.loc[present])
+    attributes = subgroup_attributes(csv_path, frame, lines).loc[present]
+    table = pd.concat([_metadata_table(frame.loc[present]), attributes.reset_index(drop=True)], axis=1)
+    unknown = count_unknown(table)
     log.info("metadata: %d images, %d patients from %s", len(table), table["patient_id"].nunique(), csv_path)
-    return Metadata(table, labels[present], images, csv_path, dropped, orphans)
+    return Metadata(table, labels[present], images, csv_path, dropped, orphans, unknown)
 
 
 def _check_unique_images(csv_path: Path, frame: pd.DataFrame) -> None:
@@ -347,4 +369,68 @@ def _check_patient_ids(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -
         f"{csv_path}: {len(bad)} row(s) have a Patient ID that is not a positive integer: {shown}{more}. "
         f"NIH writes it as 1, 30805, ... and the split by patient needs it to keep a patient's images "
         f"together; write the patient's number in those cells, or {METADATA_FIX}"
+    )
+
+
+def count_unknown(table: pd.DataFrame) -> dict[str, int]:
+    """attribute -> rows of `table` (with ATTRIBUTE_COLUMNS) where it is unknown."""
+    return {
+        name: int(table[name].isna().sum() if name in ("age", "follow_up") else (table[name] == UNKNOWN).sum())
+        for name in ATTRIBUTE_COLUMNS
+    }
+
+
+def subgroup_attributes(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -> pd.DataFrame:
+    """The subgroup attributes of every row of `frame` (the metadata CSV as :func:`read_table` reads it).
+
+    Columns (index of `frame`): `age` and `follow_up` (pandas Int64, <NA> when unknown), `sex`
+    ("M", "F" or "unknown") and `view` (the View Position upper-cased, e.g. "PA", "AP", "LL";
+    "unknown" when empty). Accepted, after stripping spaces: an age of digits only, at most
+    MAX_AGE ("58" and "058" are 58; "58Y", "-3", "", "abc", "130" are unknown); a sex of M or F
+    in either case; a follow-up number of digits only. Anything else is unknown, and each
+    attribute with unknown rows is logged once (a warning naming `csv_path`, the first
+    SHOWN_BAD_ROWS lines by `lines` with their values, the count and what a valid value is).
+    """
+    cells = {name: _column(frame, source) for name, (source, _) in ATTRIBUTE_SOURCES.items()}
+    out = pd.DataFrame(index=frame.index)
+    for name in ("age", "follow_up"):
+        text = cells[name].str.strip()
+        valid = text.str.fullmatch(r"[0-9]{1,9}")
+        numbers = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+        numbers[valid] = text[valid].astype("int64")
+        if name == "age":
+            numbers[numbers > MAX_AGE] = pd.NA
+        out[name] = numbers
+    sex = cells["sex"].str.strip().str.upper()
+    out["sex"] = sex.where(sex.isin(("M", "F")), UNKNOWN)
+    view = cells["view"].str.strip().str.upper()
+    out["view"] = view.where(view != "", UNKNOWN)
+    for name, (source, expected) in ATTRIBUTE_SOURCES.items():
+        if source not in frame.columns:
+            log.warning("%s: no %r column; %s is unknown for all %d rows", csv_path, source, name, len(frame))
+            continue
+        unknown = out[name].isna() if name in ("age", "follow_up") else out[name] == UNKNOWN
+        _warn_unknown(csv_path, frame[source], lines, unknown.to_numpy(dtype=bool), name, expected)
+    return out[list(ATTRIBUTE_COLUMNS)]
+
+
+def _column(frame: pd.DataFrame, source: str) -> pd.Series:
+    return frame[source] if source in frame.columns else pd.Series("", index=frame.index, dtype=object)
+
+
+def _warn_unknown(csv_path: Path, cells: pd.Series, lines: np.ndarray, unknown: np.ndarray, name: str, expected: str):
+    bad = np.flatnonzero(unknown)
+    if not len(bad):
+        return
+    shown = ", ".join(f"line {lines[row]} {cells.iat[row]!r}" for row in bad[:SHOWN_BAD_ROWS])
+    more = f" and {len(bad) - SHOWN_BAD_ROWS} more" if len(bad) > SHOWN_BAD_ROWS else ""
+    log.warning(
+        "%s: %d row(s) have a %r that is not %s: %s%s; %s is unknown for them (counted, left out of its subgroups)",
+        csv_path,
+        len(bad),
+        cells.name,
+        expected,
+        shown,
+        more,
+        name,
     )
