@@ -233,3 +233,40 @@ def tsne_figure(xy: np.ndarray, groups: list[str], title: str) -> Figure:
     axes.legend(fontsize=6.5, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.tight_layout()
     return figure
+
+
+def calibration_comparison_figure(before: dict, after: dict, title: str) -> Figure:
+    """Reliability diagram of the test scores before and after temperature scaling, with bin counts.
+
+    `before` and `after` are `statistics.calibration` outputs (the "reliability" entries of
+    `evaluation.calibration.calibrate`'s summary), binned alike.
+    """
+    figure, (axes, count_axes) = plt.subplots(
+        2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
+    width = before["bins"][0]["bin_high"] - before["bins"][0]["bin_low"]
+    for offset, (calibration, label, colour) in enumerate(
+        ((before, "raw", "tab:blue"), (after, "temperature-scaled", "tab:orange"))
+    ):
+        filled = [row for row in calibration["bins"] if row["count"]]
+        axes.plot(
+            [row["mean_score"] for row in filled],
+            [row["observed_rate"] for row in filled],
+            marker="o",
+            color=colour,
+            label=f"{label} (ECE {calibration['ece']:.3f})",
+        )
+        count_axes.bar(
+            [row["bin_low"] + offset * width / 2 for row in calibration["bins"]],
+            [row["count"] for row in calibration["bins"]],
+            width=width / 2,
+            align="edge",
+            color=colour,
+            edgecolor="white",
+        )
+    axes.set(ylabel="observed positive rate", title=f"{title}: reliability (test)", xlim=(0, 1), ylim=(0, 1))
+    axes.legend(fontsize=8, loc="upper left")
+    count_axes.set(xlabel="predicted probability", ylabel="entries", yscale="log")
+    figure.tight_layout()
+    return figure
