@@ -1,6 +1,7 @@
 """Patient-wise, seeded, label-stratified train/val/test split.
 
     assignment = split_patients(patient_ids, labels, val_fraction=0.1, test_fraction=0.2, seed=42)
+    assignment = subsample_training_patients(patient_ids, assignment, fraction=0.25, seed=42)
 
 All images of a patient land in one split (follow-ups share anatomy, so a leaky split inflates
 scores). Patients are dealt out by iterative stratification (Sechidis et al., 2011) applied
@@ -21,7 +22,10 @@ from cxr14.labels import LABELS
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-EXCLUDED = "excluded"  # rows dropped by split.views / split.one_per_patient, kept visible in splits.csv
+# Rows dropped by split.views / split.one_per_patient / split.train_fraction, kept visible in splits.csv.
+EXCLUDED = "excluded"
+# Spawn key of the data seed's own random stream for the split.train_fraction draw.
+TRAIN_SUBSAMPLE_STREAM = 1
 
 
 class LeakageError(Cxr14Error, ValueError):
@@ -80,6 +84,45 @@ def split_patients(
     return np.array(SPLITS, dtype=object)[assigned[patient_index]]
 
 
+def training_patients_to_keep(n_patients: int, fraction: float) -> int:
+    """How many of `n_patients` training patients `split.train_fraction` keeps:
+    fraction x n rounded half up (2.5 -> 3, not Python's round-half-even 2), at least one
+    (when there is one), at most all."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction!r}")
+    if n_patients == 0:
+        return 0
+    return min(n_patients, max(1, int(np.floor(fraction * n_patients + 0.5))))
+
+
+def subsample_training_patients(
+    patient_ids: np.ndarray, assignment: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """The assignment with only a seeded share of the training PATIENTS left in "train".
+
+    The other training patients' images become EXCLUDED; validation and test rows are
+    untouched. The draw uses its own stream of the data seed (spawn key
+    TRAIN_SUBSAMPLE_STREAM), so the split itself and every other seeded step are unchanged,
+    and it is a prefix of one seeded permutation of the training patients (sorted ids): with
+    one seed, the patients kept at fraction 0.25 are among those kept at 0.5 (nested curves).
+
+    Args:
+        patient_ids: [N] patient id per image.
+        assignment: [N] "train"/"val"/"test"/EXCLUDED, as `split_patients` makes it.
+        fraction: share of training patients kept, in (0, 1]; see `training_patients_to_keep`.
+        seed: the data seed (`seed` in params.yaml).
+    """
+    assignment = np.asarray(assignment, dtype=object).copy()
+    patient_ids = np.asarray(patient_ids).astype(str)
+    training = assignment == "train"
+    patients = np.unique(patient_ids[training])
+    keep = training_patients_to_keep(len(patients), fraction)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(TRAIN_SUBSAMPLE_STREAM,)))
+    kept = patients[rng.permutation(len(patients))[:keep]]
+    assignment[training & ~np.isin(patient_ids, kept)] = EXCLUDED
+    return assignment
+
+
 def check_patient_disjoint(frame: pd.DataFrame) -> None:
     """Raise LeakageError naming a patient found in two splits (excluded rows do not count)."""
     frame = frame[frame["split"] != EXCLUDED]
@@ -135,5 +178,8 @@ def attach_splits(metadata, splits_csv) -> tuple[pd.DataFrame, np.ndarray]:
     check_patient_disjoint(frame)
     excluded = frame["split"] == EXCLUDED
     if excluded.any():
-        log.info("preprocess skips %d image(s) excluded by the split stage's filters", int(excluded.sum()))
+        log.info(
+            "preprocess skips %d image(s) excluded by the split stage (views, one_per_patient, train_fraction)",
+            int(excluded.sum()),
+        )
     return frame.loc[~excluded].reset_index(drop=True), metadata.labels[~excluded.to_numpy()]
