@@ -274,3 +274,69 @@ def test_boxes_surround_where_the_finding_changed_the_image(pid: int) -> None:
         assert diff[inside].mean() > 5 * diff[~inside].mean(), finding
         if finding != "Atelectasis":  # its raised hemidiaphragm is geometry, outside the sign's box
             assert diff[inside].sum() > 0.85 * diff.sum(), finding
+
+
+# ------------------------------------------------------------------ label noise (issue 14)
+# sha256 of Data_Entry_2017.csv for (n_patients=12, image_size=32, seed=5) from the generator as
+# it was before label noise existed (commit dd1ef0f): noise 0/0 must keep writing exactly this.
+NOISELESS_CSV_SHA256 = "20cbb5f4a5392c4e6e5d53be7cdb9d9920edabe5d649f726f36e6526f9046bf9"
+
+
+def test_noise_zero_reproduces_the_csv_written_before_label_noise(tmp_path: Path) -> None:
+    generate_phantom(tmp_path, n_patients=12, image_size=32, seed=5, workers=1, progress=False)
+    assert hashlib.sha256((tmp_path / "Data_Entry_2017.csv").read_bytes()).hexdigest() == NOISELESS_CSV_SHA256
+    generate_phantom(tmp_path / "noisy", n_patients=12, image_size=32, seed=5, workers=1, progress=False, missed=0.2)
+    assert hashlib.sha256((tmp_path / "noisy" / "Data_Entry_2017.csv").read_bytes()).hexdigest() != (
+        NOISELESS_CSV_SHA256
+    )
+
+
+def test_report_noise_rates_match_the_settings_and_are_seeded() -> None:
+    truth = sample_labels(np.random.default_rng(5), 40000)
+    noisy = phantom_labels.report_noise(truth, np.random.default_rng(11), missed=0.15, spurious=0.01)
+    again = phantom_labels.report_noise(truth, np.random.default_rng(11), missed=0.15, spurious=0.01)
+    assert noisy == again and noisy != truth
+    present = np.array([[name in row for name in phantom_labels.FINDINGS] for row in truth])
+    reported = np.array([[name in row for name in phantom_labels.FINDINGS] for row in noisy])
+    assert abs((present & ~reported).sum() / present.sum() - 0.15) < 0.01  # missed among true findings
+    assert abs((~present & reported).sum() / (~present).sum() - 0.01) < 0.001  # spurious among absent ones
+    assert all(row == (NO_FINDING,) for row, flags in zip(noisy, reported) if not flags.any())
+    assert all(NO_FINDING not in row for row, flags in zip(noisy, reported) if flags.any())
+    assert phantom_labels.report_noise(truth, np.random.default_rng(0), 0.0, 0.0) == truth
+
+
+def test_label_noise_changes_the_labels_but_not_the_images_boxes_or_expert_truth(tmp_path: Path) -> None:
+    clean, noisy = tmp_path / "clean", tmp_path / "noisy"
+    generate_phantom(clean, n_patients=25, image_size=32, seed=4, workers=1, progress=False)
+    generate_phantom(noisy, n_patients=25, image_size=32, seed=4, workers=2, progress=False, missed=0.3, spurious=0.05)
+    assert _files(noisy) == _files(clean)  # every PNG byte-identical
+    assert (noisy / "BBox_List_2017.csv").read_bytes() == (clean / "BBox_List_2017.csv").read_bytes()
+    truth, written = pd.read_csv(clean / "Data_Entry_2017.csv"), pd.read_csv(noisy / "Data_Entry_2017.csv")
+    assert (truth.drop(columns="Finding Labels") == written.drop(columns="Finding Labels")).all().all()
+    changed = (truth["Finding Labels"] != written["Finding Labels"]).mean()
+    assert 0.15 < changed < 0.9, changed
+    experts = [pd.read_csv(root / "expert_labels.csv") for root in (clean, noisy)]
+    findings = ["Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass", "Set Id"]
+    pd.testing.assert_frame_equal(experts[0][findings], experts[1][findings])  # the truth either way
+    pd.testing.assert_frame_equal(experts[1][list(phantom.HEADER)], written)  # NIH columns as written
+
+
+def test_expert_file_is_the_truth_in_the_released_format(tmp_path: Path) -> None:
+    frame = generate_phantom(tmp_path, n_patients=40, image_size=32, seed=2, workers=1, progress=False)
+    path = tmp_path / "expert_labels.csv"
+    assert path.read_text().splitlines()[0] == (
+        NIH_HEADER + ",Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id"
+    )
+    expert = pd.read_csv(path)
+    assert list(expert["Image Index"]) == list(frame["Image Index"])  # every image
+    labels = frame["Finding Labels"].str.split("|")  # noise 0: the written labels are the truth
+
+    def yes(names: set[str]) -> list[str]:
+        return ["YES" if names & set(row) else "NO" for row in labels]
+
+    assert list(expert["Pneumothorax"]) == yes({"Pneumothorax"})
+    assert list(expert["Nodule or mass"]) == yes({"Nodule", "Mass"})
+    assert list(expert["Airspace opacity"]) == yes({"Consolidation", "Infiltration", "Pneumonia"})
+    assert set(expert["Fracture"]) == {"NO"} and "YES" in set(expert["Airspace opacity"])
+    assert set(expert["Set Id"]) == {"test", "val"}
+    assert (expert.groupby("Patient ID")["Set Id"].nunique() == 1).all()  # a patient-level split

@@ -9,6 +9,7 @@ import pytest
 
 from cxr14.config import ConfigError, DataConfig, config_from_dict
 from cxr14.data import sources
+from cxr14.errors import MissingInputError
 
 
 def test_config_choices_are_the_registered_sources():
@@ -36,3 +37,29 @@ def test_fetch_dispatches_on_data_source(monkeypatch, tmp_path):
     cfg = config_from_dict({"data": {"source": "phantom"}})
     sources.fetch(cfg, tmp_path / "raw")
     assert called == [("phantom", Path(tmp_path / "raw"))]
+
+
+def _nih_config(root: Path, expert_labels: str | None):
+    return config_from_dict({"data": {"source": "nih", "nih": {"path": str(root), "expert_labels": expert_labels}}})
+
+
+def test_nih_fetch_copies_the_expert_labels_into_the_fetch_output(small_nih, tmp_path):
+    released = tmp_path / "four_findings_expert_labels_test_labels.csv"
+    released.write_bytes(b"Image Index,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\r\n")
+    out = tmp_path / "out" / "raw"
+    sources.fetch(_nih_config(small_nih, str(released)), out)
+    assert (out / "expert_labels.csv").read_bytes() == released.read_bytes()
+    assert (out / "Data_Entry_2017.csv").is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["raw"]  # no staging copy left behind
+    sources.fetch(_nih_config(small_nih, None), out)  # null: no file (the old one does not linger)
+    assert not (out / "expert_labels.csv").exists() and (out / "images.csv").is_file()
+
+
+def test_nih_fetch_with_a_missing_expert_file_names_it_and_changes_nothing(small_nih, tmp_path):
+    out = tmp_path / "fetched" / "raw"
+    sources.fetch(_nih_config(small_nih, None), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(MissingInputError, match="data.nih.expert_labels: .*nowhere.csv does not exist"):
+        sources.fetch(_nih_config(small_nih, str(tmp_path / "nowhere.csv")), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["raw"]

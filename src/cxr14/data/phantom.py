@@ -17,6 +17,12 @@ cxr14.data.phantom_boxes). A seed gives byte-identical files whatever the worker
 (as far as the libraries allow) the CPU: every random stream is seeded from (seed, stream,
 patient[, follow-up]) and never from global state, signs are drawn in a fixed order, and pixels
 are computed in float64, then quantised with a single rounding (see _expose).
+
+Two kinds of label: the images (and boxes) show the truth, while the `Finding Labels` written to
+`Data_Entry_2017.csv` may carry report-style noise (`missed` / `spurious`, see
+cxr14.data.phantom_labels.report_noise; a random stream of their own, so the images stay
+byte-identical whatever the rates), and `expert_labels.csv` gives the noiseless truth of four
+findings in the format of Google's radiologist labels (cxr14.data.expert_labels).
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ import numpy as np
 import pandas as pd
 
 from cxr14.data.boxes import BBOX_FILE
+from cxr14.data.expert_labels import EXPERT_FILE, expert_csv
 from cxr14.data.parallel import opencv_single_threaded
 from cxr14.data.phantom_boxes import BOXED, Box, bbox_csv, sign_extent, to_image_box
-from cxr14.data.phantom_labels import FINDINGS, sample_patient_labels
+from cxr14.data.phantom_labels import FINDINGS, report_noise, sample_patient_labels
 from cxr14.io import atomic_write_bytes, atomic_write_text
 from cxr14.io import progress as progress_bar
 
@@ -59,7 +66,10 @@ HEADER = [
 ]
 P_GEOMETRIC, MAX_IMAGES = 0.27735, 20  # E[min(Geometric, 20)] = 3.6 images per patient
 P_FEMALE, WORK, NOISE_PAD = 0.435, 256, 64
-_ANATOMY, _META, _IMAGE, _SITE = 1, 2, 3, 4  # random stream tags
+_ANATOMY, _META, _IMAGE, _SITE, _NOISE, _EXPERT = 1, 2, 3, 4, 5, 6  # random stream tags
+# Share of patients whose images the expert file puts in its "test" set (the release: 1,962 of
+# 4,376 images). A stand-in: the pipeline validates Set Id and otherwise uses its own split.
+P_EXPERT_TEST = 0.45
 # Huffman-only deflate after a fixed AVG row filter: ~2.5x faster than zlib level 1 on noisy
 # radiographs and ~20 % smaller; plain level 1 on OpenCV builds without these flags.
 PNG_PARAMS = (
@@ -656,29 +666,39 @@ def _keep_freed_heap() -> None:
     mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (its maximum): maps this size come from the heap
 
 
-def generate_phantom(
-    out_dir: Path, n_patients: int, image_size: int = 1024, seed: int = 0, workers: int = 0, progress: bool = True
-) -> pd.DataFrame:
-    """Write a phantom data set in the NIH layout and return its metadata.
+def _noisy_rows(rows: list[list], seed: int, missed: float, spurious: float) -> list[list]:
+    """`rows` with report-style noise in `Finding Labels` (a stream per patient, tag _NOISE)."""
+    by_patient: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_patient.setdefault(row[3], []).append(index)
+    noisy = [list(row) for row in rows]
+    for pid, indices in by_patient.items():
+        rng = np.random.default_rng([seed, _NOISE, pid])
+        truth = [tuple(rows[i][1].split("|")) for i in indices]
+        for i, labels in zip(indices, report_noise(truth, rng, missed, spurious)):
+            noisy[i][1] = "|".join(labels)
+    return noisy
 
-    Args:
-        out_dir: receives `images/<patient:08d>_<followup:03d>.png`, `BBox_List_2017.csv` (NIH's
-            format: one box per image and boxed finding, image_size pixels) and `Data_Entry_2017.csv`.
-        n_patients: patients, ids 1..n; images ≈ 3.6 x n_patients.
-        image_size: side of the square 8-bit grayscale PNGs.
-        seed: the only source of randomness; the same seed gives byte-identical files.
-        workers: processes (0 = all cores); never changes the output.
-        progress: show the project's progress bar.
 
-    Returns:
-        The metadata, with the CSV's columns (width/height and spacing x/y are separate columns).
-    """
-    out_dir = Path(out_dir)
-    images, csv_path = out_dir / "images", out_dir / "Data_Entry_2017.csv"
-    images.mkdir(parents=True, exist_ok=True)
-    csv_path.unlink(missing_ok=True)  # the CSV's presence must keep meaning "complete set"
-    rows = [row for pid in range(1, n_patients + 1) for row in _patient_rows(seed, pid, image_size)]
-    tasks = [(seed, r[3], r[2], r[1], r[6], image_size, str(images / r[0])) for r in rows]
+def _expert_set_ids(rows: list[list], seed: int) -> list[str]:
+    """The expert file's `Set Id` per row: a seeded draw per patient (tag _EXPERT), a stand-in."""
+    test = {
+        pid: bool(np.random.default_rng([seed, _EXPERT, pid]).random() < P_EXPERT_TEST) for pid in {r[3] for r in rows}
+    }
+    return ["test" if test[row[3]] else "val" for row in rows]
+
+
+def _write_tables(out_dir: Path, rows: list[list], seed: int, missed: float, spurious: float) -> pd.DataFrame:
+    """`expert_labels.csv` (truth) then `Data_Entry_2017.csv` (noisy labels, last); its frame."""
+    frame = pd.DataFrame(_noisy_rows(rows, seed, missed, spurious), columns=HEADER)
+    truth = [tuple(row[1].split("|")) for row in rows]
+    atomic_write_text(out_dir / EXPERT_FILE, expert_csv(frame, truth, _expert_set_ids(rows, seed)))
+    atomic_write_bytes(out_dir / "Data_Entry_2017.csv", frame.to_csv(index=False).encode())
+    return frame
+
+
+def _render_all(tasks: list[tuple], workers: int, progress: bool) -> list[tuple[str, str, Box]]:
+    """Render and write every image (in `workers` processes, 0 = all cores); all their box rows."""
     workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
     boxes: list[tuple[str, str, Box]] = []
     with progress_bar(total=len(tasks), unit="img", desc="phantom", disable_bar=not progress) as bar:
@@ -695,9 +715,47 @@ def generate_phantom(
                 for image_boxes in pool.imap_unordered(_render_task, tasks, chunksize=chunk):
                     boxes += image_boxes
                     bar.update()
+    return boxes
+
+
+def generate_phantom(
+    out_dir: Path,
+    n_patients: int,
+    image_size: int = 1024,
+    seed: int = 0,
+    workers: int = 0,
+    progress: bool = True,
+    missed: float = 0.0,
+    spurious: float = 0.0,
+) -> pd.DataFrame:
+    """Write a phantom data set in the NIH layout and return its metadata.
+
+    Args:
+        out_dir: receives `images/<patient:08d>_<followup:03d>.png`, `BBox_List_2017.csv` (NIH's
+            format: one box per image and boxed finding, image_size pixels), `expert_labels.csv`
+            (the truth of four findings in the released radiologist-label format) and
+            `Data_Entry_2017.csv` (written last).
+        n_patients: patients, ids 1..n; images ≈ 3.6 x n_patients.
+        image_size: side of the square 8-bit grayscale PNGs.
+        seed: the only source of randomness; the same seed gives byte-identical files.
+        workers: processes (0 = all cores); never changes the output.
+        progress: show the project's progress bar.
+        missed: probability that a true finding is left out of an image's `Finding Labels`.
+        spurious: probability that an absent finding is added to them (0/0: the truth).
+
+    Returns:
+        The metadata as written, noisy labels included, with the CSV's columns (width/height and
+        spacing x/y are separate columns).
+    """
+    out_dir = Path(out_dir)
+    images, csv_path = out_dir / "images", out_dir / "Data_Entry_2017.csv"
+    images.mkdir(parents=True, exist_ok=True)
+    csv_path.unlink(missing_ok=True)  # the CSV's presence must keep meaning "complete set"
+    rows = [row for pid in range(1, n_patients + 1) for row in _patient_rows(seed, pid, image_size)]
+    tasks = [(seed, r[3], r[2], r[1], r[6], image_size, str(images / r[0])) for r in rows]
+    boxes = _render_all(tasks, workers, progress)
     atomic_write_text(out_dir / BBOX_FILE, bbox_csv(boxes))  # sorted, so independent of finishing order
-    frame = pd.DataFrame(rows, columns=HEADER)
-    atomic_write_bytes(csv_path, frame.to_csv(index=False).encode())
+    frame = _write_tables(out_dir, rows, seed, missed, spurious)
     prevalence = frame["Finding Labels"].str.get_dummies(sep="|").mean().sort_values(ascending=False)
     log.info(
         "phantom: %d images of %d patients in %s (%d boxes); prevalence %s",

@@ -121,3 +121,17 @@ def sample_patient_labels(rng: Gen, n_images: int) -> list[tuple[str, ...]]:
             current[~CHRONIC] = _weighted_sets(rng, WEIGHTS[~CHRONIC], _TABLE_ACUTE, [k])[0]
         rows.append(_names(current))
     return rows
+
+
+def report_noise(labels: list[tuple[str, ...]], rng: Gen, missed: float, spurious: float) -> list[tuple[str, ...]]:
+    """The label sets a report-mining NLP would have written for images showing `labels`.
+
+    Each true finding is left out with probability `missed`, each of the other findings is added
+    with probability `spurious`; an image left with none is "No Finding". Exactly one uniform
+    per image and finding is drawn whatever the labels, so the rest of `rng`'s stream does not
+    depend on them, and 0/0 returns the sets unchanged (names in FINDINGS order, as drawn).
+    """
+    truth = np.array([[name in row for name in FINDINGS] for row in labels], dtype=bool).reshape(-1, len(FINDINGS))
+    u = rng.random(truth.shape)
+    noisy = np.where(truth, u >= missed, u < spurious)
+    return [_names(row) for row in noisy]

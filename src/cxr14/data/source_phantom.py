@@ -1,8 +1,9 @@
 """Data source `phantom` (the default): the embedded, deterministic synthetic ChestX-ray14.
 
-    fetch(cfg, Path("data/raw"))    # images/*.png, Data_Entry_2017.csv, BBox_List_2017.csv
+    fetch(cfg, Path("data/raw"))    # images/*.png, Data_Entry_2017.csv, BBox_List_2017.csv, expert_labels.csv
 
-The PNGs themselves are generated (settings: ``data.phantom`` and ``seed``) into a staging folder
+The PNGs themselves are generated (settings: ``data.phantom``, its ``label_noise`` included, and
+``seed``) into a staging folder
 renamed into place, so an interrupted fetch never leaves a half-populated `out_dir`.
 """
 
@@ -19,4 +20,11 @@ def fetch(cfg: Config, out_dir: Path) -> None:
     """Generate the phantom into `out_dir` (byte-identical for a seed, whatever the worker count)."""
     phantom = cfg.data.phantom
     with atomic_directory(out_dir) as staging:
-        generate_phantom(staging, n_patients=phantom.n_patients, image_size=phantom.image_size, seed=cfg.seed)
+        generate_phantom(
+            staging,
+            n_patients=phantom.n_patients,
+            image_size=phantom.image_size,
+            seed=cfg.seed,
+            missed=phantom.label_noise.missed,
+            spurious=phantom.label_noise.spurious,
+        )
