@@ -1,6 +1,6 @@
 """Stage `explain@<model>`: Grad-CAM overlays, box localisation, embedding retrieval and t-SNE.
 
-    python pipeline/explain.py cnn --cache data/cache --model-dir models/cnn --boxes data/boxes.csv \
+    python pipeline/explain.py cnn --cache data/cache --model-dir models/cnn/seed-42 --boxes data/boxes.csv \
         --summary metrics/explain/cnn.json --figures metrics/explain/cnn
 """
 
@@ -20,7 +20,7 @@ from cxr14.stages.explain import explain_model, log_explanation, write_explanati
 
 def main(args) -> None:
     cfg = load_config(args.params)
-    model_dir = Path(args.model_dir or f"models/{args.model}")
+    model_dir = Path(args.model_dir)
     check_model_names([args.model], "models", args.params)
     check_cache_for_trained_model(Path(args.cache), model_dir)  # a cache rebuilt smaller since training
     boxes = pd.read_csv(args.boxes, dtype={"image_id": str}) if args.boxes else pd.DataFrame(columns=list(BOX_COLUMNS))
@@ -40,7 +40,11 @@ if __name__ == "__main__":
     parser = stage_parser("Explain one trained model: Grad-CAM, localisation, embeddings.", __doc__)
     parser.add_argument("model", help="model name (as in params.yaml models:)")
     parser.add_argument("--cache", default="data/cache", help="cache folder (default: %(default)s)")
-    parser.add_argument("--model-dir", default=None, help="checkpoint folder (default: models/<model>)")
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        help="one trained model's folder, e.g. models/<model>/seed-42 (dvc.yaml: the first seed)",
+    )
     parser.add_argument(
         "--boxes",
         default=None,

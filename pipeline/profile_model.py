@@ -1,6 +1,6 @@
 """Stage `profile@<model>`: layer table and efficiency figures of one trained model.
 
-    python pipeline/profile_model.py cnn --model-dir models/cnn \
+    python pipeline/profile_model.py cnn --model-dir models/cnn/seed-42 \
         --structure metrics/structure/cnn.csv --efficiency metrics/efficiency/cnn.json
 
 The layer table has one row per layer (name, type, input/output shape, params, trainable,
@@ -22,7 +22,7 @@ from cxr14.stages.profile import log_profile, profile_model
 
 def main(args) -> None:
     cfg = load_config(args.params)
-    model_dir = Path(args.model_dir or f"models/{args.model}")
+    model_dir = Path(args.model_dir)
     check_model_names([args.model], "models", args.params)
     check_model_names(cfg.train.overrides, "train.overrides", args.params)
     # Store and output folders first; both outputs are renamed into place together, after logging.
@@ -38,7 +38,11 @@ def main(args) -> None:
 if __name__ == "__main__":
     parser = stage_parser("Write the layer table and efficiency figures of one trained model.", __doc__)
     parser.add_argument("model", help="model name (as in params.yaml models:)")
-    parser.add_argument("--model-dir", default=None, help="checkpoint folder (default: models/<model>)")
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        help="one trained model's folder, e.g. models/<model>/seed-42 (dvc.yaml: the first seed)",
+    )
     parser.add_argument("--structure", required=True, help="layer table CSV")
     parser.add_argument("--efficiency", required=True, help="efficiency figures JSON (for dvc metrics)")
     run_stage(main, parser)

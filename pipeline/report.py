@@ -4,7 +4,8 @@
         --curves metrics/curves --efficiency metrics/efficiency --structure metrics/structure \
         --explain metrics/explain --figures metrics/figures --split metrics/split.json \
         --figures-out metrics/report_figures --out metrics/report.md --html metrics/report.html \
-        --summary metrics/summary.json --workbook metrics/structure.xlsx
+        --summary metrics/summary.json --workbook metrics/structure.xlsx --subgroups metrics/subgroups \
+        --expert-summary metrics/expert_labels.json
 
 report.md and report.html hold the same content; the HTML embeds every figure. Both, with
 the all-model figures, are also attached to every model's MLflow run (under report/), so each
@@ -21,6 +22,7 @@ from cxr14.config import load_config
 from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 from cxr14.model_names import check_known_model_names
 from cxr14.reporting.comparison import load_predictions, paired_comparisons
+from cxr14.reporting.files import per_model_json
 from cxr14.reporting.html import render_html
 from cxr14.reporting.report import build_report, load_efficiency, load_layer_tables, load_records, rank_records
 from cxr14.reporting.sections import (
@@ -32,6 +34,11 @@ from cxr14.reporting.sections import (
 from cxr14.reporting.workbook import write_structure_workbook
 
 TITLE = "cxr14 — model comparison"
+
+
+def _json(path: Path) -> dict:
+    with path.open(encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def main(args) -> None:
@@ -57,8 +64,7 @@ def _report(
     tables = load_layer_tables(Path(args.structure), models)
     explanations = load_explanations(Path(args.explain), models)
     model_figures = model_figure_paths({"evaluate": Path(args.figures), "explain": Path(args.explain)}, models)
-    with Path(args.split).open(encoding="utf-8") as handle:
-        split_summary = json.load(handle)
+    split_summary = _json(Path(args.split))
     ranked = rank_records(records)
     ranking = [record["model"] for record in ranked]
     resamples = cfg.evaluate.bootstrap_resamples
@@ -82,6 +88,11 @@ def _report(
         comparison_figures=comparison_figures,
         model_figures=model_figures,
         report_dir=report_dir,
+        review={
+            "subgroups": per_model_json(Path(args.subgroups), models, "evaluate"),
+            "expert_summary": _json(Path(args.expert_summary)) if args.expert_summary else None,
+            "phantom": cfg.data.source == "phantom",
+        },
     )
     final_link, staged_link = (
         Path(os.path.relpath(folder, report_dir)).as_posix() for folder in (figures_out, stage.path(figures_out))
@@ -133,6 +144,14 @@ if __name__ == "__main__":
         help="every layer table, one sheet per model (default: %(default)s)",
     )
     parser.add_argument("--split", default="metrics/split.json", help="split summary (default: %(default)s)")
+    parser.add_argument(
+        "--subgroups", default="metrics/subgroups", help="per-model subgroup tables (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--expert-summary",
+        default=None,
+        help="optional summary of the expert_labels stage (metrics/expert_labels.json): counts for the report",
+    )
     parser.add_argument("--out", default="metrics/report.md", help="markdown report (default: %(default)s)")
     parser.add_argument(
         "--html", default="metrics/report.html", help="self-contained HTML report (default: %(default)s)"

@@ -1,10 +1,12 @@
-"""Stage `train@<model>`: train one registered model on the cache.
+"""Stage `train@<model>-<seed>`: train one registered model on the cache with one training seed.
 
-    python pipeline/train.py cnn --cache data/cache --out models/cnn
+    python pipeline/train.py cnn --seed 42 --cache data/cache --out models/cnn/seed-42
 
-Re-running after an interruption resumes from models/<model>/last.pt. Data-parallel on 4 GPUs:
+The training seeds are params.yaml's `train_seeds` (dvc.yaml runs one stage per model and seed).
+Re-running after an interruption resumes from models/<model>/seed-<seed>/last.pt. Data-parallel
+on 4 GPUs:
 
-    torchrun --standalone --nproc_per_node=4 pipeline/train.py densenet121
+    torchrun --standalone --nproc_per_node=4 pipeline/train.py densenet121 --seed 42
 """
 
 from pathlib import Path
@@ -29,7 +31,8 @@ def main(args) -> None:
         model=args.model,
         source=args.params,
     )
-    train_model(cfg, args.model, Path(args.cache), Path(args.out or f"models/{args.model}"))
+    out = Path(args.out or f"models/{args.model}/seed-{args.seed}")
+    train_model(cfg, args.model, Path(args.cache), out, seed=args.seed)
 
 
 if __name__ == "__main__":
@@ -38,5 +41,11 @@ if __name__ == "__main__":
     parser = stage_parser("Train one model.", epilog)
     parser.add_argument("model", help="a registered name (listed below) or a timm name")
     parser.add_argument("--cache", default="data/cache", help="cache folder (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<model>)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        required=True,
+        help="training seed (init, augmentation, batch order): one of params.yaml's train_seeds in the pipeline",
+    )
+    parser.add_argument("--out", default=None, help="checkpoint folder (default: models/<model>/seed-<seed>)")
     run_stage(main, parser)

@@ -173,13 +173,13 @@ def test_bad_scores_are_rejected():
         calibrate(targets, scores[:, :3], targets, scores)
 
 
-def test_calibration_comparison_figure_is_reproducible(tmp_path):
-    from cxr14.reporting.figures import calibration_comparison_figure, save_figure
+def test_reliability_figure_before_and_after_is_reproducible(tmp_path):
+    from cxr14.reporting.figures import reliability_figure, save_figure
 
     targets, scores = miscalibrated(500, 1 / 3, seed=14)
     _, summary = calibrate(targets, scores, targets, scores)
     before, after = summary["before"]["reliability"], summary["after"]["reliability"]
-    save_figure(calibration_comparison_figure(before, after, "cnn"), tmp_path / "a.png")
-    save_figure(calibration_comparison_figure(before, after, "cnn"), tmp_path / "b.png")
+    save_figure(reliability_figure(before, "cnn", after), tmp_path / "a.png")
+    save_figure(reliability_figure(before, "cnn", after), tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,17 @@ def run_stage(script: str, *args: str, cwd=REPO_ROOT) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize(
-    "script", ["fetch.py", "split.py", "preprocess.py", "train.py", "evaluate.py", "profile_model.py", "report.py"]
+    "script",
+    [
+        "fetch.py",
+        "split.py",
+        "preprocess.py",
+        "expert_labels.py",
+        "train.py",
+        "evaluate.py",
+        "profile_model.py",
+        "report.py",
+    ],
 )
 def test_every_stage_has_help(script):
     result = run_stage(script, "--help")

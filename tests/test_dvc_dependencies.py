@@ -252,9 +252,19 @@ def load_yaml(name: str) -> dict:
         return yaml.safe_load(handle)
 
 
+def _lookup(variables: dict, dotted: str):
+    """`${item.model}`, `${train_seeds.0}`: DVC's dotted access into mappings and lists."""
+    if dotted in variables:
+        return variables[dotted]
+    node = variables
+    for part in dotted.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
 def _substitute(value, variables: dict):
     if isinstance(value, str):
-        return re.sub(r"\$\{\s*([\w.]+)\s*\}", lambda match: str(variables[match.group(1)]), value)
+        return re.sub(r"\$\{\s*([\w.]+)\s*\}", lambda match: str(_lookup(variables, match.group(1))), value)
     if isinstance(value, list):
         return [_substitute(item, variables) for item in value]
     if isinstance(value, dict):
@@ -263,13 +273,23 @@ def _substitute(value, variables: dict):
 
 
 def stages() -> dict[str, dict]:
-    """Every stage of dvc.yaml; a foreach stage once, for its first item (deps and params do not
-    vary by item, only paths such as models/${item})."""
+    """Every stage of dvc.yaml; a foreach or matrix stage once, for its first item (deps and params
+    do not vary by item, only paths such as models/${item})."""
     params = load_yaml("params.yaml")
-    variables = {key: value for key, value in params.items() if not isinstance(value, (dict, list))}
+    variables = {key: value for key, value in params.items() if not isinstance(value, dict)}
     expanded = {}
     for name, stage in load_yaml("dvc.yaml")["stages"].items():
-        if "foreach" in stage:
+        if "matrix" in stage:
+            item = {}
+            for key, values in stage["matrix"].items():
+                if isinstance(values, str):
+                    values = params[re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", values).group(1)]
+                item[key] = values[0]
+            body = {key: value for key, value in stage.items() if key != "matrix"}
+            expanded[f"{name}@{'-'.join(str(value) for value in item.values())}"] = _substitute(
+                body, {**variables, "item": item}
+            )
+        elif "foreach" in stage:
             items = stage["foreach"]
             if isinstance(items, str):
                 items = params[re.fullmatch(r"\$\{\s*([\w.]+)\s*\}", items).group(1)]

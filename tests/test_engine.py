@@ -18,7 +18,7 @@ from tests.conftest import tiny_params
 def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_store):
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32}))
     out_dir = tmp_path / "models" / "vit_v1"
-    result = train_model(cfg, "vit_v1", tiny_cache, out_dir)
+    result = train_model(cfg, "vit_v1", tiny_cache, out_dir, seed=42)
     for name in ("best.pt", "last.pt", "history.csv", "train.json", "config.json", "mlflow_run.json"):
         assert (out_dir / name).is_file(), name
     assert result.epochs_run == 2 and len(result.history) == 2
@@ -67,12 +67,12 @@ def killed_at_second_validation(monkeypatch) -> Iterator[None]:
 
 def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_cache, tmp_path, mlflow_store, monkeypatch):
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
-    straight = train_model(cfg, "cnn", tiny_cache, tmp_path / "straight")
+    straight = train_model(cfg, "cnn", tiny_cache, tmp_path / "straight", seed=42)
 
     with killed_at_second_validation(monkeypatch):
-        train_model(cfg, "cnn", tiny_cache, tmp_path / "killed")
+        train_model(cfg, "cnn", tiny_cache, tmp_path / "killed", seed=42)
 
-    resumed = train_model(cfg, "cnn", tiny_cache, tmp_path / "killed")
+    resumed = train_model(cfg, "cnn", tiny_cache, tmp_path / "killed", seed=42)
     assert resumed.epochs_run == 3
     assert [row["val_loss"] for row in resumed.history] == pytest.approx(
         [row["val_loss"] for row in straight.history], rel=1e-5
@@ -88,7 +88,7 @@ def test_unreachable_tracking_server_fails_before_training(tiny_cache, tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32}))
     with pytest.raises(TrackingUnavailableError, match=r"http://127.0.0.1:9 is unreachable"):
-        train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn")
+        train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn", seed=42)
     assert not (tmp_path / "models" / "cnn" / "last.pt").exists()
 
 
@@ -106,7 +106,7 @@ def test_frozen_pretrained_backbone_stays_exactly_as_loaded(tiny_cache, tmp_path
         tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "train.overrides": overrides})
     )
     out_dir = tmp_path / "models" / "mobilenetv2_100"
-    train_model(cfg, "mobilenetv2_100", tiny_cache, out_dir)
+    train_model(cfg, "mobilenetv2_100", tiny_cache, out_dir, seed=42)
 
     trained = load_checkpoint(out_dir / "best.pt")["model"]
     for key, value in source.state_dict().items():
@@ -122,7 +122,7 @@ def test_freezing_a_randomly_initialised_backbone_is_refused(tiny_cache, tmp_pat
     overrides = {"mobilenetv2_100": {"pretrained": False, "freeze_backbone": True}}
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.overrides": overrides}))
     with pytest.raises(ValueError, match="freeze_backbone is true but the backbone has no pretrained weights"):
-        train_model(cfg, "mobilenetv2_100", tiny_cache, tmp_path / "out")
+        train_model(cfg, "mobilenetv2_100", tiny_cache, tmp_path / "out", seed=42)
     assert not (tmp_path / "out" / "last.pt").exists()
 
 
@@ -157,8 +157,8 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlf
     }
     big = config_from_dict(tiny_params(**base, **{"train.batch_size": 4}))
     accumulated = config_from_dict(tiny_params(**base, **{"train.batch_size": 2, "train.grad_accum_steps": 2}))
-    train_model(big, "cnn", tiny_cache, tmp_path / "big")
-    train_model(accumulated, "cnn", tiny_cache, tmp_path / "accumulated")
+    train_model(big, "cnn", tiny_cache, tmp_path / "big", seed=42)
+    train_model(accumulated, "cnn", tiny_cache, tmp_path / "accumulated", seed=42)
     big_weights = load_checkpoint(tmp_path / "big" / "last.pt")["model"]
     accumulated_weights = load_checkpoint(tmp_path / "accumulated" / "last.pt")["model"]
     for key, value in big_weights.items():
@@ -182,7 +182,7 @@ def test_focal_loss_weighted_sampling_and_plateau_schedule_train_end_to_end(tiny
         "train.label_smoothing": 0.1,
     }
     cfg = config_from_dict(tiny_params(**settings))
-    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
     assert result.epochs_run == 2
     assert all(row["train_loss"] > 0 and row["lr"] > 0 for row in result.history)
     saved = json.loads((tmp_path / "cnn" / "config.json").read_text())
@@ -210,7 +210,7 @@ def test_validation_loss_is_the_training_loss_without_label_smoothing(kind, tiny
         "train.focal_gamma": 1.5,
     }
     cfg = config_from_dict(tiny_params(**settings))
-    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
 
     bundle = build_model("cnn", 15, 32, pretrained=False)
     bundle.model.load_state_dict(load_checkpoint(tmp_path / "cnn" / "last.pt")["model"])
@@ -261,7 +261,7 @@ def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(
 ):
     _validation_with_auroc(monkeypatch, aurocs)
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
-    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
     assert result.epochs_run == 3
     assert result.best_epoch == best and result.best_val_auroc == aurocs[best - 1]
     summary = json.loads((tmp_path / "cnn" / "train.json").read_text())
@@ -275,7 +275,7 @@ def test_undefined_auroc_counts_as_a_bad_epoch_for_patience(tiny_cache, tmp_path
     cfg = config_from_dict(
         tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3, "train.patience": 1})
     )
-    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn")
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
     assert (result.epochs_run, result.best_epoch) == (2, 1)
 
 
@@ -291,7 +291,7 @@ def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(
     caplog.set_level(logging.WARNING, logger="cxr14.training.engine")
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2}))
     out_dir = tmp_path / "cnn"
-    result = train_model(cfg, "cnn", tiny_cache, out_dir)
+    result = train_model(cfg, "cnn", tiny_cache, out_dir, seed=42)
     assert result.epochs_run == 2 and result.best_epoch == 0 and math.isnan(result.best_val_auroc)
     summary = json.loads((out_dir / "train.json").read_text())
     assert summary["best_epoch"] == 0 and summary["best_val_macro_auroc"] is None

@@ -108,6 +108,8 @@ def test_a_stage_missing_its_input_says_which_stage_makes_it(tmp_path):
         "--params",
         str(tmp_path / "params.yaml"),
         "cnn",
+        "--seed",
+        "42",
         "--cache",
         str(tmp_path / "no_cache"),
         "--out",

@@ -93,7 +93,7 @@ def test_parallel_queue_runs_both_experiments_and_reports_the_bad_one(queued):
 def test_queued_experiments_rerun_no_data_stage(queued):
     _, _, _, logs = queued
     for name in ("exp-fast", "exp-slow"):
-        assert "Running stage 'train@cnn'" in logs[name]
+        assert "Running stage 'train@cnn-42'" in logs[name]
         rerun = [stage for stage in DATA_STAGES if f"Running stage '{stage}'" in logs[name]]
         assert rerun == [], f"{name} re-ran {rerun}:\n{logs[name][-3000:]}"
 
@@ -158,7 +158,7 @@ def test_dvc_exp_show_lists_the_headline_only(queued):
 def test_temp_experiment_logs_to_the_workspace_store(workspace):
     work, env = workspace
     output = run(["dvc", "exp", "run", "--temp", "-S", "train.epochs=1", "-n", "exp-temp"], work, env)
-    assert "Running stage 'train@cnn'" in output
+    assert "Running stage 'train@cnn-42'" in output
     assert not [stage for stage in DATA_STAGES if f"Running stage '{stage}'" in output]
     runs = _runs_by_experiment(work)
     assert len(runs.get("exp-temp", [])) == 1
@@ -169,7 +169,7 @@ def test_applied_experiment_reevaluates_into_its_own_run(queued):
     work, env, _, _ = queued
     fast_run = _runs_by_experiment(work)["exp-fast"][0].info.run_id
     run(["dvc", "exp", "apply", "exp-fast"], work, env)
-    recorded = json.loads((work / "models" / "cnn" / "mlflow_run.json").read_text())
+    recorded = json.loads((work / "models" / "cnn" / "seed-42" / "mlflow_run.json").read_text())
     assert recorded["run_id"] == fast_run
     client = _client(work)
     before = len(client.get_metric_history(fast_run, "test_macro_auroc"))

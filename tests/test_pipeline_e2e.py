@@ -104,7 +104,7 @@ def test_nih_source_records_a_local_folder_and_runs_end_to_end(tmp_path):
     (nih_folder / "BBox_List_2017.csv").unlink()
     run(["dvc", "repro", "--single-item", "--force", "fetch"], work, env)
     output = run(["dvc", "repro"], work, env)
-    assert "Running stage 'boxes'" in output and "Running stage 'train@cnn'" not in output
+    assert "Running stage 'boxes'" in output and "Running stage 'train@cnn-42'" not in output
     assert not (work / "data" / "raw" / "BBox_List_2017.csv").exists()
     summary = json.loads((work / "metrics" / "explain" / "cnn.json").read_text())
     assert summary["localisation"] is None and summary["retrieval"]["queries"] > 0
@@ -274,7 +274,7 @@ def test_exp_run_changes_only_training_and_is_listed(repo):
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "baseline results"], work, env)
     output = run(["dvc", "exp", "run", "-S", "train.epochs=1"], work, env)
-    assert "Running stage 'train@cnn'" in output
+    assert "Running stage 'train@cnn-42'" in output
     assert "Running stage 'fetch'" not in output and "Running stage 'preprocess'" not in output
     table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
     one_epoch = [

@@ -32,6 +32,8 @@ def test_misspelled_model_under_overrides_stops_training(tmp_path):
     result = run_stage(
         "train.py",
         "cnn",
+        "--seed",
+        "42",
         "--params",
         str(params),
         "--cache",
@@ -53,6 +55,8 @@ def test_unknown_model_in_models_stops_its_stage_in_one_line(tmp_path):
     result = run_stage(
         "train.py",
         "convnextv2_sed",
+        "--seed",
+        "42",
         "--params",
         str(params),
         "--cache",
@@ -70,6 +74,8 @@ def test_training_refuses_a_cache_built_at_another_size(tiny_cache, tmp_path):
     result = run_stage(
         "train.py",
         "cnn",
+        "--seed",
+        "42",
         "--params",
         str(params),
         "--cache",
@@ -88,8 +94,10 @@ def test_training_refuses_a_cache_built_at_another_size(tiny_cache, tmp_path):
 def test_evaluation_refuses_a_cache_smaller_than_the_trained_model(tiny_cache, tmp_path):
     params = _params(tmp_path, **{"preprocess.size": 32, "train.image_size": 32})
     model_dir = tmp_path / "models" / "cnn"
-    model_dir.mkdir(parents=True)
-    (model_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 64}))
+    seed_dir = model_dir / "seed-42"  # train_seeds: [42]
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "train.json").write_text(json.dumps({"model": "cnn", "image_size": 64}))
+    (seed_dir / "best.pt").write_bytes(b"")  # never opened: the size check comes first
     result = run_stage(
         "evaluate.py",
         "cnn",
@@ -108,7 +116,7 @@ def test_evaluation_refuses_a_cache_smaller_than_the_trained_model(tiny_cache, t
         "--curves",
         str(tmp_path / "curves.csv"),
     )
-    assert f"the model in {model_dir} was trained at 64 px" in _one_line_error(result)
+    assert f"the model in {seed_dir} was trained at 64 px" in _one_line_error(result)
 
 
 def test_empty_params_file_stops_the_stage(tmp_path):

@@ -63,7 +63,7 @@ def test_unfinished_checkpoint_on_another_cache_starts_over_and_ends_the_old_run
     cfg = config_from_dict(
         tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.batch_size": 2, **overrides})
     )
-    result = train_model(cfg, "cnn", other_cache, out_dir)
+    result = train_model(cfg, "cnn", other_cache, out_dir, seed=42)
 
     assert [row["epoch"] for row in result.history] == [1, 2, 3] and result.epochs_run == 3
     assert not any(r.getMessage().startswith("resuming") for r in caplog.records)
@@ -95,13 +95,15 @@ def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(
     settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2, "train.lr": 1e-3}
     out_dir = tmp_path / "cnn"
     with killed_at_second_validation(monkeypatch):
-        train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir)
+        train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir, seed=42)
     checkpoint = load_checkpoint(out_dir / "last.pt")
     assert not checkpoint["finished"] and checkpoint["state"]["epoch"] == 1
     old_run_id = checkpoint["state"]["run_id"]
 
     caplog.set_level(logging.INFO, logger=ENGINE_LOGGER)
-    result = train_model(config_from_dict(tiny_params(**{**settings, "train.lr": 2e-3})), "cnn", tiny_cache, out_dir)
+    result = train_model(
+        config_from_dict(tiny_params(**{**settings, "train.lr": 2e-3})), "cnn", tiny_cache, out_dir, seed=42
+    )
     assert [row["epoch"] for row in result.history] == [1, 2]
     refusals = [message for message in _warnings(caplog) if "not resuming" in message]
     assert len(refusals) == 1
@@ -117,7 +119,7 @@ def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(
     legacy["fingerprint"] = "0123456789abcdef"
     save_checkpoint(out_dir / "last.pt", legacy)
     caplog.clear()
-    again = train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir)
+    again = train_model(config_from_dict(tiny_params(**settings)), "cnn", tiny_cache, out_dir, seed=42)
     assert [row["epoch"] for row in again.history] == [1, 2]
     assert any("other settings" in message for message in _warnings(caplog))
 

@@ -57,7 +57,7 @@ def test_a_payload_in_last_pt_is_refused_before_training(tiny_cache, tmp_path, m
     plant(out / "last.pt", marker, finished=False)
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "models": ["cnn_gap"]}))
     with pytest.raises(CheckpointError, match=r"last\.pt: refused to load"):
-        train_model(cfg, "cnn_gap", tiny_cache, out)
+        train_model(cfg, "cnn_gap", tiny_cache, out, seed=42)
     assert not marker.exists()
     assert not (out / "history.csv").exists()
 
@@ -72,7 +72,7 @@ def test_a_payload_in_a_pretrained_path_is_refused(tmp_path):
 
 def test_the_evaluate_stage_refuses_a_planted_best_pt_in_one_line(tiny_cache, tmp_path, mlflow_store):
     marker = tmp_path / "payload_ran"
-    model_dir = tmp_path / "models" / "cnn_gap"
+    model_dir = tmp_path / "models" / "cnn_gap" / "seed-42"  # train_seeds: [42]
     plant(model_dir / "best.pt", marker, model_name="cnn_gap")
     with tracking.model_run("cnn_gap") as run:  # the shared folder comes with its run record
         atomic_write_json(model_dir / "mlflow_run.json", {"run_id": run.info.run_id, "tracking_uri": mlflow_store})
@@ -89,7 +89,7 @@ def test_the_evaluate_stage_refuses_a_planted_best_pt_in_one_line(tiny_cache, tm
         "--cache",
         str(tiny_cache),
         "--model-dir",
-        str(model_dir),
+        str(model_dir.parent),
         "--metrics",
         str(metrics / "m.json"),
         "--details",

@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("CXR14_NO_PROGRESS", "1")
-        result = train_model(config_from_dict(_params()), "cnn", cache, root / "models" / "cnn")
+        result = train_model(config_from_dict(_params()), "cnn", cache, root / "models" / "cnn" / "seed-42", seed=42)
     return {"root": root, "cache": cache, "uri": uri, "run_id": result.run_id, "model_dir": root / "models" / "cnn"}
 
 
@@ -140,6 +140,8 @@ def test_train_refuses_an_unwritable_sqlite_store_before_training(trained, tmp_p
         result = run_script(
             "train.py",
             "cnn",
+            "--seed",
+            "42",
             "--params",
             str(trained["root"] / "params.yaml"),
             "--cache",

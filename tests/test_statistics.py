@@ -10,6 +10,7 @@ from cxr14.evaluation.statistics import (
     delong_test,
     paired_bootstrap,
     seed_accuracy,
+    seed_summary,
     sensitivity_thresholds,
     threshold_metrics,
     weighted_auroc,
@@ -225,3 +226,46 @@ def test_bad_inputs_name_the_problem():
         bootstrap_intervals(targets, scores, ["a"] * 19)
     with pytest.raises(ValueError, match="level"):
         bootstrap_intervals(targets, scores, level=95)
+
+
+# ------------------------------------------------------------------ several training seeds
+
+
+def _seeded_case(n_patients: int = 60, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n_patients), 2)
+    targets = (rng.random((len(patients), 15)) < 0.3).astype(int)
+    good = targets + rng.normal(0, 0.6, targets.shape)
+    poor = targets + rng.normal(0, 2.0, targets.shape)
+    return targets, good, poor, patients
+
+
+def test_one_seed_summary_is_the_ordinary_interval():
+    targets, good, _, patients = _seeded_case()
+    summary = seed_summary(targets, good[None], patients, resamples=200, seed=5)
+    ordinary = bootstrap_intervals(targets, good, patients, resamples=200, seed=5)
+    assert summary["ci"] == pytest.approx(ordinary["macro_auroc"], abs=1e-12)
+    assert summary["sd"] is None and summary["mean"] == summary["min"] == summary["max"]
+
+
+def test_seed_summary_spread_and_mean():
+    targets, good, poor, patients = _seeded_case()
+    summary = seed_summary(targets, np.stack([good, poor]), patients, resamples=200, seed=5)
+    alone = [seed_summary(targets, scores[None], patients, resamples=200, seed=5)["mean"] for scores in (good, poor)]
+    assert summary["macro_auroc"] == pytest.approx(alone)
+    assert summary["mean"] == pytest.approx(np.mean(alone))
+    assert summary["sd"] == pytest.approx(np.std(alone, ddof=1))
+    assert summary["min"] < summary["mean"] < summary["max"]
+    assert summary["ci"][0] < summary["mean"] < summary["ci"][1]
+
+
+def test_paired_bootstrap_over_seeds_compares_seed_means():
+    targets, good, poor, patients = _seeded_case()
+    single = paired_bootstrap(targets, good, poor, patients, resamples=200, seed=1)
+    stacked = paired_bootstrap(targets, good[None], poor[None], patients, resamples=200, seed=1)
+    assert stacked == single  # a one-seed stack is the plain comparison
+    # A: seeds good and poor; B: poor twice. The difference is half of good - poor.
+    both = paired_bootstrap(targets, np.stack([good, poor]), np.stack([poor, poor]), patients, resamples=200, seed=1)
+    assert both["difference"] == pytest.approx(single["difference"] / 2)
+    with pytest.raises(ValueError, match="shape"):
+        paired_bootstrap(targets, np.stack([good, good])[:, :-2], poor, patients)  # seeds scored other images

@@ -130,7 +130,7 @@ def test_training_is_tracked_on_a_real_mlflow_server(mlflow_server, tiny_cache, 
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")  # as `dvc exp run -n tiny-exp` would set it
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # tiny training: sample often
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32}))
-    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn")
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn", seed=42)
 
     client = mlflow.tracking.MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -149,7 +149,7 @@ def test_training_is_tracked_on_a_real_mlflow_server(mlflow_server, tiny_cache, 
     artifacts = {artifact.path for artifact in client.list_artifacts(result.run_id)}
     assert {"history.csv", "config.json", "checkpoint"} <= artifacts
     assert [a.path for a in client.list_artifacts(result.run_id, "checkpoint")] == ["checkpoint/best.pt"]
-    assert run.info.run_name == "cnn (tiny-exp)"
+    assert run.info.run_name == "cnn seed 42 (tiny-exp)" and tags["seed"] == "42"
     # The cache as MLflow dataset inputs: one per split, named, digested by the data fingerprint.
     inputs = {_context(entry): entry for entry in run.inputs.dataset_inputs}
     assert set(inputs) == {"training", "validation"}

@@ -42,6 +42,8 @@ def _train_command(params: Path, cache: Path, out: Path, model: str = "cnn") -> 
         sys.executable,
         str(REPO_ROOT / "pipeline" / "train.py"),
         model,
+        "--seed",
+        "42",
         "--params",
         str(params),
         "--cache",

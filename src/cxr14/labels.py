@@ -34,6 +34,17 @@ NO_FINDING = "No Finding"
 NUM_CLASSES = len(LABELS)
 LABEL_INDEX: dict[str, int] = {name: index for index, name in enumerate(LABELS)}
 
+# The four findings of the radiologist-adjudicated labels (Majkowska et al., Radiology 2020) and
+# the NIH classes each one gathers (an image is positive if any component is; a model's score is
+# the maximum of its components' probabilities). Why these components: cxr14.data.expert_labels.
+EXPERT_FINDINGS: tuple[str, ...] = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
+NIH_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "Fracture": (),  # no NIH class
+    "Pneumothorax": ("Pneumothorax",),
+    "Airspace opacity": ("Consolidation", "Infiltration", "Pneumonia"),
+    "Nodule or mass": ("Nodule", "Mass"),
+}
+
 
 class UnknownFindingError(Cxr14Error, ValueError):
     """A finding name outside the 15-name vocabulary."""

@@ -251,9 +251,16 @@ def _mlflow():
 
 @contextlib.contextmanager
 def model_run(
-    model_name: str, run_id: str | None = None, tags: dict[str, str] | None = None, system_metrics: bool = False
+    model_name: str,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
+    seed: int | None = None,
 ) -> Iterator[Any]:
     """Start (or, given `run_id`, continue) the MLflow run of one model.
+
+    `seed`: the training seed of a new run, in its name ("cnn seed 42") and its `seed` tag, so
+    the runs of one model trained with several seeds tell apart and group in the UI.
 
     `system_metrics` samples CPU, memory and (with pynvml on a GPU node) GPU utilisation and
     memory in the background while the run is open: use it for training.
@@ -271,9 +278,11 @@ def model_run(
         else:
             # In a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
             experiment = dvc_experiment_name()
+            name = model_name if seed is None else f"{model_name} seed {seed}"
+            seed_tag = {} if seed is None else {"seed": str(seed)}
             run = mlflow.start_run(
-                run_name=f"{model_name} ({experiment})" if experiment else model_name,
-                tags={"model": model_name, **(tags or {})},
+                run_name=f"{name} ({experiment})" if experiment else name,
+                tags={"model": model_name, **seed_tag, **(tags or {})},
                 log_system_metrics=system_metrics,
             )
         try:

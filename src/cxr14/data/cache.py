@@ -7,7 +7,7 @@
 Each PNG is decoded exactly once, here, in parallel, resized with area interpolation and
 stored as grayscale uint8 in one `<split>.npy` per split (memory-mapped by training), beside
 `<split>.csv` holding the image id, patient id and the 15 multi-hot labels in LABELS order,
-then the subgroup attributes `age`, `sex`, `view`, `follow_up` (cxr14.data.metadata: an empty
+then the subgroup attributes `age`, `sex`, `view`, `follow_up` (cxr14.data.attributes: an empty
 age/follow_up cell or "unknown" is an unknown value; cache.json counts them per split under
 `unknown_attributes`; :func:`split_attributes` reads them, also from caches made before them).
 Output is byte-identical for the same inputs and written atomically (staging folder + rename);
@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr14.data.metadata import ATTRIBUTE_COLUMNS, UNKNOWN, count_unknown
+from cxr14.data.attributes import ATTRIBUTE_COLUMNS, UNKNOWN, count_unknown
 from cxr14.data.parallel import opencv_single_threaded
 from cxr14.errors import Cxr14Error, InputDataError, MissingInputError
 from cxr14.io import atomic_write_json, atomic_write_text, progress

@@ -12,7 +12,7 @@ puts it at `<raw>/expert_labels.csv` (:data:`EXPERT_FILE`): a copy of ``data.nih
 for NIH data, or the phantom's own file with its noiseless truth.
 
 How the NIH classes (and the models' outputs) map onto the four expert findings,
-:data:`NIH_COMPONENTS` (an image is positive if any component is; a model's score is the maximum
+:data:`cxr14.labels.NIH_COMPONENTS` (an image is positive if any component is; a model's score is the maximum
 of its components' probabilities):
 
 * Pneumothorax <- Pneumothorax.
@@ -40,15 +40,9 @@ import pandas as pd
 
 from cxr14.data.metadata import read_table
 from cxr14.errors import InputDataError
+from cxr14.labels import EXPERT_FINDINGS, NIH_COMPONENTS
 
 EXPERT_FILE = "expert_labels.csv"  # in the fetch stage's output folder
-EXPERT_FINDINGS: tuple[str, ...] = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
-NIH_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "Fracture": (),  # no NIH class
-    "Pneumothorax": ("Pneumothorax",),
-    "Airspace opacity": ("Consolidation", "Infiltration", "Pneumonia"),
-    "Nodule or mass": ("Nodule", "Mass"),
-}
 SET_ID = "Set Id"
 SET_IDS = ("test", "val")
 VALUES = {"YES": 1, "NO": 0}

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr14.data.attributes import ATTRIBUTE_COLUMNS, UNKNOWN, count_unknown
 from cxr14.errors import Cxr14Error
 from cxr14.labels import NUM_CLASSES, encode_findings
 
@@ -63,9 +64,7 @@ METADATA_FIX = (
 MANIFEST_FIX = "the fetch stage writes this file: re-run it (dvc repro -f fetch)"
 PATIENT_ID = re.compile(r"[1-9][0-9]*")
 SHOWN_BAD_ROWS = 3  # bad Patient IDs quoted in the message; the rest are counted
-UNKNOWN = "unknown"  # a sex or view that is missing or not what NIH writes
 MAX_AGE = 120  # older ages are typos (NIH's v1 file had ages of 148-414 years)
-ATTRIBUTE_COLUMNS = ("age", "sex", "view", "follow_up")  # table columns, and extra columns of the cache index
 # attribute -> (metadata column, what a valid cell is: for the warning)
 ATTRIBUTE_SOURCES = {
     "age": ("Patient Age", f"a plain integer number of years from 0 to {MAX_AGE} (e.g. 58)"),
@@ -370,14 +369,6 @@ def _check_patient_ids(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -
         f"NIH writes it as 1, 30805, ... and the split by patient needs it to keep a patient's images "
         f"together; write the patient's number in those cells, or {METADATA_FIX}"
     )
-
-
-def count_unknown(table: pd.DataFrame) -> dict[str, int]:
-    """attribute -> rows of `table` (with ATTRIBUTE_COLUMNS) where it is unknown."""
-    return {
-        name: int(table[name].isna().sum() if name in ("age", "follow_up") else (table[name] == UNKNOWN).sum())
-        for name in ATTRIBUTE_COLUMNS
-    }
 
 
 def subgroup_attributes(csv_path: Path, frame: pd.DataFrame, lines: np.ndarray) -> pd.DataFrame:

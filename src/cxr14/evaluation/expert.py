@@ -3,7 +3,7 @@
     result = score_against_experts(expert, test_index, scores, resamples=1000, seed=42)
     result["findings"]["Pneumothorax"]["auroc_expert"], result["findings"]["Pneumothorax"]["auroc_nih"]
 
-For each expert finding (cxr14.data.expert_labels.NIH_COMPONENTS) the NIH target of an image is
+For each expert finding (cxr14.labels.NIH_COMPONENTS; why those: cxr14.data.expert_labels) the NIH target of an image is
 the maximum of its component labels and the model's score the maximum of its components'
 probabilities; both AUROCs are computed on the same images (those the expert file covers) with
 patient-bootstrap 95 % intervals from the same resamples (cxr14.evaluation.statistics). Fracture
@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr14.data.expert_labels import EXPERT_FINDINGS, NIH_COMPONENTS
 from cxr14.errors import InputDataError
 from cxr14.evaluation.statistics import bootstrap_intervals, weighted_auroc
-from cxr14.labels import LABEL_INDEX, LABELS, NUM_CLASSES
+from cxr14.labels import EXPERT_FINDINGS, LABEL_INDEX, LABELS, NIH_COMPONENTS, NUM_CLASSES
 
 MAPPED = tuple(finding for finding in EXPERT_FINDINGS if NIH_COMPONENTS[finding])
 

@@ -2,6 +2,8 @@
 
     intervals = bootstrap_intervals(targets, scores, patient_ids)        # resamples patients
     comparison = paired_bootstrap(targets, scores_a, scores_b, patient_ids)
+    paired_bootstrap(targets, seeds_a, seeds_b, patient_ids)  # [S, N, 15]: means over training seeds
+    seed_summary(targets, seeds_a, patient_ids)                          # spread across seeds + interval
     delong_test(targets[:, 2], scores_a[:, 2], scores_b[:, 2])           # one class, same images
     thresholds = sensitivity_thresholds(val_targets, val_scores, 0.9)    # validation split only
     threshold_metrics(test_targets, test_scores, thresholds)
@@ -21,6 +23,7 @@ import numpy as np
 from scipy.stats import norm
 
 from cxr14.errors import InputDataError
+from cxr14.evaluation.metrics import macro_auroc
 from cxr14.labels import LABELS, NUM_CLASSES
 
 # Resamples are processed in chunks whose micro-average weight matrix holds about this many
@@ -280,9 +283,30 @@ def bootstrap_intervals(
     }
 
 
-def _macro_difference(model_a: _Model, model_b: _Model, weights: np.ndarray) -> np.ndarray:
-    macro_a = _macro_rows(model_a.metrics(weights, with_ap=False)[0])
-    return macro_a - _macro_rows(model_b.metrics(weights, with_ap=False)[0])
+class _SeedMean:
+    """One architecture trained with several seeds: its macro AUROC is the mean over the seeds'
+    macro AUROCs, each seed scored on the same (resampled) images."""
+
+    def __init__(self, positive: np.ndarray, seed_scores: list[np.ndarray]):
+        self.models = [_Model(positive, scores) for scores in seed_scores]
+
+    def macro(self, weights: np.ndarray) -> np.ndarray:
+        """[R]: per resample, the mean over seeds of the macro AUROC."""
+        return np.mean([_macro_rows(model.metrics(weights, with_ap=False)[0]) for model in self.models], axis=0)
+
+
+def _seed_stack(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(positives, per-seed checked score matrices) from [N, 15] (one seed) or [S, N, 15]."""
+    scores = np.asarray(scores)
+    stack = [scores] if scores.ndim == 2 else list(scores)
+    if not stack:
+        raise ValueError("scores of at least one training seed are needed, got an empty [0, N, 15] stack")
+    positive, *checked = _check_matrices(targets, *stack)
+    return positive, checked
+
+
+def _macro_difference(model_a: _SeedMean, model_b: _SeedMean, weights: np.ndarray) -> np.ndarray:
+    return model_a.macro(weights) - model_b.macro(weights)
 
 
 def paired_bootstrap(
@@ -297,15 +321,20 @@ def paired_bootstrap(
 ) -> dict:
     """Macro-AUROC difference (a - b) of two models scored on the same images, same resamples.
 
+    `scores_a` / `scores_b`: [N, 15], or [S, N, 15] for a model trained with S seeds (the two may
+    have different S); a model's macro AUROC is then the mean over its seeds, in the observed
+    difference and in every resample: the comparison is between the seed means.
+
     Returns:
         {"difference": observed a - b, "ci": (low, high), "p_value": two-sided bootstrap p,
         i.e. 2 x min(share of resampled differences <= 0, share >= 0), capped at 1}. Both
         models average the same classes in every resample (definedness depends on targets).
     """
     _check_level(level)
-    positive, scores_a, scores_b = _check_matrices(targets, scores_a, scores_b)
+    positive, seeds_a = _seed_stack(targets, scores_a)
+    _, seeds_b = _seed_stack(targets, scores_b)
     units, _ = _units(patient_ids, len(positive))
-    model_a, model_b = _Model(positive, scores_a), _Model(positive, scores_b)
+    model_a, model_b = _SeedMean(positive, seeds_a), _SeedMean(positive, seeds_b)
     ones = np.ones((1, len(positive)))
     observed = float(_macro_difference(model_a, model_b, ones)[0])
     if np.isnan(observed):
@@ -319,6 +348,47 @@ def paired_bootstrap(
     differences = differences[~np.isnan(differences)]
     p_value = min(1.0, 2.0 * min(float(np.mean(differences <= 0)), float(np.mean(differences >= 0))))
     return {"difference": observed, "ci": _percentile_interval(differences, level), "p_value": p_value}
+
+
+def seed_summary(
+    targets: np.ndarray,
+    seed_scores: np.ndarray,
+    patient_ids: Sequence | np.ndarray | None = None,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """The macro AUROC of one architecture trained with several seeds, on the same test images.
+
+    Args:
+        seed_scores: [S, N, 15], one score matrix per training seed.
+        seed: the bootstrap's seed (the data seed), not a training seed.
+
+    Returns:
+        {"macro_auroc": [per seed], "mean", "sd" (sample standard deviation across seeds, None
+        for one seed), "min", "max", "ci": percentile interval of the mean over seeds when whole
+        patients are resampled (with one seed: the ordinary macro-AUROC interval), "resamples"}.
+        The spread says how much the ranking could move with another seed; the interval, how much
+        with another test set.
+    """
+    _check_level(level)
+    positive, stack = _seed_stack(targets, seed_scores)
+    units, _ = _units(patient_ids, len(positive))
+    model = _SeedMean(positive, stack)
+    per_seed = [macro_auroc(positive.astype(int), scores) for scores in stack]  # as test_metrics computes it
+    means = np.concatenate([model.macro(weights) for weights in _resampled_weights(units, resamples, seed)])
+    values = np.asarray(per_seed)
+    defined = values[~np.isnan(values)]
+    return {
+        "macro_auroc": [None if np.isnan(value) else value for value in per_seed],
+        "mean": float(defined.mean()) if len(defined) else None,
+        "sd": float(defined.std(ddof=1)) if len(defined) > 1 else None,
+        "min": float(defined.min()) if len(defined) else None,
+        "max": float(defined.max()) if len(defined) else None,
+        "ci": _percentile_interval(means, level),
+        "resamples": int(resamples),
+    }
 
 
 # --------------------------------------------------------------------------------- DeLong

@@ -5,7 +5,9 @@
 
 Every model is compared with the best one on the same test images, resampling patients
 (their follow-up images are correlated), so the interval and p-value of the macro-AUROC
-difference account for both models' errors moving together.
+difference account for both models' errors moving together. A model trained with several seeds
+enters with the mean of its seeds' macro AUROCs (every seed's scores are in its predictions file,
+column `seed`).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ CHEXNET_AUROC = {
 }
 
 
-# metrics/predictions/<model>.csv: image_id, patient_id, one score column per label (LABELS
-# order), then the truth beside them in these columns (written by evaluate@<model>).
+# metrics/predictions/<model>.csv: seed, image_id, patient_id, one score column per label (LABELS
+# order), then the truth beside them in these columns (written by evaluate@<model>); one block
+# of rows per training seed, the first seed first.
 TRUTH_COLUMNS = tuple(f"true_{name}" for name in LABELS)
+# ... and last the temperature-scaled scores (evaluate@: fitted per finding on validation).
+CALIBRATED_COLUMNS = tuple(f"calibrated_{name}" for name in LABELS)
 
 
 class ComparisonError(Cxr14Error, ValueError):
@@ -55,6 +60,29 @@ def load_predictions(predictions_dir: Path, models: list[str]) -> dict[str, pd.D
     return {name: pd.read_csv(path, dtype={"image_id": str, "patient_id": str}) for name, path in paths.items()}
 
 
+def by_seed(predictions: pd.DataFrame) -> list[pd.DataFrame]:
+    """One table per training seed, in file order (a file without a `seed` column is one seed)."""
+    if "seed" not in predictions.columns:
+        return [predictions]
+    order = pd.unique(predictions["seed"])
+    return [predictions[predictions["seed"] == seed].reset_index(drop=True) for seed in order]
+
+
+def first_seed(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The first training seed's rows: the model the report's per-class tables and figures show."""
+    return by_seed(predictions)[0]
+
+
+def seed_scores(predictions: pd.DataFrame, name: str = "model") -> np.ndarray:
+    """[S, N, 15]: every seed's scores, checked to cover the same images in the same order."""
+    tables = by_seed(predictions)
+    reference = tables[0]["image_id"].to_numpy()
+    for table in tables[1:]:
+        if not np.array_equal(table["image_id"].to_numpy(), reference):
+            raise ComparisonError(f"{name}: its seeds were scored on different test images; re-run evaluate@{name}")
+    return np.stack([truth_and_scores(table)[1] for table in tables])
+
+
 def truth_and_scores(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(targets, scores), each [N, 15] in LABELS order, from one predictions table."""
     return predictions[list(TRUTH_COLUMNS)].to_numpy(), predictions[list(LABELS)].to_numpy()
@@ -65,16 +93,17 @@ def paired_comparisons(
 ) -> list[dict]:
     """Best model (ranking[0]) minus each other model: macro AUROC difference, 95 % CI, p."""
     best = ranking[0]
-    reference = predictions[best]
-    targets, reference_scores = truth_and_scores(reference)
+    reference = first_seed(predictions[best])
+    targets, _ = truth_and_scores(reference)
+    reference_scores = seed_scores(predictions[best], best)
     patients = reference["patient_id"].to_numpy()
     rows = []
     for name in ranking[1:]:
-        other = predictions[name]
+        other = first_seed(predictions[name])
         if not np.array_equal(other["image_id"].to_numpy(), reference["image_id"].to_numpy()):
             raise ComparisonError(f"{name} and {best} were scored on different test images; re-run evaluate")
         result = paired_bootstrap(
-            targets, reference_scores, truth_and_scores(other)[1], patients, resamples=resamples, seed=seed
+            targets, reference_scores, seed_scores(predictions[name], name), patients, resamples=resamples, seed=seed
         )
         rows.append({"better": best, "worse": name, **result})
     return rows

@@ -97,37 +97,6 @@ def roc_pr_figure(targets: np.ndarray, scores: np.ndarray, title: str) -> Figure
     return figure
 
 
-def reliability_figure(calibration: dict, title: str) -> Figure:
-    """Observed positive rate against mean score per bin (all N x 15 entries), with bin counts."""
-    bins = [row for row in calibration["bins"] if row["count"]]
-    figure, (axes, count_axes) = plt.subplots(
-        2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
-    axes.plot(
-        [row["mean_score"] for row in bins],
-        [row["observed_rate"] for row in bins],
-        marker="o",
-        color="tab:blue",
-        label=f"model (ECE {calibration['ece']:.3f})",
-    )
-    axes.set(ylabel="observed positive rate", title=f"{title}: reliability (test)", xlim=(0, 1), ylim=(0, 1))
-    axes.legend(fontsize=8, loc="upper left")
-    edges = [row["bin_low"] for row in calibration["bins"]]
-    width = calibration["bins"][0]["bin_high"] - calibration["bins"][0]["bin_low"]
-    count_axes.bar(
-        edges,
-        [row["count"] for row in calibration["bins"]],
-        width=width,
-        align="edge",
-        color="tab:grey",
-        edgecolor="white",
-    )
-    count_axes.set(xlabel="predicted probability", ylabel="entries", yscale="log")
-    figure.tight_layout()
-    return figure
-
-
 def training_figure(histories: dict[str, pd.DataFrame]) -> Figure:
     """Loss (train solid, validation dashed) and validation macro AUROC per epoch, one colour per model."""
     figure, (loss_axes, auroc_axes) = plt.subplots(1, 2, figsize=(11, 4))
@@ -235,20 +204,21 @@ def tsne_figure(xy: np.ndarray, groups: list[str], title: str) -> Figure:
     return figure
 
 
-def calibration_comparison_figure(before: dict, after: dict, title: str) -> Figure:
-    """Reliability diagram of the test scores before and after temperature scaling, with bin counts.
+def reliability_figure(before: dict, title: str, after: dict | None = None) -> Figure:
+    """Observed positive rate against mean score per bin (all N x 15 test entries), with bin counts:
+    the raw scores and, given `after`, the temperature-scaled ones beside them.
 
-    `before` and `after` are `statistics.calibration` outputs (the "reliability" entries of
-    `evaluation.calibration.calibrate`'s summary), binned alike.
+    `before` / `after` are `statistics.calibration` outputs binned alike (e.g. the "reliability"
+    entries of `evaluation.calibration.calibrate`'s summary).
     """
     figure, (axes, count_axes) = plt.subplots(
         2, 1, figsize=(4.8, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     axes.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
+    curves = [(before, "raw", "tab:blue")] + ([(after, "temperature-scaled", "tab:orange")] if after else [])
     width = before["bins"][0]["bin_high"] - before["bins"][0]["bin_low"]
-    for offset, (calibration, label, colour) in enumerate(
-        ((before, "raw", "tab:blue"), (after, "temperature-scaled", "tab:orange"))
-    ):
+    share = width / len(curves)
+    for offset, (calibration, label, colour) in enumerate(curves):
         filled = [row for row in calibration["bins"] if row["count"]]
         axes.plot(
             [row["mean_score"] for row in filled],
@@ -258,9 +228,9 @@ def calibration_comparison_figure(before: dict, after: dict, title: str) -> Figu
             label=f"{label} (ECE {calibration['ece']:.3f})",
         )
         count_axes.bar(
-            [row["bin_low"] + offset * width / 2 for row in calibration["bins"]],
+            [row["bin_low"] + offset * share for row in calibration["bins"]],
             [row["count"] for row in calibration["bins"]],
-            width=width / 2,
+            width=share,
             align="edge",
             color=colour,
             edgecolor="white",

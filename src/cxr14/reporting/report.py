@@ -19,6 +19,7 @@ import pandas as pd
 from cxr14.labels import LABELS
 from cxr14.reporting.comparison import chexnet_lines, comparison_lines
 from cxr14.reporting.files import ReportError, per_model_files, per_model_json
+from cxr14.reporting.review import calibration_lines, expert_lines, published_lines, seed_lines, subgroup_lines
 from cxr14.reporting.sections import (
     comparison_figure_lines,
     data_lines,
@@ -32,10 +33,28 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def _interval(metrics: dict) -> str:
-    """ "[low, high]" of the patient-level bootstrap, when the record has one."""
-    low, high = (metrics.get("intervals") or {}).get("macro_auroc") or (None, None)
-    return "" if low is None else f"[{_fmt(low)}, {_fmt(high)}]"
+def headline(record: dict) -> tuple[float, tuple[float, float] | None, float | None, int]:
+    """(macro AUROC, its patient-bootstrap interval, spread across seeds, seeds) of a model: the
+    mean over its training seeds when the record has them (evaluate@ writes `seeds`), else the
+    single model's value (older records)."""
+    seeds = record.get("seeds")
+    if seeds:
+        value = seeds["mean"]
+        return (float("nan") if value is None else value), seeds["ci"], seeds["sd"], len(seeds["seeds"])
+    metrics = record["metrics"]
+    return metrics["macro_auroc"], (metrics.get("intervals") or {}).get("macro_auroc"), None, 1
+
+
+def _interval(interval: tuple[float, float] | None) -> str:
+    """ "[low, high]" of the patient-level bootstrap, when there is one."""
+    return "" if not interval else f"[{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def _headline_cell(record: dict) -> str:
+    """ "0.812 ± 0.010 [0.780, 0.840]": mean over seeds, sample SD across seeds (with 2+), interval."""
+    value, interval, sd, _ = headline(record)
+    spread = "" if sd is None else f" ± {_fmt(sd)}"
+    return f"{_fmt(value)}{spread} {_interval(interval)}"
 
 
 def _mean_defined(values: dict) -> float | None:
@@ -83,8 +102,8 @@ def _operating_point_lines(ranked: list[dict]) -> list[str]:
 
 
 def _rank_key(record: dict) -> float:
-    """Best macro AUROC first; a model without one (NaN) goes last."""
-    value = record["metrics"]["macro_auroc"]
+    """Best macro AUROC (mean over seeds) first; a model without one (NaN) goes last."""
+    value = headline(record)[0]
     return -value if value == value else float("inf")
 
 
@@ -179,22 +198,30 @@ def build_report(
     comparison_figures: dict[str, Path] | None = None,
     model_figures: dict[str, dict[str, Path]] | None = None,
     report_dir: Path = Path("metrics"),
+    review: dict | None = None,
 ) -> tuple[str, dict]:
     """Return the markdown text and a machine-readable summary.
 
-    Figures are referenced relative to `report_dir` (where report.md is written).
+    Figures are referenced relative to `report_dir` (where report.md is written). `review`:
+    {"subgroups": {model: metrics/subgroups/<model>.json}, "expert_summary": metrics/expert_labels.json,
+    "phantom": bool} for the reviewer's sections (cxr14.reporting.review).
     """
+    review = review or {}
     ranked = sorted(records, key=_rank_key)
     lines = ["# cxr14 — model comparison", ""]
     if split_summary:
         lines += _data_size_lines(split_summary)
     lines += _ranking_lines(ranked, efficiency)
+    lines += seed_lines(ranked)
     lines += comparison_lines(comparisons or [], resamples)
     if chexnet_reference and ranked:
         lines += chexnet_lines(ranked[0])
     if comparison_figures:
         lines += comparison_figure_lines(comparison_figures, report_dir)
     lines += _operating_point_lines(ranked)
+    lines += calibration_lines(ranked)
+    lines += expert_lines(ranked, review.get("expert_summary"))
+    lines += subgroup_lines(ranked, review.get("subgroups") or {})
     if efficiency:
         lines += _efficiency_lines(ranked, efficiency, tables or {})
     if tables:
@@ -206,8 +233,11 @@ def build_report(
         lines += figure_lines(ranked, model_figures, report_dir)
     if split_summary and "method" in split_summary:
         lines += data_lines(split_summary)
+        lines += published_lines(split_summary["method"], phantom=bool(review.get("phantom")))
     lines += reference_lines(chexnet=chexnet_reference)
-    return "\n".join(lines) + "\n", _summary(ranked, efficiency, explanations, comparisons)
+    summary = _summary(ranked, efficiency, explanations, comparisons)
+    summary["subgroups"] = review.get("subgroups") or {}
+    return "\n".join(lines) + "\n", summary
 
 
 def _data_size_lines(split_summary: dict) -> list[str]:
@@ -226,9 +256,18 @@ def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> li
         if not efficiency
         else (" GFLOPs | latency (ms) | size (MB) | inference img/s |", "---:|---:|---:|---:|")
     )
+    seeds = max(headline(record)[3] for record in ranked)
+    seed_note = (
+        f" Macro AUROC is the mean over each model's {seeds} training seeds ± their standard deviation, with the "
+        "patient-bootstrap interval of that mean; the other columns are the first seed's (see Training seeds)."
+        if seeds > 1
+        else " One training seed per model: the spread across seeds is not measured (add seeds to `train_seeds`)."
+    )
     lines = [
         "Test split, thresholds for F1 tuned per class on validation. Macro AUROC averages the classes "
-        "with positives in the test split (count in the last column). Sources: `metrics/details/<model>.json`"
+        "with positives in the test split (count in the last column)."
+        + seed_note
+        + " Sources: `metrics/details/<model>.json`"
         + ("; cost columns from `metrics/efficiency/<model>.json` (see Efficiency)." if efficiency else "."),
         "",
         "| rank | model | params | macro AUROC (95 % CI) | micro AUROC | macro AP | macro F1 |"
@@ -246,7 +285,7 @@ def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> li
                 f"{e['throughput_img_s']:.0f} |"
             )
         lines.append(
-            f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_fmt(m['macro_auroc'])} {_interval(m)} | "
+            f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_headline_cell(record)} | "
             f"{_fmt(m['micro_auroc'])} | {_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} |{cost} {t['best_epoch']} | "
             f"{t['train_seconds']:.0f} | {m['classes_in_macro_auroc']} |"
         )
@@ -277,8 +316,11 @@ def _summary(
         "ranking": [r["model"] for r in ranked],
         "models": {
             r["model"]: {
-                "macro_auroc": r["metrics"]["macro_auroc"],
+                "macro_auroc": headline(r)[0],
+                "seeds": r.get("seeds"),
                 "macro_f1": r["metrics"]["macro_f1"],
+                "temperature_scaling": r["metrics"].get("temperature_scaling"),
+                "expert": r["metrics"].get("expert"),
                 "params_total": r["training"]["params_total"],
                 "train_seconds": r["training"]["train_seconds"],
                 **({"efficiency": efficiency[r["model"]]} if efficiency else {}),

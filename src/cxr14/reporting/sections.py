@@ -16,14 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from cxr14.labels import LABELS
-from cxr14.reporting.comparison import truth_and_scores
+from cxr14.reporting.comparison import first_seed, truth_and_scores
 from cxr14.reporting.figures import auroc_heatmap, roc_overlay, save_figures, training_figure
 from cxr14.reporting.files import ReportError, per_model_files, per_model_json
 
 # Per model, in this order: what each figure shows and which stage draws it.
 MODEL_FIGURES = {
     "roc_pr.png": ("ROC and precision-recall per class", "evaluate"),
-    "reliability.png": ("reliability diagram", "evaluate"),
+    "reliability.png": ("reliability diagram, raw and temperature-scaled", "evaluate"),
     "training.png": ("training curves", "evaluate"),
     "gradcam.png": ("Grad-CAM overlays", "explain"),
     "tsne.png": ("t-SNE map of the test embeddings", "explain"),
@@ -79,7 +79,7 @@ def draw_comparison_figures(
         index=list(LABELS),
         dtype=float,
     )
-    curves = {name: truth_and_scores(predictions[name]) for name in order}
+    curves = {name: truth_and_scores(first_seed(predictions[name])) for name in order}
     return save_figures(
         {
             "auroc_heatmap.png": auroc_heatmap(table),

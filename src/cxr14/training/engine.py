@@ -1,6 +1,6 @@
 """Train one registered model on the cache: validation, early stopping, resume, DDP.
 
-    result = train_model(cfg, "cnn", cache_dir=Path("data/cache"), out_dir=Path("models/cnn"))
+    result = train_model(cfg, "cnn", cache_dir=Path("data/cache"), out_dir=Path("models/cnn/seed-42"), seed=42)
     torchrun --nproc_per_node=4 pipeline/train.py resnet50      # data-parallel, same outputs
 
 Every epoch ends with validation (loss, macro AUROC) and an atomic `last.pt` holding model,
@@ -152,12 +152,12 @@ class TrainingState:
         return improved
 
 
-def resume_key(cfg: Config, model_name: str, world_size: int, data: str) -> dict:
+def resume_key(cfg: Config, model_name: str, world_size: int, data: str, seed: int) -> dict:
     """What must match for a checkpoint to be resumed, by component: this model's resolved
     params, the data (`tracking.data_fingerprint` of the cache) and the number of processes
     (which decides how each epoch's batches are sharded). Stored in every last.pt, so a refusal
-    can say which component changed."""
-    params = {"seed": cfg.seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
+    can say which component changed. `seed`: the training seed."""
+    params = {"seed": seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
     return {"params": params, "data": data, "world_size": world_size}
 
 
@@ -283,12 +283,16 @@ def _recorded_run(out_dir: Path) -> str | None:
         return None
 
 
-def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path) -> TrainResult:
-    """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`."""
+def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path, seed: int) -> TrainResult:
+    """Train `model_name` and write best.pt, last.pt, history.csv, train.json into `out_dir`.
+
+    `seed`: the training seed (initialisation, augmentation, batch order), one of `train_seeds`
+    in the pipeline. The data seed `cfg.seed` played its part when the split was drawn.
+    """
     train = cfg.train_for(model_name)
     context = init_distributed(train.device)
     try:
-        return _train(cfg, model_name, train, context, cache_dir, out_dir)
+        return _train(cfg, model_name, train, context, cache_dir, out_dir, seed)
     finally:
         close_distributed(context)
 
@@ -341,11 +345,17 @@ class _Training:
 
 
 def _train(
-    cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path, out_dir: Path
+    cfg: Config,
+    model_name: str,
+    train: TrainConfig,
+    context: DistributedContext,
+    cache_dir: Path,
+    out_dir: Path,
+    seed: int,
 ) -> TrainResult:
     """Prepare, resume (or refuse to), then inside the MLflow run each epoch's training and its
     end-of-epoch bookkeeping until early stopping or the last epoch, and the final outputs."""
-    run = _prepare(cfg, model_name, train, context, cache_dir, out_dir)
+    run = _prepare(cfg, model_name, train, context, cache_dir, out_dir, seed)
     abandoned = _resume(run)
     # A run recorded here that no checkpoint continues (its process died before the first
     # last.pt): it can never be resumed, so it must not stay RUNNING in MLflow.
@@ -368,7 +378,13 @@ def _train(
 
 
 def _prepare(
-    cfg: Config, model_name: str, train: TrainConfig, context: DistributedContext, cache_dir: Path, out_dir: Path
+    cfg: Config,
+    model_name: str,
+    train: TrainConfig,
+    context: DistributedContext,
+    cache_dir: Path,
+    out_dir: Path,
+    seed: int,
 ) -> _Training:
     """Everything before resuming: the tracking store checked, stale temporaries removed, the data
     opened, the model built (seeded), the optimizer, schedule and losses; a fresh state."""
@@ -381,32 +397,25 @@ def _prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:  # what a kill during an atomic write left behind (one training per model folder)
         remove_stale_temporaries(out_dir, _OUTPUT_FILES)
-    key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir))
+    key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir), seed)
 
     train_images, train_labels, val_images, val_labels = _open_training_data(cache_dir)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     bundle = build_for_training(model_name, train)
     model = bundle.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = make_optimizer(model, train)
-    batches_per_epoch = len(epoch_batches(train, train_images, train_labels, cfg.seed, 1, context))
+    batches_per_epoch = len(epoch_batches(train, train_images, train_labels, seed, 1, context))
     steps_per_epoch = math.ceil(batches_per_epoch / train.grad_accum_steps)
     schedule = LearningRateSchedule(optimizer, train, steps_per_epoch)
-    loss_fn = make_loss(
-        train.loss,
-        train_labels=train_labels,
-        focal_alpha=train.focal_alpha,
-        focal_gamma=train.focal_gamma,
-        label_smoothing=train.label_smoothing,
-    ).to(device)
-    val_loss_fn = validation_loss(train, train_labels)  # on the CPU, beside the gathered logits
-    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name}
+    loss_fn, val_loss_fn = _losses(train, train_labels, device)
+    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name, "train_seed": seed}
     resolved["world_size"] = context.world_size
     return _Training(
-        cfg.seed,
+        seed,
         model_name,
         train,
         context,
@@ -426,6 +435,20 @@ def _prepare(
         loss_fn,
         val_loss_fn,
     )
+
+
+def _losses(
+    train: TrainConfig, train_labels: np.ndarray, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(training loss on `device`, validation loss on the CPU, beside the gathered logits)."""
+    loss_fn = make_loss(
+        train.loss,
+        train_labels=train_labels,
+        focal_alpha=train.focal_alpha,
+        focal_gamma=train.focal_gamma,
+        label_smoothing=train.label_smoothing,
+    ).to(device)
+    return loss_fn, validation_loss(train, train_labels)
 
 
 def _open_training_data(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -513,7 +536,9 @@ def _tracked_run(run: _Training, abandoned: tuple[str | None, str] | None, orpha
         tags.update(
             resume_refused=f"{run.last_path.name} not resumed: {abandoned[1]}"[:5000], restarted_from=str(abandoned[0])
         )
-    with tracking.model_run(run.model_name, run_id=run.state.run_id, tags=tags, system_metrics=True) as mlflow_run:
+    with tracking.model_run(
+        run.model_name, run_id=run.state.run_id, tags=tags, system_metrics=True, seed=run.seed
+    ) as mlflow_run:
         if run.state.run_id is None:
             run_id = run.state.run_id = mlflow_run.info.run_id
             if orphan and orphan != (abandoned or (None,))[0]:
