@@ -82,6 +82,7 @@ async () => {
   const text = cell => cell.innerText.trim();
   return {
     title: document.title,
+    headings: [...document.querySelectorAll("h1, h2, h3")].filter(h => h.offsetHeight > 0).map(text),
     images: [...document.images].map(img => ({
       src: (img.currentSrc || img.src).slice(0, 30),
       alt: img.alt,
@@ -109,8 +110,9 @@ async () => {
 def render_page(html_path: Path, screenshot: Path | None = None, width: int = 1280, timeout_s: float = 60) -> dict:
     """Load `html_path` in headless Chromium and return what rendered.
 
-    Keys: url, title, browser_version; images (list of {src (first 30 chars of the resolved URL),
-    alt, complete, naturalWidth, naturalHeight, x, y, width, height}); tables (list of {rows,
+    Keys: url, title, browser_version; headings (texts of the visible h1-h3); images (list of {src
+    (first 30 chars of the resolved URL), alt, complete, naturalWidth, naturalHeight, x, y, width,
+    height}); tables (list of {rows,
     body_rows, header_cells, header (texts of the first header row), x, y, width, height});
     console_errors, page_errors (uncaught JS exceptions), external_requests (URLs that are not
     file:/data:, aborted), file_requests (other local files the page loaded); screenshot (path

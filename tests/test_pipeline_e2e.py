@@ -58,7 +58,8 @@ def make_repo(work: Path, params: dict) -> dict:
 def repo(tmp_path_factory):
     """A copy of the project (code + dvc.yaml + shrunk params.yaml) after one `dvc repro`."""
     work = tmp_path_factory.mktemp("e2e") / "repo"
-    env = make_repo(work, tiny_params(models=MODELS))
+    # Groups of a few patients are scored here (the tiny test split has ~8 patients).
+    env = make_repo(work, tiny_params(models=MODELS, **{"evaluate.subgroup_min_patients": 2}))
     output = run(["dvc", "repro"], work, env)
     return work, env, output
 
@@ -233,11 +234,50 @@ def test_report_html_renders_in_headless_chromium(repo, tmp_path):
     main = facts["tables"][0]
     assert "macro AUROC (95 % CI)" in main["header"] and main["body_rows"] == len(MODELS)
     assert main["width"] > 300 and main["height"] > 50
+    # The reviewer's sections, laid out with their tables (issue 14).
+    for heading in ("Training seeds", "Calibration", "Against radiologists", "Subgroups"):
+        assert heading in facts["headings"], facts["headings"]
+    assert any(heading.startswith("Published references") for heading in facts["headings"])
+    expert = [table for table in facts["tables"] if "AUROC vs radiologists" in table["header"]]
+    assert expert and expert[0]["body_rows"] == 4 * len(MODELS) and expert[0]["height"] > 50
+    groups = [table for table in facts["tables"] if table["header"][:1] == ["group"]]
+    assert len(groups) == 2 and all(table["body_rows"] >= 9 for table in groups)  # sex 2 + age 5 + view 2 + ...
     # Heat-map, all-model ROC/PR, all-model training curves, then five figures per model.
     assert len(facts["images"]) == 3 + 5 * len(MODELS)
     for image in facts["images"]:
         assert image["src"].startswith("data:image/png")
         assert image["naturalWidth"] > 200 and image["width"] > 100, image
+
+
+def test_radiologists_subgroups_and_calibration_reach_the_files_and_mlflow(repo):
+    """The phantom's noisy labels against its noiseless expert file; subgroup tables; calibration;
+    all of it in each model's MLflow run (issue 14)."""
+    work, env, _ = repo
+    import pandas as pd
+
+    expert = pd.read_csv(work / "data" / "expert_labels.csv", dtype=str)
+    test_ids = set(pd.read_csv(work / "data" / "cache" / "test.csv", dtype=str)["image_id"])
+    assert len(expert) == len(test_ids) and set(expert["image_id"]) == test_ids  # the phantom labels every image
+    client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = {r.data.tags["model"]: r for r in client.search_runs([client.get_experiment_by_name("cxr14").experiment_id])}
+    for model in MODELS:
+        details = json.loads((work / "metrics" / "details" / f"{model}.json").read_text())
+        findings = details["metrics"]["expert"]["findings"]
+        assert findings["Fracture"]["nih_class"] is None and findings["Fracture"]["auroc_expert"] is None
+        assert {"Pneumothorax", "Nodule or mass", "Airspace opacity"} <= set(findings)
+        subgroups = json.loads((work / "metrics" / "subgroups" / f"{model}.json").read_text())
+        assert set(subgroups["dimensions"]) == {"sex", "age", "view", "follow_up"}
+        assert subgroups["dimensions"]["sex"]["unknown_images"] == 0
+        scaling = details["metrics"]["temperature_scaling"]
+        assert scaling["after"]["macro_val_nll"] <= scaling["before"]["macro_val_nll"]
+        predictions = pd.read_csv(work / "metrics" / "predictions" / f"{model}.csv")
+        assert {"seed", "calibrated_Effusion", "true_Effusion"} <= set(predictions.columns)
+        metrics = runs[model].data.metrics
+        assert "test_expert_auroc_Pneumothorax" in metrics and "test_nih_auroc_Pneumothorax" in metrics
+        assert "test_macro_ece_after_scaling" in metrics and "test_subgroup_macro_auroc_sex_M" in metrics
+        assert runs[model].data.tags["seed"] == "42"
+        logged = {Path(item.path).name for item in client.list_artifacts(runs[model].info.run_id, "evaluation")}
+        assert logged == {f"{model}.json"}
 
 
 def test_patients_never_cross_splits(repo):
@@ -286,6 +326,23 @@ def test_exp_run_changes_only_training_and_is_listed(repo):
     metrics = one_epoch[0]["metrics"]
     assert all(f"metrics/{model}.json" in metrics for model in MODELS)
     assert 0.0 <= metrics["metrics/cnn.json"]["data"]["macro_auroc"] <= 1.0
+
+
+def test_adding_a_training_seed_trains_only_the_new_seed(repo):
+    work, env, _ = repo
+    output = run(["dvc", "exp", "run", "-S", "train_seeds=[42,7]", "-S", "models=[cnn]"], work, env)
+    assert "Running stage 'train@cnn-7'" in output
+    assert "Running stage 'train@cnn-42'" not in output and "Running stage 'preprocess'" not in output
+    assert "Running stage 'evaluate@cnn'" in output
+    table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
+    two = [
+        entry
+        for entry in _entries_with_results(table)
+        if entry["params"]["params.yaml"]["data"]["train_seeds"] == [42, 7]
+    ]
+    assert two, "dvc exp show does not list the two-seed experiment"
+    headline = two[0]["metrics"]["metrics/cnn.json"]["data"]
+    assert headline["seeds"] == 2 and headline["macro_auroc_seed_sd"] is not None
 
 
 def _entries_with_results(node):

@@ -264,7 +264,10 @@ PUBLISHED_RANDOM = [("DenseNet-121, CheXNet (Rajpurkar et al., 2017), 14 finding
 
 
 def published_lines(split_method: str | None, phantom: bool) -> list[str]:
-    """Published numbers for the split in use, labelled as references, never as results."""
+    """Published numbers for the split in use, labelled as references, never as results; none on
+    the phantom, whose numbers compare with nothing published."""
+    if phantom:
+        return []
     official = split_method == "official"
     rows = PUBLISHED_OFFICIAL if official else PUBLISHED_RANDOM
     caveat = (
@@ -275,8 +278,6 @@ def published_lines(split_method: str | None, phantom: bool) -> list[str]:
         else "CheXNet used a random patient split of its own that was never released, and averaged the 14 findings "
         "without No Finding: a reference for orientation, not a comparable result."
     )
-    if phantom:
-        caveat += " These data are the synthetic phantom: nothing here is comparable with published numbers."
     lines = [
         "",
         "## Published references (not results)",
