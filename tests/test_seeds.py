@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxr14.config import config_from_dict
-from tests.conftest import cache_of, tiny_params, write_small_nih
-from tests.test_stage_outputs import run_script
+from tests.conftest import tiny_params
+from tests.test_stage_outputs import run_script, train_tiny_cnn
 
 SEEDS = (42, 7)
 
@@ -30,20 +29,7 @@ def _params(seeds) -> dict:
 
 @pytest.fixture(scope="module")
 def two_seeds(tmp_path_factory):
-    from cxr14.training.engine import train_model
-
-    root = tmp_path_factory.mktemp("seeds")
-    cache = cache_of(write_small_nih(root / "raw"), root / "cache")
-    (root / "store").mkdir()
-    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    runs = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("CXR14_NO_PROGRESS", "1")
-        for seed in SEEDS:
-            cfg = config_from_dict(_params(list(SEEDS)))
-            runs[seed] = train_model(cfg, "cnn", cache, root / "models" / "cnn" / f"seed-{seed}", seed=seed).run_id
-    return {"root": root, "cache": cache, "uri": uri, "runs": runs}
+    return train_tiny_cnn(tmp_path_factory.mktemp("seeds"), _params(list(SEEDS)), SEEDS)
 
 
 def _evaluate(two_seeds, seeds, out):

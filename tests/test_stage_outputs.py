@@ -29,21 +29,31 @@ def _params() -> dict:
     return tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 1, "models": ["cnn"]})
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny cnn trained on a 32 px cache, its run in the SQLite store `root/store/mlflow.db`."""
+def train_tiny_cnn(root: Path, params: dict, seeds=(42,)) -> dict:
+    """A tiny cnn trained on a 32 px cache once per seed (models/cnn/seed-<seed>), its runs in the
+    SQLite store `root/store/mlflow.db`: {"root", "cache", "uri", "runs": {seed: run id}, "model_dir"}."""
     from cxr14.training.engine import train_model
 
-    root = tmp_path_factory.mktemp("stage_outputs")
     cache = cache_of(write_small_nih(root / "raw"), root / "cache")
     (root / "store").mkdir()
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    (root / "params.yaml").write_text(yaml.safe_dump(_params()))
+    runs = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("CXR14_NO_PROGRESS", "1")
-        result = train_model(config_from_dict(_params()), "cnn", cache, root / "models" / "cnn" / "seed-42", seed=42)
-    return {"root": root, "cache": cache, "uri": uri, "run_id": result.run_id, "model_dir": root / "models" / "cnn"}
+        for seed in seeds:
+            out = root / "models" / "cnn" / f"seed-{seed}"
+            runs[seed] = train_model(config_from_dict(params), "cnn", cache, out, seed=seed).run_id
+    return {"root": root, "cache": cache, "uri": uri, "runs": runs, "model_dir": root / "models" / "cnn"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny cnn trained on a 32 px cache, its run in the SQLite store `root/store/mlflow.db`."""
+    root = tmp_path_factory.mktemp("stage_outputs")
+    (root / "params.yaml").write_text(yaml.safe_dump(_params()))
+    made = train_tiny_cnn(root, _params())
+    return {**made, "run_id": made["runs"][42]}
 
 
 def run_script(script: str, *args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from cxr14.evaluation.statistics import _check_matrices, calibration
+from cxr14.evaluation.statistics import calibration, check_matrices
 from cxr14.labels import LABELS
 
 CLIP = 1e-7  # scores are clipped to [CLIP, 1 - CLIP] for the NLL (and the fit) only
@@ -96,7 +96,7 @@ def apply_temperatures(scores: np.ndarray, temperatures: dict[str, float]) -> np
 
 def brier_scores(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
     """Per finding, mean squared difference between score and 0/1 target (None without images)."""
-    positive, scores = _check_matrices(targets, scores)
+    positive, scores = check_matrices(targets, scores)
     if len(positive) == 0:
         return dict.fromkeys(LABELS)
     squared = (scores - positive) ** 2
@@ -110,7 +110,7 @@ def per_finding_ece(targets: np.ndarray, scores: np.ndarray, bins: int) -> dict[
     column has the same bin shares and rates as that column, so it gives that finding's ECE
     with the very same binning rules (a score of exactly 1 in the last bin).
     """
-    positive, scores = _check_matrices(targets, scores)
+    positive, scores = check_matrices(targets, scores)
     if len(positive) == 0:
         return dict.fromkeys(LABELS)
     out: dict[str, float | None] = {}
@@ -190,8 +190,8 @@ def calibrate(
         "rank_preserved" is False only where float64 rounding merged distinct scores (a
         sharpening T < 1 can push very confident scores to exactly 1.0).
     """
-    val_positive, val_scores = _check_matrices(val_targets, val_scores)
-    test_positive, test_scores = _check_matrices(test_targets, test_scores)
+    val_positive, val_scores = check_matrices(val_targets, val_scores)
+    test_positive, test_scores = check_matrices(test_targets, test_scores)
     for what, scores in (("validation", val_scores), ("test", test_scores)):
         if ((scores < 0) | (scores > 1)).any():
             raise ValueError(f"{what} scores must be probabilities in [0, 1]")

@@ -61,7 +61,7 @@ def _checked_like(targets: np.ndarray, arrays: tuple[np.ndarray, ...], what: str
     return checked
 
 
-def _check_matrices(targets: np.ndarray, *score_matrices: np.ndarray) -> tuple[np.ndarray, ...]:
+def check_matrices(targets: np.ndarray, *score_matrices: np.ndarray) -> tuple[np.ndarray, ...]:
     positives = _checked_targets(targets, 2, f"[N, {NUM_CLASSES}] in LABELS order")
     return (positives, *_checked_like(positives, score_matrices, "scores"))
 
@@ -169,7 +169,7 @@ def _units(patient_ids: Sequence | np.ndarray | None, n_images: int) -> tuple[np
     return np.unique(patient_ids, return_inverse=True)[1].ravel(), "patient"
 
 
-def _resampled_weights(units: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+def resampled_weights(units: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
     """Per-image weights [chunk, N]: how often each image's unit was drawn, chunk by chunk.
 
     Drawing units (patients) with replacement and giving every image its unit's multiplicity
@@ -215,7 +215,7 @@ def _macro_rows(values: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.full(len(values), np.nan), where=count > 0)
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return None
@@ -254,11 +254,11 @@ def bootstrap_intervals(
         it.
     """
     _check_level(level)
-    positive, scores = _check_matrices(targets, scores)
+    positive, scores = check_matrices(targets, scores)
     units, unit = _units(patient_ids, len(positive))
     model = _Model(positive, scores)
     auroc_rows, ap_rows, micro_rows = [], [], []
-    for weights in _resampled_weights(units, resamples, seed):
+    for weights in resampled_weights(units, resamples, seed):
         auroc, ap = model.metrics(weights)
         assert ap is not None  # with_ap
         auroc_rows.append(auroc)
@@ -268,14 +268,14 @@ def bootstrap_intervals(
     has_positive = np.asarray(positive.any(axis=0))
     has_both = has_positive & ~positive.all(axis=0)
     return {
-        "macro_auroc": _percentile_interval(_macro_rows(auroc), level),
-        "micro_auroc": _percentile_interval(micro, level),
-        "macro_ap": _percentile_interval(_macro_rows(ap), level),
+        "macro_auroc": percentile_interval(_macro_rows(auroc), level),
+        "micro_auroc": percentile_interval(micro, level),
+        "macro_ap": percentile_interval(_macro_rows(ap), level),
         "auroc": {
-            name: _percentile_interval(auroc[:, i], level) if has_both[i] else None for i, name in enumerate(LABELS)
+            name: percentile_interval(auroc[:, i], level) if has_both[i] else None for i, name in enumerate(LABELS)
         },
         "ap": {
-            name: _percentile_interval(ap[:, i], level) if has_positive[i] else None for i, name in enumerate(LABELS)
+            name: percentile_interval(ap[:, i], level) if has_positive[i] else None for i, name in enumerate(LABELS)
         },
         "auroc_resamples": {name: int((~np.isnan(auroc[:, i])).sum()) for i, name in enumerate(LABELS)},
         "resamples": int(resamples),
@@ -301,7 +301,7 @@ def _seed_stack(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, li
     stack = [scores] if scores.ndim == 2 else list(scores)
     if not stack:
         raise ValueError("scores of at least one training seed are needed, got an empty [0, N, 15] stack")
-    positive, *checked = _check_matrices(targets, *stack)
+    positive, *checked = check_matrices(targets, *stack)
     return positive, checked
 
 
@@ -343,11 +343,11 @@ def paired_bootstrap(
             "undefined; use a larger split.test_fraction or more images"
         )
     differences = np.concatenate(
-        [_macro_difference(model_a, model_b, weights) for weights in _resampled_weights(units, resamples, seed)]
+        [_macro_difference(model_a, model_b, weights) for weights in resampled_weights(units, resamples, seed)]
     )
     differences = differences[~np.isnan(differences)]
     p_value = min(1.0, 2.0 * min(float(np.mean(differences <= 0)), float(np.mean(differences >= 0))))
-    return {"difference": observed, "ci": _percentile_interval(differences, level), "p_value": p_value}
+    return {"difference": observed, "ci": percentile_interval(differences, level), "p_value": p_value}
 
 
 def seed_summary(
@@ -377,7 +377,7 @@ def seed_summary(
     units, _ = _units(patient_ids, len(positive))
     model = _SeedMean(positive, stack)
     per_seed = [macro_auroc(positive.astype(int), scores) for scores in stack]  # as test_metrics computes it
-    means = np.concatenate([model.macro(weights) for weights in _resampled_weights(units, resamples, seed)])
+    means = np.concatenate([model.macro(weights) for weights in resampled_weights(units, resamples, seed)])
     values = np.asarray(per_seed)
     defined = values[~np.isnan(values)]
     return {
@@ -386,7 +386,7 @@ def seed_summary(
         "sd": float(defined.std(ddof=1)) if len(defined) > 1 else None,
         "min": float(defined.min()) if len(defined) else None,
         "max": float(defined.max()) if len(defined) else None,
-        "ci": _percentile_interval(means, level),
+        "ci": percentile_interval(means, level),
         "resamples": int(resamples),
     }
 
@@ -477,7 +477,7 @@ def threshold_metrics(targets: np.ndarray, scores: np.ndarray, thresholds: dict[
     missing = [name for name in LABELS if name not in thresholds]
     if missing:
         raise ValueError(f"thresholds lack labels {missing}; pass one threshold for each of LABELS")
-    positive, scores = _check_matrices(targets, scores)
+    positive, scores = check_matrices(targets, scores)
     out: dict[str, dict] = {}
     for i, name in enumerate(LABELS):
         predicted = scores[:, i] >= thresholds[name]
@@ -503,7 +503,7 @@ def sensitivity_thresholds(val_targets: np.ndarray, val_scores: np.ndarray, targ
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target sensitivity must be in (0, 1], got {target!r}")
-    positive, scores = _check_matrices(val_targets, val_scores)
+    positive, scores = check_matrices(val_targets, val_scores)
     thresholds: dict[str, float] = {}
     for i, name in enumerate(LABELS):
         positive_scores = np.sort(scores[positive[:, i], i])[::-1]
@@ -529,7 +529,7 @@ def seed_accuracy(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.
     prevalence of a few percent), so a model predicting "no finding anywhere" already scores
     about 0.9 while detecting nothing. Report AUROC/AP and per-class sensitivity instead.
     """
-    positive, scores = _check_matrices(targets, scores)
+    positive, scores = check_matrices(targets, scores)
     return float(np.mean((scores >= threshold) == positive))
 
 
@@ -544,7 +544,7 @@ def calibration(targets: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict
     """
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins!r}")
-    positive, scores = _check_matrices(targets, scores)
+    positive, scores = check_matrices(targets, scores)
     positive, scores = positive.ravel(), scores.ravel()
     if ((scores < 0) | (scores > 1)).any():
         raise ValueError("calibration needs probabilities: scores must lie in [0, 1]")

@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from cxr14.evaluation.metrics import macro, per_class_auroc
-from cxr14.evaluation.statistics import _percentile_interval, _resampled_weights, bootstrap_intervals
+from cxr14.evaluation.statistics import bootstrap_intervals, percentile_interval, resampled_weights
 from cxr14.labels import LABEL_INDEX, LABELS, NO_FINDING, NUM_CLASSES
 
 AGE_BINS: tuple[tuple[str, float, float], ...] = (
@@ -168,7 +168,7 @@ def _bootstrap_counts(
     """cell -> its count row in every patient resample [R, 62] (one draw of patients for all cells)."""
     members = {key: (np.flatnonzero(mask), columns[mask]) for key, mask in cells.items() if mask.any()}
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in members}
-    for weights in _resampled_weights(units, resamples, seed):
+    for weights in resampled_weights(units, resamples, seed):
         for key, (rows, counts) in members.items():
             chunks[key].append(weights[:, rows] @ counts)
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
@@ -180,7 +180,7 @@ def _number(value: float | np.ndarray) -> float | None:
 
 
 def _interval(values: np.ndarray, level: float) -> list[float] | None:
-    interval = _percentile_interval(np.asarray(values, dtype=np.float64), level)
+    interval = percentile_interval(np.asarray(values, dtype=np.float64), level)
     return None if interval is None else [interval[0], interval[1]]
 
 

@@ -19,7 +19,14 @@ import pandas as pd
 from cxr14.labels import LABELS
 from cxr14.reporting.comparison import chexnet_lines, comparison_lines
 from cxr14.reporting.files import ReportError, per_model_files, per_model_json
-from cxr14.reporting.review import calibration_lines, expert_lines, published_lines, seed_lines, subgroup_lines
+from cxr14.reporting.review import (
+    calibration_lines,
+    expert_lines,
+    fmt,
+    published_lines,
+    seed_lines,
+    subgroup_lines,
+)
 from cxr14.reporting.sections import (
     comparison_figure_lines,
     data_lines,
@@ -27,10 +34,6 @@ from cxr14.reporting.sections import (
     figure_lines,
     reference_lines,
 )
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def headline(record: dict) -> tuple[float, tuple[float, float] | None, float | None, int]:
@@ -47,14 +50,14 @@ def headline(record: dict) -> tuple[float, tuple[float, float] | None, float | N
 
 def _interval(interval: tuple[float, float] | None) -> str:
     """ "[low, high]" of the patient-level bootstrap, when there is one."""
-    return "" if not interval else f"[{_fmt(interval[0])}, {_fmt(interval[1])}]"
+    return "" if not interval else f"[{fmt(interval[0])}, {fmt(interval[1])}]"
 
 
 def _headline_cell(record: dict) -> str:
     """ "0.812 ± 0.010 [0.780, 0.840]": mean over seeds, sample SD across seeds (with 2+), interval."""
     value, interval, sd, _ = headline(record)
-    spread = "" if sd is None else f" ± {_fmt(sd)}"
-    return f"{_fmt(value)}{spread} {_interval(interval)}"
+    spread = "" if sd is None else f" ± {fmt(sd)}"
+    return f"{fmt(value)}{spread} {_interval(interval)}"
 
 
 def _mean_defined(values: dict) -> float | None:
@@ -92,11 +95,11 @@ def _operating_point_lines(ranked: list[dict]) -> list[str]:
                 else ("sensitivity", "specificity", "ppv")
             )
             for key in keys:
-                cells.append(_fmt(_mean_defined({name: row[key] for name, row in m[point].items()})))
+                cells.append(fmt(_mean_defined({name: row[key] for name, row in m[point].items()})))
         lines.append(
             f"| `{record['model']}` | "
             + " | ".join(cells)
-            + f" | {_fmt(m['seed_accuracy'])} | {_fmt(m['calibration']['ece'])} |"
+            + f" | {fmt(m['seed_accuracy'])} | {fmt(m['calibration']['ece'])} |"
         )
     return lines
 
@@ -286,7 +289,7 @@ def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> li
             )
         lines.append(
             f"| {rank} | `{record['model']}` | {t['params_total']:,} | {_headline_cell(record)} | "
-            f"{_fmt(m['micro_auroc'])} | {_fmt(m['macro_ap'])} | {_fmt(m['macro_f1'])} |{cost} {t['best_epoch']} | "
+            f"{fmt(m['micro_auroc'])} | {fmt(m['macro_ap'])} | {fmt(m['macro_f1'])} |{cost} {t['best_epoch']} | "
             f"{t['train_seconds']:.0f} | {m['classes_in_macro_auroc']} |"
         )
     return lines
@@ -298,10 +301,10 @@ def _per_class_lines(ranked: list[dict]) -> list[str]:
     header = "| finding | " + " | ".join(f"`{r['model']}`" for r in ranked) + " |"
     lines += [header, "|---|" + "---:|" * len(ranked)]
     for name in LABELS:
-        lines.append(f"| {name} | " + " | ".join(_fmt(r["metrics"]["auroc"][name]) for r in ranked) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(r["metrics"]["auroc"][name]) for r in ranked) + " |")
     lines += ["", "## Per-class test F1 (validation-tuned thresholds)", "", header, "|---|" + "---:|" * len(ranked)]
     for name in LABELS:
-        lines.append(f"| {name} | " + " | ".join(_fmt(r["metrics"]["f1"][name]) for r in ranked) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(r["metrics"]["f1"][name]) for r in ranked) + " |")
     return lines
 
 

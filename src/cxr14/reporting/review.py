@@ -18,7 +18,8 @@ from cxr14.labels import EXPERT_FINDINGS, LABELS, NIH_COMPONENTS
 DIMENSION_NAMES = {"sex": "sex", "age": "age (years)", "view": "view", "follow_up": "first image / follow-up"}
 
 
-def _num(value: float | None, digits: int = 3) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A table cell: the value to `digits` decimals, "–" when undefined (None or NaN)."""
     return "–" if value is None or value != value else f"{value:.{digits}f}"
 
 
@@ -48,10 +49,10 @@ def seed_lines(ranked: list[dict]) -> list[str]:
     ]
     for record in with_seeds:
         seeds = record["seeds"]
-        per_seed = ", ".join(f"{seed}: {_num(value)}" for seed, value in zip(seeds["seeds"], seeds["macro_auroc"]))
+        per_seed = ", ".join(f"{seed}: {fmt(value)}" for seed, value in zip(seeds["seeds"], seeds["macro_auroc"]))
         lines.append(
-            f"| `{record['model']}` | {len(seeds['seeds'])} | {per_seed} | {_num(seeds['mean'])} | "
-            f"{_num(seeds['sd'])} | {_num(seeds['min'])}–{_num(seeds['max'])} | {_ci(seeds['ci']).strip()} |"
+            f"| `{record['model']}` | {len(seeds['seeds'])} | {per_seed} | {fmt(seeds['mean'])} | "
+            f"{fmt(seeds['sd'])} | {fmt(seeds['min'])}–{fmt(seeds['max'])} | {_ci(seeds['ci']).strip()} |"
         )
     return lines
 
@@ -64,8 +65,8 @@ def _group_cell(entry: dict, key: str) -> str:
         under = entry.get("underdiagnosis") or {}
         if under.get("too_small"):
             return f"too small ({under.get('patients_with_finding')} pts)"
-        return f"{_num(under.get('rate'))}{_ci(under.get('ci'))}"
-    return f"{_num(entry.get('macro_auroc'))}{_ci(entry.get('macro_auroc_ci'))}"
+        return f"{fmt(under.get('rate'))}{_ci(under.get('ci'))}"
+    return f"{fmt(entry.get('macro_auroc'))}{_ci(entry.get('macro_auroc_ci'))}"
 
 
 def _group_table(ranked: list[dict], subgroups: dict[str, dict], key: str) -> list[str]:
@@ -217,8 +218,8 @@ def expert_lines(ranked: list[dict], expert_summary: dict | None) -> list[str]:
                 continue
             lines.append(
                 f"| `{record['model']}` | {finding} | {row['expert_positives']} | {row['nih_positives']} | "
-                f"{_num(row['auroc_expert'])}{_ci(row['auroc_expert_ci'])} | "
-                f"{_num(row['auroc_nih'])}{_ci(row['auroc_nih_ci'])} |"
+                f"{fmt(row['auroc_expert'])}{_ci(row['auroc_expert_ci'])} | "
+                f"{fmt(row['auroc_nih'])}{_ci(row['auroc_nih_ci'])} |"
             )
     return lines
 
@@ -247,9 +248,9 @@ def calibration_lines(ranked: list[dict]) -> list[str]:
         before, after = scaling["before"], scaling["after"]
         temperatures = [scaling["temperatures"][name] for name in LABELS]
         lines.append(
-            f"| `{record['model']}` | {_num(before['macro_brier'], 4)} | {_num(after['macro_brier'], 4)} | "
-            f"{_num(before['macro_ece'], 4)} | {_num(after['macro_ece'], 4)} | {_num(before['macro_val_nll'], 4)} | "
-            f"{_num(after['macro_val_nll'], 4)} | {min(temperatures):.2f}–{max(temperatures):.2f} |"
+            f"| `{record['model']}` | {fmt(before['macro_brier'], 4)} | {fmt(after['macro_brier'], 4)} | "
+            f"{fmt(before['macro_ece'], 4)} | {fmt(after['macro_ece'], 4)} | {fmt(before['macro_val_nll'], 4)} | "
+            f"{fmt(after['macro_val_nll'], 4)} | {min(temperatures):.2f}–{max(temperatures):.2f} |"
         )
     return lines
 
