@@ -188,7 +188,24 @@ def test_scores_that_follow_the_truth_agree_more_with_the_experts_than_with_nois
     fracture = result["findings"]["Fracture"]
     assert fracture["nih_class"] is None and fracture["auroc_expert"] is None and fracture["auroc_nih"] is None
     assert fracture["expert_positives"] == int(expert["Fracture"].sum()) > 0
+    mean = result["mean"]
+    assert mean["findings"] == ["Pneumothorax", "Airspace opacity", "Nodule or mass"]
+    expected = [result["findings"][f][key] for key in ("auroc_expert", "auroc_nih") for f in mean["findings"]]
+    assert mean["auroc_expert"] == pytest.approx(np.mean(expected[:3]))
+    assert mean["auroc_nih"] == pytest.approx(np.mean(expected[3:]))
+    assert mean["difference"] == pytest.approx(mean["auroc_expert"] - mean["auroc_nih"])
+    assert 0 < mean["difference_ci"][0] < mean["difference"] < mean["difference_ci"][1]  # the noise is real
     json.dumps(result)  # JSON-ready
+
+
+def test_the_mean_difference_is_not_found_where_the_labels_agree():
+    expert, index, _, scores = _constructed(seed=5)
+    for finding, components in (("Pneumothorax", ["Pneumothorax"]), ("Nodule or mass", ["Nodule", "Mass"])):
+        expert[finding] = index[components].max(axis=1).to_numpy()  # the experts say what NIH says
+    expert["Airspace opacity"] = index[["Consolidation", "Infiltration", "Pneumonia"]].max(axis=1).to_numpy()
+    mean = score_against_experts(expert, index, scores, resamples=200, seed=1)["mean"]
+    assert mean["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert mean["difference_ci"][0] <= 0 <= mean["difference_ci"][1]
 
 
 def test_a_finding_without_positives_has_no_auroc_and_a_stale_table_is_refused():

@@ -238,7 +238,7 @@ def test_report_html_renders_in_headless_chromium(repo, tmp_path):
     for heading in ("Training seeds", "Calibration", "Against radiologists", "Subgroups"):
         assert heading in facts["headings"], facts["headings"]
     expert = [table for table in facts["tables"] if "AUROC vs radiologists" in table["header"]]
-    assert expert and expert[0]["body_rows"] == 4 * len(MODELS) and expert[0]["height"] > 50
+    assert expert and expert[0]["body_rows"] >= 4 * len(MODELS) and expert[0]["height"] > 50  # + a mean row each
     groups = [table for table in facts["tables"] if table["header"][:1] == ["group"]]
     assert len(groups) == 2 and all(table["body_rows"] >= 9 for table in groups)  # sex 2 + age 5 + view 2 + ...
     # Heat-map, all-model ROC/PR, all-model training curves, then five figures per model.

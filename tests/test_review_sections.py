@@ -91,6 +91,9 @@ def test_expert_section_puts_both_aurocs_side_by_side_and_lists_fracture():
     found = record["metrics"]["expert"]["findings"]["Pneumothorax"]
     assert f"{found['auroc_expert']:.3f}" in row and f"{found['auroc_nih']:.3f}" in row
     assert any("| Fracture |" in line and "no NIH class" in line for line in lines)
+    mean = record["metrics"]["expert"]["mean"]
+    row = next(line for line in lines if "**mean of 2**" in line)  # Airspace opacity: no expert positive here
+    assert f"{mean['auroc_expert']:.3f}" in row and f"difference {mean['difference']:+.3f}" in row
 
 
 def test_subgroup_section_reports_too_small_groups_without_numbers():

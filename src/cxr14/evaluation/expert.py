@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxr14.errors import InputDataError
-from cxr14.evaluation.statistics import bootstrap_intervals, weighted_auroc
+from cxr14.evaluation.statistics import bootstrap_intervals, percentile_interval, resampled_weights, weighted_auroc
 from cxr14.labels import EXPERT_FINDINGS, LABEL_INDEX, LABELS, NIH_COMPONENTS, NUM_CLASSES
 
 MAPPED = tuple(finding for finding in EXPERT_FINDINGS if NIH_COMPONENTS[finding])
@@ -91,6 +91,53 @@ def _aurocs(
     }
 
 
+def _mean_difference(
+    expert_targets: np.ndarray, nih_targets: np.ndarray, scores: np.ndarray, patients: np.ndarray, settings: dict
+) -> dict[str, Any]:
+    """Mean AUROC over the mapped findings defined against both label sets, against the experts and
+    against NIH, and their difference with a patient-bootstrap interval (the same resamples)."""
+    both = [
+        j
+        for j in range(expert_targets.shape[1])
+        if 0 < expert_targets[:, j].sum() < len(scores) and 0 < nih_targets[:, j].sum() < len(scores)
+    ]
+    if not both:
+        return {"findings": [], "auroc_expert": None, "auroc_nih": None, "difference": None, "difference_ci": None}
+
+    def means(weights: np.ndarray | None) -> tuple[float, float]:
+        values = [
+            (
+                weighted_auroc(expert_targets[:, j], scores[:, j], weights),
+                weighted_auroc(nih_targets[:, j], scores[:, j], weights),
+            )
+            for j in both
+        ]
+        pairs = [(e, n) for e, n in values if e is not None and n is not None]
+        return (
+            (float(np.mean([e for e, _ in pairs])), float(np.mean([n for _, n in pairs])))
+            if pairs
+            else (np.nan, np.nan)
+        )
+
+    expert_mean, nih_mean = means(None)
+    units = np.unique(patients, return_inverse=True)[1].ravel()
+    differences = np.array(
+        [
+            np.subtract(*means(weights))
+            for chunk in resampled_weights(units, settings["resamples"], settings["seed"])
+            for weights in chunk
+        ]
+    )
+    interval = percentile_interval(differences, settings["level"])
+    return {
+        "findings": [MAPPED[j] for j in both],
+        "auroc_expert": float(expert_mean),
+        "auroc_nih": float(nih_mean),
+        "difference": float(expert_mean - nih_mean),
+        "difference_ci": None if interval is None else [interval[0], interval[1]],
+    }
+
+
 def score_against_experts(
     expert: pd.DataFrame,
     test_index: pd.DataFrame,
@@ -113,7 +160,9 @@ def score_against_experts(
         {"images", "patients", "resamples", "unit": "patient", "level", "findings": {finding:
         {"nih_class": [NIH labels] or None, "images", "patients", "expert_positives",
         "nih_positives" (None for Fracture), "auroc_expert", "auroc_nih" (None if undefined),
-        "auroc_expert_ci", "auroc_nih_ci" ([low, high] or None)}}}, JSON-ready.
+        "auroc_expert_ci", "auroc_nih_ci" ([low, high] or None)}}, "mean": {"findings" (those with
+        both AUROCs defined), "auroc_expert", "auroc_nih" (means over them), "difference" (expert -
+        NIH), "difference_ci" (patient bootstrap, same resamples)}}, JSON-ready.
 
     Raises:
         InputDataError: an expert image is not among the scored test images (a stale table).
@@ -138,7 +187,9 @@ def score_against_experts(
         if finding in MAPPED:
             entry.update(_aurocs(MAPPED.index(finding), expert_targets, nih_targets, finding_scores, intervals))
         findings[finding] = entry
+    settings = {"resamples": resamples, "seed": seed, "level": level}
     return {
+        "mean": _mean_difference(expert_targets, nih_targets, finding_scores, patients, settings),
         "images": len(rows),
         "patients": n_patients,
         "resamples": int(resamples),

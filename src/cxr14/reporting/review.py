@@ -211,6 +211,13 @@ def expert_lines(ranked: list[dict], expert_summary: dict | None) -> list[str]:
         "|---|---|---:|---:|---:|---:|",
     ]
     for record in scored:
+        mean = record["metrics"]["expert"].get("mean") or {}
+        if mean.get("difference") is not None:
+            lines.append(
+                f"| `{record['model']}` | **mean of {len(mean['findings'])}** | | | **{fmt(mean['auroc_expert'])}** | "
+                f"**{fmt(mean['auroc_nih'])}** (difference {mean['difference']:+.3f}"
+                f"{_ci(mean['difference_ci'], sign=True)}) |"
+            )
         for finding, row in record["metrics"]["expert"]["findings"].items():
             if row.get("nih_class") is None:
                 versus = "no NIH class, no model output"
