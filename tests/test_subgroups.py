@@ -129,3 +129,22 @@ def test_age_gaps_are_against_the_median_and_undefined_values_are_none():
     assert age["gaps"]["0-20"]["Mass"]["tpr"] == {"gap": None, "ci": None, "excludes_zero": None, "resamples": 0}
     assert group["macro_auroc"] is None and group["macro_auroc_ci"] is None  # no class has both outcomes
     assert report["dimensions"]["sex"]["gaps"] == {}  # no women: nothing to compare the men with
+
+
+def test_a_rate_from_too_few_cases_enters_no_gap():
+    """Two women and two men with an Effusion, all the women's found and none of the men's: every
+    resample agrees, so without the case minimum this would be a 'found' gap of +1.0."""
+    targets, scores, patients, attributes = _two_sexes(tpr_f=1.0, tpr_m=0.0)
+    keep = targets[:, EFFUSION] == 0
+    for sex in ("F", "M"):  # two positive images per sex, from two patients each
+        keep[np.flatnonzero((attributes["sex"] == sex).to_numpy() & (targets[:, EFFUSION] == 1))[:2]] = True
+    targets, scores, patients, attributes = targets[keep], scores[keep], patients[keep], attributes[keep]
+    loose = subgroup_report(targets, scores, THRESHOLDS, patients, attributes, min_cases=1, resamples=100)
+    gap = loose["dimensions"]["sex"]["gaps"]["F"]["Effusion"]["tpr"]
+    assert gap["gap"] == pytest.approx(1.0) and gap["excludes_zero"] is True  # degenerate, as feared
+    strict = subgroup_report(targets, scores, THRESHOLDS, patients, attributes, min_cases=10, resamples=100)
+    sex = strict["dimensions"]["sex"]
+    assert sex["gaps"]["F"]["Effusion"]["tpr"] == {"gap": None, "ci": None, "excludes_zero": None, "resamples": 0}
+    assert sex["groups"]["F"]["findings"]["Effusion"] == {"tpr": 1.0, "fpr": 0.0, "positives": 2, "negatives": 80}
+    assert sex["gaps"]["F"]["Effusion"]["fpr"]["gap"] is not None  # 80 negatives a side: FPR still compared
+    assert strict["min_cases"] == 10

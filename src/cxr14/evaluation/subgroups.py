@@ -31,6 +31,9 @@ Gaps, per finding, of TPR and of FPR:
 - age: group - the median of that rate over the scored age groups in which it is defined (at
   least two; otherwise None).
 
+A rate enters a gap only when the group has at least `min_cases` positives (TPR) or negatives
+(FPR) of that finding; otherwise the gap is None (`findings` still shows the rate and its counts).
+
 Each gap comes with a 95 % (`level`) percentile interval from a patient bootstrap of the whole
 test split: patients are drawn with replacement, every image enters with its patient's
 multiplicity, and the gap is recomputed in every resample from the resampled counts of each group
@@ -46,7 +49,7 @@ the patients that have an image with a finding in the group (the rate's own deno
 
 The result (JSON-ready; an undefined value is None, never NaN)::
 
-    {"unit": "patient", "resamples", "seed", "level", "min_patients",
+    {"unit": "patient", "resamples", "seed", "level", "min_patients", "min_cases",
      "age_bins": {"0-20": [0, 20], ..., "80+": [80, None]},          # [low, high) years
      "dimensions": {"sex" | "age" | "view" | "follow_up": {
          "groups": {group: {"images", "patients", "too_small",       # too small: nothing else
@@ -80,6 +83,8 @@ AGE_BINS: tuple[tuple[str, float, float], ...] = (
     ("80+", 80, np.inf),
 )
 DIMENSIONS = ("sex", "age", "view", "follow_up")
+# A group's TPR (FPR) of a finding enters a gap only with this many positives (negatives) in it.
+MIN_CASES = 10
 TWO_GROUPS = {"sex": ("M", "F"), "view": ("PA", "AP"), "follow_up": ("first", "follow-up")}
 # Count columns of a cell, per image: positives, true positives, negatives, false positives (15 each),
 # then images with a finding and those of them called No Finding.
@@ -231,6 +236,18 @@ def _group_entry(mask, targets, scores, positive, patients, counts, resampled, s
     return entry
 
 
+def _gap_rates(rates: dict[str, np.ndarray], counts: np.ndarray, min_cases: int) -> dict[str, np.ndarray]:
+    """The rates a gap may use: where the group (its observed `counts`) has fewer than `min_cases`
+    positives of a finding its TPR is NaN (fewer negatives: its FPR), in `rates` whether observed
+    [15] or resampled [R, 15], so no gap is computed from it: the bootstrap of a rate from one or
+    two cases is degenerate (the case is drawn or not) and would call noise a gap."""
+    return {
+        **rates,
+        "tpr": np.where(counts[_POS] >= min_cases, rates["tpr"], np.nan),
+        "fpr": np.where(counts[_NEG] >= min_cases, rates["fpr"], np.nan),
+    }
+
+
 def _nanmedian(values: np.ndarray) -> np.ndarray:
     """Median over the last axis of the defined values; NaN where fewer than two are defined."""
     with warnings.catch_warnings():
@@ -297,6 +314,7 @@ def subgroup_report(
     attributes: pd.DataFrame,
     *,
     min_patients: int = 20,
+    min_cases: int = MIN_CASES,
     resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -309,8 +327,8 @@ def subgroup_report(
     cells) with fewer than `min_patients` patients are too small; `resamples`, `seed`, `level`:
     the patient bootstrap (same seed and data, same numbers). Undefined values are None.
     """
-    if min_patients < 1:
-        raise ValueError(f"min_patients must be >= 1, got {min_patients!r}")
+    if min_patients < 1 or min_cases < 1:
+        raise ValueError(f"min_patients and min_cases must be >= 1, got {min_patients!r} and {min_cases!r}")
     positive, predicted, patients = _checked(targets, scores, thresholds, patient_ids, attributes)
     targets, scores = positive.astype(np.float64), np.asarray(scores, dtype=np.float64)
     masks = group_masks(attributes.reset_index(drop=True))
@@ -320,7 +338,8 @@ def subgroup_report(
     drawn = _bootstrap_counts(units, columns, cells, resamples, seed)
     empty = np.zeros((resamples, columns.shape[1]))  # a cell without images
     resampled = {key: drawn.get(key, empty) for key in cells}
-    settings = {"min_patients": min_patients, "resamples": resamples, "seed": seed, "level": level}
+    settings: dict[str, float] = {"min_patients": min_patients, "min_cases": min_cases, "resamples": resamples}
+    settings.update(seed=seed, level=level)
     data = (targets, scores, positive, patients)
     dimensions = {dim: _dimension(dim, masks[dim], data, columns, resampled, settings) for dim in DIMENSIONS}
     sex_age = {
@@ -338,6 +357,7 @@ def subgroup_report(
         "seed": int(seed),
         "level": float(level),
         "min_patients": int(min_patients),
+        "min_cases": int(min_cases),
         "age_bins": {name: [low, None if np.isinf(high) else high] for name, low, high in AGE_BINS},
         "dimensions": dimensions,
         "underdiagnosis_sex_age": sex_age,
@@ -361,7 +381,9 @@ def _dimension(dim: str, masks: tuple, data: tuple, columns: np.ndarray, resampl
     for name, mask in groups.items():
         counts, draws = columns[mask].sum(axis=0), resampled[f"{dim}/{name}"]
         entries[name] = _group_entry(mask, targets, scores, positive, patients, counts, draws, settings)
-        observed[name], boot[name] = _rates(counts), _rates(draws)
+        # Rates from too few cases (counted in the observed group) take part in no gap, observed or resampled.
+        observed[name] = _gap_rates(_rates(counts), counts, settings["min_cases"])
+        boot[name] = _gap_rates(_rates(draws), counts, settings["min_cases"])
     scored = [name for name, entry in entries.items() if not entry["too_small"]]
     return {
         "groups": entries,

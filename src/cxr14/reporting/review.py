@@ -90,12 +90,18 @@ def _group_table(ranked: list[dict], subgroups: dict[str, dict], key: str) -> li
     return lines
 
 
+# Two-group dimensions: the gap of the second group is the first's with the sign flipped; shown once.
+MIRRORED_GROUPS = {"sex": "M", "view": "PA", "follow_up": "first"}
+
+
 def _found_gaps(report: dict) -> list[str]:
-    """Rows of every TPR/FPR gap whose interval excludes 0, for one model."""
+    """Rows of every TPR/FPR gap whose interval excludes 0, for one model (two-group dimensions once)."""
     rows = []
     for dimension, block in report["dimensions"].items():
         reference = block.get("gap_reference") or "other group"
         for group, by_label in block["gaps"].items():
+            if MIRRORED_GROUPS.get(dimension) == group:
+                continue
             for label, rates in by_label.items():
                 for rate, gap in rates.items():
                     if gap.get("excludes_zero"):
@@ -149,9 +155,10 @@ def _gap_lines(best: str, report: dict) -> list[str]:
         "",
         f"### Gaps found (`{best}`)",
         "",
-        "True- and false-positive-rate gaps per finding at the max-F1 thresholds: sex, view, follow-up: group − "
-        "other group; age: group − median over the age groups. Listed only where the 95 % interval excludes 0; "
-        "all gaps are in the JSON file.",
+        "True- and false-positive-rate gaps per finding at the max-F1 thresholds: F − M, AP − PA, follow-up − first "
+        "image; age: group − median over the age groups. Only rates from at least "
+        f"{report.get('min_cases', 1)} positives (TPR) or negatives (FPR) in the group enter a gap. Listed where the "
+        "95 % interval excludes 0; all gaps are in the JSON file.",
         "",
     ]
     if not found:
