@@ -98,7 +98,8 @@ def _found_gaps(report: dict) -> list[str]:
     """Rows of every TPR/FPR gap whose interval excludes 0, for one model (two-group dimensions once)."""
     rows = []
     for dimension, block in report["dimensions"].items():
-        reference = block.get("gap_reference") or "other group"
+        # "F − M" rather than "F − the other group"; age: "− median over the scored age groups".
+        reference = MIRRORED_GROUPS.get(dimension) or block.get("gap_reference") or "other group"
         for group, by_label in block["gaps"].items():
             if MIRRORED_GROUPS.get(dimension) == group:
                 continue
