@@ -1,7 +1,7 @@
 """Inference: choose the device, load a trained model safely, score cache pixels.
 
     device = select_device("auto")
-    bundle, image_size = load_trained(Path("models/cnn"), "cnn", device)
+    bundle, image_size = load_trained(Path("models/cnn/seed-42"), "cnn", device)
     scores = predict(bundle, images, labels, batch_size=64, image_size=image_size, device=device)
 
 A library below training and evaluation: the evaluate, explain and profile stages and the
@@ -23,10 +23,11 @@ from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.errors import MissingInputError
 from cxr14.io import progress
 from cxr14.labels import NUM_CLASSES
+from cxr14.model_names import train_stage
 from cxr14.models import ModelBundle, build_model
 from cxr14.training.checkpoint import load_checkpoint
 
-__all__ = ["select_device", "load_trained", "predict", "predict_logits", "autocast"]
+__all__ = ["select_device", "load_trained", "predict", "autocast"]
 
 
 class DeviceUnavailableError(ConfigError, RuntimeError):
@@ -54,7 +55,9 @@ def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_
     """
     checkpoint_path = model_dir / "best.pt"
     if not checkpoint_path.is_file():
-        raise MissingInputError(f"{checkpoint_path}: no trained checkpoint; run `dvc repro train@{model_name}`")
+        raise MissingInputError(
+            f"{checkpoint_path}: no trained checkpoint; run `dvc repro {train_stage(model_name, model_dir)}`"
+        )
     checkpoint = load_checkpoint(checkpoint_path)  # data only: a shared model folder cannot run code
     # The checkpoint holds every weight: never fetch pretrained ones here.
     bundle = build_model(
@@ -65,6 +68,7 @@ def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_
     return bundle, checkpoint["image_size"]
 
 
+@torch.no_grad()
 def predict(
     bundle: ModelBundle,
     images: np.ndarray,
@@ -73,35 +77,11 @@ def predict(
     image_size: int,
     device: torch.device,
     desc: str = "predict",
+    *,
+    logits: bool = False,
 ) -> np.ndarray:
-    """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation)."""
-    return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=True)
-
-
-def predict_logits(
-    bundle: ModelBundle,
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    image_size: int,
-    device: torch.device,
-    desc: str = "predict",
-) -> np.ndarray:
-    """float32 logits [N, 15] for a cache split, in its row order (no augmentation)."""
-    return _forward(bundle, images, labels, batch_size, image_size, device, desc, sigmoid=False)
-
-
-@torch.no_grad()
-def _forward(
-    bundle: ModelBundle,
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    image_size: int,
-    device: torch.device,
-    desc: str,
-    sigmoid: bool,
-) -> np.ndarray:
+    """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation); with `logits`,
+    the float32 logits instead (the training engine's validation loss needs them)."""
     bundle.model.eval()
     loader = make_loader(images, labels, batch_size, shuffle=False, seed=0, pin_memory=device.type == "cuda")
     outputs = []
@@ -110,8 +90,8 @@ def _forward(
             pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std, image_size
         )
         with autocast(device):
-            logits = bundle.model(inputs).float()
-            outputs.append((torch.sigmoid(logits) if sigmoid else logits).cpu())
+            batch_logits = bundle.model(inputs).float()
+            outputs.append((batch_logits if logits else torch.sigmoid(batch_logits)).cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
 

@@ -20,7 +20,9 @@ are returned at the cache resolution S, so they compare directly with boxes in c
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,40 +130,52 @@ def find_taps(bundle: ModelBundle, image_size: int, device: torch.device, seed: 
     return _find_taps_by_hooks(bundle, image_size, device, seed)
 
 
+@contextlib.contextmanager
+def _recording(model: nn.Module) -> Iterator[tuple[list[tuple[str, nn.Module, Any]], Callable[[], None]]]:
+    """`model` in eval mode with a forward hook on every named module: yields the list the hooks fill
+    with (name, module, output) in completion order, and a function that removes the hooks early.
+    Hooks and the training mode are restored on exit, whatever happens."""
+    completed: list[tuple[str, nn.Module, Any]] = []
+    hooks = [
+        module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, mod, out)))
+        for name, module in model.named_modules()
+        if name
+    ]
+
+    def stop() -> None:
+        for hook in hooks:
+            hook.remove()
+
+    was_training = model.training
+    model.eval()
+    try:
+        yield completed, stop
+    finally:
+        stop()
+        model.train(was_training)
+
+
 def _find_taps_by_interface(bundle: ModelBundle, image_size: int, device: torch.device, seed: int) -> ModelTaps | None:
     """Taps on ``forward_features``/``forward_head``; None when that map is not spatial or the
     logits do not depend on its image positions."""
     model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     # Hooks only name the module whose output the feature map is (for the record), they choose nothing.
-    completed: list[tuple[str, object]] = []
-    hooks = [
-        module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, out)))
-        for name, module in model.named_modules()
-        if name
-    ]
-    was_training = model.training
-    model.eval()
-    try:
+    with _recording(model) as (completed, stop_recording):
         inputs = _noise_inputs(bundle, image_size, device, seed)
         with torch.enable_grad():
             features = model.forward_features(inputs.requires_grad_(True))
-            for hook in hooks:
-                hook.remove()
+            stop_recording()
             kind = _spatial_kind(features)
             if kind is None or not features.requires_grad:
                 return None
             embedding = model.forward_head(features, pre_logits=True)
             logits = model.forward_head(features).float()
             (gradient,) = torch.autograd.grad(logits.sum(), features, allow_unused=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
     if _spatial_gradient(gradient, *kind) == 0:
         return None
     if logits.shape[-1] != NUM_CLASSES:
         raise ExplainError(f"{bundle.name}: forward_head gives {logits.shape[-1]} outputs, not {NUM_CLASSES}")
-    feature_layer = next((name for name, out in reversed(completed) if out is features), "forward_features")
+    feature_layer = next((name for name, _, out in reversed(completed) if out is features), "forward_features")
     get_classifier = getattr(model, "get_classifier", None)
     classifier = get_classifier() if callable(get_classifier) else None
     classifier_layer = next(
@@ -184,15 +198,7 @@ def _find_taps_by_hooks(bundle: ModelBundle, image_size: int, device: torch.devi
     """
     model = bundle.model
     modules = dict(model.named_modules())
-    completed: list[tuple[str, nn.Module, Any]] = []
-    hooks = [
-        module.register_forward_hook(lambda mod, args, out, name=name: completed.append((name, mod, out)))
-        for name, module in modules.items()
-        if name
-    ]
-    was_training = model.training
-    model.eval()
-    try:
+    with _recording(model) as (completed, _):
         inputs = _noise_inputs(bundle, image_size, device, seed)
         with torch.enable_grad():
             logits = model(inputs.requires_grad_(True)).float()
@@ -208,10 +214,6 @@ def _find_taps_by_hooks(bundle: ModelBundle, image_size: int, device: torch.devi
                 if candidates
                 else ()
             )
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
     spatial = [
         (name, kind)
         for (name, _, kind), gradient in zip(candidates, gradients)

@@ -60,7 +60,7 @@ from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.errors import InputDataError
 from cxr14.evaluation.metrics import macro_auroc
 from cxr14.inference import autocast as _autocast
-from cxr14.inference import predict_logits
+from cxr14.inference import predict
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
@@ -207,7 +207,7 @@ def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Mo
 def _validate(bundle, images, labels, train: TrainConfig, device, loss_fn: torch.nn.Module) -> tuple[float, float]:
     """(loss_fn on the logits, mean over all elements; macro AUROC of the sigmoid scores); CPU loss_fn."""
     logits = torch.from_numpy(
-        predict_logits(bundle, images, labels, train.batch_size, train.image_size, device, desc="validate")
+        predict(bundle, images, labels, train.batch_size, train.image_size, device, desc="validate", logits=True)
     )
     loss = float(loss_fn(logits, torch.from_numpy(np.asarray(labels, np.float32)))) if len(logits) else math.nan
     return loss, float(macro_auroc(labels, torch.sigmoid(logits).numpy()))
