@@ -116,3 +116,17 @@ def test_evaluate_names_a_seed_that_was_not_trained(two_seeds, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "seed-3: no trained model of seed 3" in result.stderr and "dvc repro train@cnn-3" in result.stderr
     assert not (out / "m.json").exists()
+
+
+def test_messages_name_the_training_stage_of_the_seed(tmp_path):
+    import torch
+
+    from cxr14.errors import MissingInputError
+    from cxr14.inference import load_trained
+    from cxr14.model_names import train_stage
+
+    assert train_stage("cnn", tmp_path / "models" / "cnn" / "seed-7") == "train@cnn-7"
+    assert train_stage("cnn", tmp_path / "elsewhere") == "train@cnn-<seed>"
+    assert train_stage("cnn") == "train@cnn-<seed>"
+    with pytest.raises(MissingInputError, match=r"run `dvc repro train@cnn-7`"):
+        load_trained(tmp_path / "models" / "cnn" / "seed-7", "cnn", torch.device("cpu"))

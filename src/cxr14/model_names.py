@@ -16,7 +16,9 @@ Adding a model: its ``@register("name", ...)`` builder in ``cxr14.models`` plus 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from cxr14.config import ConfigError
 
@@ -82,3 +84,11 @@ def check_known_model_names(
             f"registered names: {', '.join(sorted(REGISTERED_MODELS))}; a timm model name must be trained "
             "and evaluated first (`dvc repro`)"
         )
+
+
+def train_stage(model_name: str, model_dir: Path | str | None = None) -> str:
+    """The DVC stage that writes a trained model folder: `train@<model>-<seed>` for
+    models/<model>/seed-<seed> (the seed read from the folder's name), else with `<seed>` left for
+    the reader to fill in from `train_seeds`."""
+    found = re.fullmatch(r"seed-(\d+)", Path(model_dir).name) if model_dir is not None else None
+    return f"train@{model_name}-{found.group(1) if found else '<seed>'}"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr14.errors import Cxr14Error, MissingInputError
+from cxr14.model_names import train_stage
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def require_store(run_file: Path | None = None, model_name: str | None = None) -
     from mlflow.tracking import MlflowClient
 
     with _explained_store_errors(uri):
-        _require_run(MlflowClient(uri), run_id, model_name or Path(run_file).parent.name, uri)
+        _require_run(MlflowClient(uri), run_id, model_name or Path(run_file).parent.parent.name, uri, run_file)
 
 
 @contextlib.contextmanager
@@ -304,7 +305,7 @@ class NoExperimentError(Cxr14Error, LookupError):
     """The tracking store has no experiment of this project yet (nothing was run against it)."""
 
 
-def _require_run(client, run_id: str, model_name: str, uri: str) -> None:
+def _require_run(client, run_id: str, model_name: str, uri: str, run_file: Path | None = None) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -312,10 +313,11 @@ def _require_run(client, run_id: str, model_name: str, uri: str) -> None:
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
+        stage = train_stage(model_name, None if run_file is None else Path(run_file).parent)
         raise RecordedRunMissingError(
-            f"MLflow run {run_id} of {model_name} (models/{model_name}/mlflow_run.json) is not in the store {uri}; "
-            "set MLFLOW_TRACKING_URI to the store it was trained against (the file names it), or re-train "
-            f"with `dvc repro --force train@{model_name}`"
+            f"MLflow run {run_id} of {model_name} ({run_file or 'models/<model>/seed-<seed>/mlflow_run.json'}) is not "
+            f"in the store {uri}; set MLFLOW_TRACKING_URI to the store it was trained against (the file names it), "
+            f"or re-train with `dvc repro --force {stage}`"
         ) from None
 
 

@@ -39,6 +39,7 @@ from cxr14.evaluation.statistics import (
 from cxr14.evaluation.subgroups import subgroup_report
 from cxr14.inference import load_trained, predict, select_device
 from cxr14.labels import LABELS
+from cxr14.model_names import train_stage
 from cxr14.reporting.comparison import CALIBRATED_COLUMNS, TRUTH_COLUMNS, seed_scores, truth_and_scores
 from cxr14.reporting.figures import reliability_figure, roc_pr_figure, save_figures, training_figure
 
@@ -141,7 +142,7 @@ def seed_dirs(model_dir: Path, seeds: Sequence[int]) -> dict[int, Path]:
         if not (folder / "best.pt").is_file():
             raise MissingInputError(
                 f"{folder}: no trained model of seed {seed} (best.pt missing); "
-                f"run `dvc repro train@{model_dir.name}-{seed}` (train_seeds lists {list(seeds)})"
+                f"run `dvc repro {train_stage(model_dir.name, folder)}` (train_seeds lists {list(seeds)})"
             )
     return found
 
