@@ -10,15 +10,19 @@ import yaml
 from tests.conftest import REPO_ROOT, tiny_params, write_nih_folder
 
 
-def run_stage(script: str, *args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
+def run_stage(
+    script: str, *args: str, cwd=REPO_ROOT, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """pipeline/<script> in a subprocess with the repository's src on PYTHONPATH (`env`: instead of
+    this process's environment)."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "pipeline" / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 

@@ -121,28 +121,19 @@ def test_an_image_missing_since_fetch_names_the_file_and_the_fix(tmp_path):
 
 
 def test_preprocess_stage_stops_on_a_changed_image(tmp_path):
-    import subprocess
-    import sys
-
     import yaml
 
-    from tests.conftest import REPO_ROOT, tiny_params
+    from tests.conftest import tiny_params
+    from tests.test_cli import run_stage
 
     download, raw = _fetched_nih(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(
         yaml.safe_dump(tiny_params(**{"split.method": "patient", "data.source": "nih", "data.nih.path": str(download)}))
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
 
-    def stage(name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(REPO_ROOT / "pipeline" / f"{name}.py"), "--params", str(params), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    def stage(name: str, *args: str):
+        return run_stage(f"{name}.py", "--params", str(params), *args, timeout=120)
 
     done = stage(
         "split", "--raw", str(raw), "--out", str(tmp_path / "splits.csv"), "--summary", str(tmp_path / "split.json")
@@ -268,12 +259,11 @@ def test_the_manifest_is_read_the_same_way(tmp_path):
 
 @pytest.mark.parametrize("case", ["patient_id", "empty", "latin1"])
 def test_split_stage_stops_on_bad_metadata_with_one_line(tmp_path, case):
-    import subprocess
-    import sys
 
     import yaml
 
-    from tests.conftest import REPO_ROOT, tiny_params
+    from tests.conftest import tiny_params
+    from tests.test_cli import run_stage
 
     raw = _with_patient_ids(tmp_path, "3", "abc")
     csv = raw / "Data_Entry_2017.csv"
@@ -283,23 +273,16 @@ def test_split_stage_stops_on_bad_metadata_with_one_line(tmp_path, case):
         csv.write_bytes(csv.read_bytes().replace(b"No Finding", b"No Finding \xe9"))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params()))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "CXR14_NO_PROGRESS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "pipeline" / "split.py"),
-            "--params",
-            str(params),
-            "--raw",
-            str(raw),
-            "--out",
-            str(tmp_path / "splits.csv"),
-            "--summary",
-            str(tmp_path / "split.json"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
+    done = run_stage(
+        "split.py",
+        "--params",
+        str(params),
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "splits.csv"),
+        "--summary",
+        str(tmp_path / "split.json"),
         timeout=120,
     )
     assert done.returncode == 2, done.stderr

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cxr14.config import config_from_dict
-from tests.conftest import REPO_ROOT, cache_of, tiny_params, write_small_nih
+from tests.conftest import cache_of, tiny_params, write_small_nih
+from tests.test_cli import run_stage
 from tests.test_tracking import free_port
 
 IS_ROOT = os.geteuid() == 0  # root ignores permission bits: a regular file stands in for a folder
@@ -59,21 +59,12 @@ def trained(tmp_path_factory):
 def run_script(script: str, *args: str, uri: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
     env.update(
-        PYTHONPATH=str(REPO_ROOT / "src"),
-        CXR14_NO_PROGRESS="1",
         MLFLOW_TRACKING_URI=uri,
         # Should anything reach MLflow's HTTP client, fail at once instead of retrying for minutes.
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
         MLFLOW_HTTP_REQUEST_TIMEOUT="5",
     )
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipeline" / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_stage(script, *args, cwd=cwd, env=env, timeout=600)
 
 
 def evaluate_args(trained, out: Path) -> list[str]:
