@@ -6,6 +6,7 @@ model was trained at, and an empty params file.
 """
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -27,20 +28,25 @@ def _one_line_error(result) -> str:
     return errors[0]
 
 
-def test_misspelled_model_under_overrides_stops_training(tmp_path):
-    params = _params(tmp_path, **{"train.overrides.convnextv2_sed": {"lr": 1e3}})
-    result = run_stage(
+def _train(model: str, params: Path, cache: Path, root: Path):
+    """pipeline/train.py for `model` (seed 42) into root/models/<model>."""
+    return run_stage(
         "train.py",
-        "cnn",
+        model,
         "--seed",
         "42",
         "--params",
         str(params),
         "--cache",
-        str(tmp_path / "cache"),
+        str(cache),
         "--out",
-        str(tmp_path / "models" / "cnn"),
+        str(root / "models" / model),
     )
+
+
+def test_misspelled_model_under_overrides_stops_training(tmp_path):
+    params = _params(tmp_path, **{"train.overrides.convnextv2_sed": {"lr": 1e3}})
+    result = _train("cnn", params, tmp_path / "cache", tmp_path)
     error = _one_line_error(result)
     assert (
         f"error: {params}: train.overrides: unknown model 'convnextv2_sed' (did you mean 'convnextv2_seed'?); "
@@ -52,18 +58,7 @@ def test_misspelled_model_under_overrides_stops_training(tmp_path):
 
 def test_unknown_model_in_models_stops_its_stage_in_one_line(tmp_path):
     params = _params(tmp_path, models=["cnn", "convnextv2_sed"])
-    result = run_stage(
-        "train.py",
-        "convnextv2_sed",
-        "--seed",
-        "42",
-        "--params",
-        str(params),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--out",
-        str(tmp_path / "models" / "convnextv2_sed"),
-    )
+    result = _train("convnextv2_sed", params, tmp_path / "cache", tmp_path)
     assert "models: unknown model 'convnextv2_sed' (did you mean 'convnextv2_seed'?)" in _one_line_error(result)
     assert not (tmp_path / "models").exists()
 
@@ -71,18 +66,7 @@ def test_unknown_model_in_models_stops_its_stage_in_one_line(tmp_path):
 def test_training_refuses_a_cache_built_at_another_size(tiny_cache, tmp_path):
     # The cache holds 32 px images; params say 64 for both the cache and the model.
     params = _params(tmp_path, **{"preprocess.size": 64, "train.image_size": 64})
-    result = run_stage(
-        "train.py",
-        "cnn",
-        "--seed",
-        "42",
-        "--params",
-        str(params),
-        "--cache",
-        str(tiny_cache),
-        "--out",
-        str(tmp_path / "models" / "cnn"),
-    )
+    result = _train("cnn", params, tiny_cache, tmp_path)
     error = _one_line_error(result)
     assert (
         f"{tiny_cache / 'cache.json'}: the cache was built at 32 px but preprocess.size is 64 in {params}: "
