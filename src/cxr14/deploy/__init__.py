@@ -1,0 +1,1 @@
+"""Use a trained model: read new radiographs, predict, export (TorchScript, ONNX), MLflow models."""
