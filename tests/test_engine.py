@@ -244,10 +244,10 @@ def _validation_with_auroc(monkeypatch, aurocs):
     real_validate, calls = engine._validate, []
 
     def validate(*args, **kwargs):
-        loss, auroc = real_validate(*args, **kwargs)
+        loss, auroc, scores = real_validate(*args, **kwargs)
         calls.append(1)
         wanted = aurocs[len(calls) - 1]
-        return loss, auroc if wanted is None else wanted
+        return loss, auroc if wanted is None else wanted, scores
 
     monkeypatch.setattr(engine, "_validate", validate)
 

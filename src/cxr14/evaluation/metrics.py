@@ -3,6 +3,8 @@
     per_class_auroc(targets, scores)           # {label: AUROC or None when undefined}
     thresholds = max_f1_thresholds(val_targets, val_scores)
     report = test_metrics(test_targets, test_scores, thresholds)
+    points = operating_points(val_targets, val_scores)   # stored with the weights (best.pt)
+    sensitivity_threshold(points["positive_scores"]["Effusion"], 0.9)
 
 A class with no positives (or no negatives) in a split has no AUROC; it is reported as None and
 left out of the macro average rather than counted as 0.5, and the number of classes averaged
@@ -66,6 +68,37 @@ def max_f1_thresholds(targets: np.ndarray, scores: np.ndarray) -> dict[str, floa
         best = int(np.argmax(np.where(distinct, f1, -1.0)))
         thresholds[name] = float(sorted_scores[best])
     return thresholds
+
+
+def sensitivity_threshold(positive_scores: np.ndarray | list[float], target: float) -> float:
+    """The highest threshold at which at least `target` of these (validation) positives score at
+    or above it; 0.5 when there are none (nothing to tune on).
+
+    Sensitivity only changes at positive scores: at threshold s it is the share of positives
+    scoring >= s (ties included), so the answer is one of these scores.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target!r}")
+    ordered = np.sort(np.asarray(positive_scores, dtype=np.float64))[::-1]
+    if len(ordered) == 0:
+        return 0.5
+    at_or_above = len(ordered) - np.searchsorted(ordered[::-1], ordered, side="left")
+    return float(ordered[int(np.argmax(at_or_above / len(ordered) >= target))])
+
+
+def operating_points(targets: np.ndarray, scores: np.ndarray) -> dict:
+    """What turns a deployed model's scores into positive/negative, from the validation split:
+    the max-F1 threshold per finding, and per finding the validation positives' scores (highest
+    first), from which :func:`sensitivity_threshold` gives the threshold for any target
+    sensitivity without the validation images. Plain data (floats, lists), stored in best.pt."""
+    return {
+        "validation_images": int(len(targets)),
+        "max_f1": max_f1_thresholds(targets, scores),
+        "positive_scores": {
+            name: [float(value) for value in np.sort(scores[targets[:, i] > 0, i])[::-1]]
+            for i, name in enumerate(LABELS)
+        },
+    }
 
 
 def f1_at(targets: np.ndarray, scores: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.stats import norm
 
 from cxr14.errors import InputDataError
-from cxr14.evaluation.metrics import macro_auroc
+from cxr14.evaluation.metrics import macro_auroc, sensitivity_threshold
 from cxr14.labels import LABELS, NUM_CLASSES
 
 # Resamples are processed in chunks whose micro-average weight matrix holds about this many
@@ -495,7 +495,8 @@ def threshold_metrics(targets: np.ndarray, scores: np.ndarray, thresholds: dict[
 
 
 def sensitivity_thresholds(val_targets: np.ndarray, val_scores: np.ndarray, target: float = 0.9) -> dict[str, float]:
-    """Per class, the highest threshold whose sensitivity on these data is >= `target`.
+    """Per class, the highest threshold whose sensitivity on these data is >= `target`
+    (:func:`cxr14.evaluation.metrics.sensitivity_threshold` of the class's positives).
 
     Pass the validation split only: choosing thresholds on the test split and then reporting
     test sensitivity/specificity at them is optimistic. A class without validation positives
@@ -504,18 +505,7 @@ def sensitivity_thresholds(val_targets: np.ndarray, val_scores: np.ndarray, targ
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target sensitivity must be in (0, 1], got {target!r}")
     positive, scores = check_matrices(val_targets, val_scores)
-    thresholds: dict[str, float] = {}
-    for i, name in enumerate(LABELS):
-        positive_scores = np.sort(scores[positive[:, i], i])[::-1]
-        if len(positive_scores) == 0:
-            thresholds[name] = 0.5
-            continue
-        # Sensitivity only changes at positive scores; at threshold s it is the share of
-        # positives scoring >= s (ties included), so the answer is one of these scores.
-        at_or_above = len(positive_scores) - np.searchsorted(positive_scores[::-1], positive_scores, side="left")
-        first_reaching = int(np.argmax(at_or_above / len(positive_scores) >= target))
-        thresholds[name] = float(positive_scores[first_reaching])
-    return thresholds
+    return {name: sensitivity_threshold(scores[positive[:, i], i], target) for i, name in enumerate(LABELS)}
 
 
 # ------------------------------------------------------------------ accuracy, calibration

@@ -58,7 +58,7 @@ from cxr14.config import Config, ConfigError, TrainConfig, config_to_dict, flatt
 from cxr14.data.cache import open_split, split_labels
 from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.errors import InputDataError
-from cxr14.evaluation.metrics import macro_auroc
+from cxr14.evaluation.metrics import macro_auroc, operating_points
 from cxr14.inference import autocast as _autocast
 from cxr14.inference import predict
 from cxr14.io import atomic_write_json, atomic_write_text, progress
@@ -204,13 +204,17 @@ def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Mo
     )
 
 
-def _validate(bundle, images, labels, train: TrainConfig, device, loss_fn: torch.nn.Module) -> tuple[float, float]:
-    """(loss_fn on the logits, mean over all elements; macro AUROC of the sigmoid scores); CPU loss_fn."""
+def _validate(
+    bundle, images, labels, train: TrainConfig, device, loss_fn: torch.nn.Module
+) -> tuple[float, float, np.ndarray]:
+    """(loss_fn on the logits, mean over all elements; macro AUROC of the sigmoid scores; the
+    scores [N, 15]); CPU loss_fn."""
     logits = torch.from_numpy(
         predict(bundle, images, labels, train.batch_size, train.image_size, device, desc="validate", logits=True)
     )
     loss = float(loss_fn(logits, torch.from_numpy(np.asarray(labels, np.float32)))) if len(logits) else math.nan
-    return loss, float(macro_auroc(labels, torch.sigmoid(logits).numpy()))
+    scores = torch.sigmoid(logits).numpy()
+    return loss, float(macro_auroc(labels, scores)), scores
 
 
 def build_for_training(model_name: str, train: TrainConfig) -> ModelBundle:
@@ -325,6 +329,7 @@ class _Training:
     network: Any = None  # the model as trained: DDP-wrapped (no_sync) and/or compiled; set by _prepare
     state: TrainingState = field(default_factory=TrainingState)
     best_weights: dict | None = None
+    val_scores: np.ndarray | None = None  # the last validation's scores (rank 0)
     resume_rng: dict | None = None
 
     @property
@@ -720,11 +725,11 @@ def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: float, seconds:
     early stopping, metrics and log lines, best.pt on an improvement and last.pt. Returns whether
     training stops here (patience used up, or the last epoch)."""
     loss_sum, seen = sum_across(run.context, loss_sum, seen)
-    validation = (
-        _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device, run.val_loss_fn)
-        if run.main
-        else None
-    )
+    validation = None
+    if run.main:
+        *validation, run.val_scores = _validate(
+            run.bundle, run.val_images, run.val_labels, run.train, run.device, run.val_loss_fn
+        )
     val_loss, val_auroc = from_main(run.context, validation)
     run.schedule.after_epoch(val_auroc)
     row = {
@@ -750,6 +755,8 @@ def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: float, seconds:
                     "val_macro_auroc": float(val_auroc),
                     "image_size": run.train.image_size,
                     "selected": True,
+                    # The validation-chosen thresholds travel with the weights (cxr14 predict).
+                    "operating_points": operating_points(run.val_labels, _last_validation_scores(run)),
                 },
             )
         save_checkpoint(run.last_path, _last_checkpoint(run, run.state, finished=stop))
@@ -777,6 +784,13 @@ def _log_epoch(run: _Training, row: dict) -> None:
             run.model_name,
             row["epoch"],
         )
+
+
+def _last_validation_scores(run: _Training) -> np.ndarray:
+    """The last epoch's validation scores (validated again when a resumed run had no epoch left)."""
+    if run.val_scores is not None:
+        return run.val_scores
+    return _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device, run.val_loss_fn)[2]
 
 
 def _finish(run: _Training) -> None:
@@ -809,6 +823,7 @@ def _finish(run: _Training) -> None:
                 "val_macro_auroc": math.nan,
                 "image_size": run.train.image_size,
                 "selected": False,
+                "operating_points": operating_points(run.val_labels, _last_validation_scores(run)),
             },
         )
     atomic_write_text(run.out_dir / "history.csv", pd.DataFrame(state.history).to_csv(index=False))
