@@ -214,7 +214,7 @@ def model_card(
     lines += use_section(config)
     lines += data_section(split, config, source, expert_summary)
     lines += training_section(config, details, headline)
-    lines += metrics_section(model, headline, details, split, source)
+    lines += metrics_section(model, headline, details, split, source, report_link)
     lines += threshold_section(model, chosen, details)
     lines += subgroup_section(model, subgroups, report_link)
     lines += efficiency_section(model, efficiency)
@@ -333,7 +333,13 @@ def details_section(
         "- **FLOPs per image:** "
         + (NOT_AVAILABLE if flops is None else f"{flops / 1e9:.3f} GFLOPs at {profile.get('input_size', '?')}"),
         f"- **Input:** one frontal chest radiograph, 8-bit grayscale, resized to {size} × {size} pixels, "
-        + (f"repeated into {channels} identical channels; " if channels and channels != "1" else "")
+        + (
+            ""
+            if channels == "1"
+            else f"repeated into {channels} identical channels; "
+            if channels
+            else "repeated into as many identical channels as the model takes; "
+        )
         + f"{_normalisation(architecture)}. `cxr14 predict` applies the same preprocessing.",
         "- **Output:** 15 independent scores in [0, 1], one per target (multi-label: they do not sum to 1; "
         "section *Thresholds* turns them into calls).",
@@ -692,7 +698,9 @@ def _expert_lines(details: dict, source: str) -> list[str]:
     return lines + [""]
 
 
-def metrics_section(model: str, headline: dict, details: dict, split: dict, source: str) -> list[str]:
+def metrics_section(
+    model: str, headline: dict, details: dict, split: dict, source: str, report_link: str = "../report.md"
+) -> list[str]:
     """Headline with intervals and seed spread, per finding, calibration, reference labels."""
     test = split.get("test") or {}
     lines = [
@@ -706,6 +714,13 @@ def metrics_section(model: str, headline: dict, details: dict, split: dict, sour
     if source == "phantom":
         lines += [f"*{PHANTOM_CAVEAT}*", ""]
     lines += _headline_lines(headline, details) + [""]
+    if source == "nih":
+        lines += [
+            "Published results on ChestX-ray14 come from other splits, resolutions and training budgets: the "
+            f"[comparison report]({report_link}) lists some as references (section Published references), none "
+            "a like-for-like comparison.",
+            "",
+        ]
     lines += _per_finding_lines(details, split)
     lines += _calibration_lines(details)
     lines += _expert_lines(details, source)
