@@ -949,8 +949,9 @@ def limitations_section(model: str, source: str, details: dict, subgroups: dict 
         f"cxr14 predict --model models/{model} IMAGES --out predictions.csv",
         "```",
         "",
-        "The output holds a score per finding and image; compare each with that finding's threshold in section "
-        "Thresholds (score ≥ threshold: positive). Frontal radiographs only; for research, never for patient care.",
+        "Per image it writes the 15 scores and a positive/negative call per finding at the max-F1 thresholds of "
+        "section Thresholds (`--operating-point sensitivity` uses the other column), with the thresholds it "
+        "used. Frontal radiographs only; for research, never for patient care.",
         "",
     ]
     return lines
