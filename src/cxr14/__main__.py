@@ -1,10 +1,111 @@
-"""`cxr14` command line (console script and `python -m cxr14`)."""
+"""The `cxr14` command (console script, and `python -m cxr14`).
+
+    cxr14 predict --model models/resnet18 scans/ --out predictions.csv
+    cxr14 predict --model models/resnet18/seed-42 a.png b.dcm --operating-point sensitivity --gradcam cams/
+
+Errors in the input (an unreadable or unsupported file, an image that does not look like a
+frontal radiograph) are named one per line on stderr; the other images are still predicted and
+the exit code is 1. A bad model folder or setting stops with exit code 2 and one line saying why.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+from pathlib import Path
 
-def main() -> None:
-    raise SystemExit("cxr14: not built yet")
+from cxr14.errors import Cxr14Error
+
+PREDICT_EPILOG = """\
+output columns: image, the 15 findings' probabilities (sigmoid scores), "<finding> positive"
+(1/0 at the validation-chosen threshold of the operating point), operating_point, warnings.
+The thresholds used are written to <out>.thresholds.json (with --out).
+
+operating points (chosen on the validation split when the model was trained):
+  max_f1       per finding, the threshold with the highest validation F1 (default; the report's)
+  sensitivity  per finding, the highest threshold finding --sensitivity of the validation positives
+
+This is a research model: not a medical device, not for diagnosis.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr14", description="Use the models trained by the cxr14 pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser(
+        "predict",
+        help="score new radiographs (PNG, JPEG, DICOM) with a trained model",
+        description="Score new chest radiographs (PNG, JPEG or DICOM files, or folders of them) with a trained model.",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders (recursive)")
+    predict.add_argument(
+        "--model", required=True, type=Path, help="models/<model> (first training seed) or models/<model>/seed-<seed>"
+    )
+    predict.add_argument("--seed", type=int, help="with models/<model>: the training seed to use")
+    predict.add_argument("--out", type=Path, help="write the table to this CSV (default: standard output)")
+    predict.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per positive finding")
+    predict.add_argument("--operating-point", choices=("max_f1", "sensitivity"), default="max_f1")
+    predict.add_argument("--sensitivity", type=float, default=0.9, help="target of --operating-point sensitivity")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    predict.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from cxr14.deploy.predict import load_model_folder, predict_files, write_thresholds
+    from cxr14.inference import select_device
+    from cxr14.io import atomic_write_text
+
+    if not 0.0 < args.sensitivity <= 1.0:
+        raise SystemExit(f"error: --sensitivity must be in (0, 1], got {args.sensitivity}")
+    model = load_model_folder(args.model, args.seed, select_device(args.device))
+    print(
+        f"{model.name}: {model.folder} (seed {model.seed}), "
+        f"input {model.image_size} px from {model.preprocess_size} px",
+        file=sys.stderr,
+    )
+    outcome = predict_files(
+        model,
+        args.images,
+        operating_point=args.operating_point,
+        sensitivity=args.sensitivity,
+        batch_size=args.batch_size,
+        gradcam_dir=args.gradcam,
+    )
+    csv = outcome.table.to_csv(index=False)
+    if args.out is None:
+        sys.stdout.write(csv)
+    else:
+        atomic_write_text(args.out, csv)
+        write_thresholds(
+            args.out.with_suffix(".thresholds.json"), model, outcome, args.operating_point, args.sensitivity
+        )
+    for path, message in outcome.warnings:
+        print(f"warning: {path}: {message}", file=sys.stderr)
+    for path, message in outcome.failures:
+        print(f"error: {path}: {message}", file=sys.stderr)
+    written = f" to {args.out}" if args.out else ""
+    overlays = f", {len(outcome.overlays)} Grad-CAM overlays in {args.gradcam}" if args.gradcam else ""
+    print(f"{len(outcome.table)} images predicted{written}{overlays}, {len(outcome.failures)} failed", file=sys.stderr)
+    return 1 if outcome.failures else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        sys.exit(run_predict(args))
+    except Cxr14Error as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
