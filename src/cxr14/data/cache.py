@@ -28,11 +28,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from cxr14.data.attributes import ATTRIBUTE_COLUMNS, UNKNOWN, count_unknown
+from cxr14.data.images import ImageDecodeError as ImageDecodeError  # raised by _decode; importable from here as before
+from cxr14.data.images import read_bitmap, resize_area, to_gray8
 from cxr14.data.parallel import opencv_single_threaded
 from cxr14.errors import Cxr14Error, InputDataError, MissingInputError
 from cxr14.io import atomic_write_json, atomic_write_text, progress
@@ -42,10 +43,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64  # images per worker task: amortises process overhead, bounds memory per task
 PROGRESS_SAVE_SECONDS = 2.0  # how often resumable progress is recorded (at most this much work is redone)
-
-
-class ImageDecodeError(Cxr14Error, ValueError):
-    """A PNG that cannot be decoded (corrupt, truncated, or not an image)."""
 
 
 class CacheMismatchError(Cxr14Error, ValueError):
@@ -58,21 +55,13 @@ def decode_and_resize(path: Path, size: int) -> np.ndarray:
 
 
 def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
-    """(image, converted): 16-bit and RGB(A) PNGs exist in the NIH set; they become 8-bit gray."""
-    image: np.ndarray | None = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageDecodeError(f"{path}: cannot decode image (corrupt, truncated, or not a PNG)")
-    converted = image.ndim == 3 or image.dtype != np.uint8
-    if image.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        image = cv2.cvtColor(image, code)
-    if image.dtype == np.uint16:
-        image = np.right_shift(image, 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageDecodeError(f"{path}: unsupported pixel type {image.dtype}")
-    if image.shape != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return image, converted
+    """(image, converted): 16-bit and RGB(A) PNGs exist in the NIH set; they become 8-bit gray.
+
+    The conversion is cxr14.data.images' (read_bitmap, to_gray8, resize_area), which `cxr14
+    predict` uses too, so a new PNG is read exactly as the training images were.
+    """
+    image, converted = to_gray8(read_bitmap(path), path)
+    return resize_area(image, size), converted
 
 
 def _decode_chunk(args: tuple[str, int, list[str], int]) -> int:
