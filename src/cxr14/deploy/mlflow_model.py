@@ -7,6 +7,7 @@
     model = mlflow.pyfunc.load_model(info["version_uri"])          # models:/cxr14-cnn/1
     table = model.predict(images, params={"operating_point": "sensitivity"})
 
+    source .venv/bin/activate   # the scoring server runs `uvicorn` from PATH
     MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db mlflow models serve -m models:/cxr14-cnn/1 --env-manager local
     curl -H 'Content-Type: application/json' -d '{"inputs": [[[0, 12, ...], ...]]}' localhost:5000/invocations
 
