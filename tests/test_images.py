@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import (
     HEVCMP51,
     JPEG2000Lossless,
@@ -214,6 +214,18 @@ def test_rescale_then_window_maps_the_window_onto_0_255(tmp_path):
     assert np.all(radiograph.pixels[values <= 2000] == 0) and np.all(radiograph.pixels[values > 4000] == 255)
     assert "window 3000/2001 applied" in radiograph.notes
     assert "rescale slope 2 intercept -1000 applied" in radiograph.notes
+    # A window wider than the data keeps its (low) contrast: the data are not stretched to 0..255.
+    wide = {"BitsStored": 12, "RescaleSlope": 2, "RescaleIntercept": -1000, "WindowCenter": 3000, "WindowWidth": 20001}
+    radiograph = read_radiograph(write_dicom(tmp_path / "wide.dcm", stored, **wide))
+    expected = np.rint(np.clip((values - 2999.5) / 20000 + 0.5, 0, 1) * 255)
+    assert np.abs(radiograph.pixels.astype(float) - expected).max() <= 1
+    assert (radiograph.pixels.min(), radiograph.pixels.max()) == (82, 176)  # (-600, 6800) through the window
+
+
+def test_an_invalid_window_is_unreadable_naming_the_file(tmp_path):
+    path = write_dicom(tmp_path / "bad.dcm", pattern12(), BitsStored=12, WindowCenter=2000, WindowWidth=0)
+    with pytest.raises(UnreadableImageError, match=r"bad\.dcm.*Window Width"):
+        read_radiograph(path)
 
 
 def test_voi_lut_sequence_is_applied_over_its_own_entry_range(tmp_path):
@@ -289,6 +301,16 @@ def test_truncated_dicom_is_unreadable(tmp_path):
         read_radiograph(tmp_path / "cut.dcm")
 
 
+def test_corrupt_compressed_pixel_data_is_unreadable_naming_the_syntax(tmp_path):
+    path = write_dicom(tmp_path / "rle.dcm", pattern12(), BitsStored=12, compress=RLELossless)
+    ds = pydicom.dcmread(path)
+    fragment = next(generate_fragments(ds.PixelData))
+    ds.PixelData = encapsulate([fragment[: len(fragment) // 3]])
+    ds.save_as(tmp_path / "cut_rle.dcm", enforce_file_format=True)
+    with pytest.raises(UnreadableImageError, match=r"cut_rle\.dcm.*RLE Lossless"):
+        read_radiograph(tmp_path / "cut_rle.dcm")
+
+
 def test_dicom_without_pixels_colour_or_frames_is_refused(tmp_path):
     path = write_dicom(tmp_path / "a.dcm", np.zeros((32, 32), np.uint8))
     ds = pydicom.dcmread(path)
@@ -306,7 +328,7 @@ def test_dicom_without_pixels_colour_or_frames_is_refused(tmp_path):
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.PixelData = np.zeros((32, 32, 3), np.uint8).tobytes()
     ds.save_as(tmp_path / "colour.dcm", enforce_file_format=True)
-    with pytest.raises(UnsupportedImageError, match=r"colour\.dcm.*colour \(Photometric Interpretation RGB\)"):
+    with pytest.raises(UnsupportedImageError, match=r"colour\.dcm.*not grayscale \(Photometric Interpretation RGB"):
         read_radiograph(tmp_path / "colour.dcm")
 
 

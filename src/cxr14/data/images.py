@@ -14,7 +14,8 @@ other pixel type, :func:`resize_area` resizes with area interpolation. So a PNG 
 DICOM (pydicom 3; pylibjpeg with its libjpeg/openjpeg plugins decodes JPEG, JPEG-LS and JPEG 2000)
 becomes 8-bit gray in the order of the DICOM grayscale pipeline (:func:`dicom_to_gray8`):
 Modality LUT (rescale slope/intercept), VOI LUT or window, to 8 bits, MONOCHROME1 inverted.
-Single-frame grayscale images only: a colour or multi-frame DICOM is refused (see the function).
+Single-frame grayscale images only: a colour or multi-frame DICOM is refused rather than guessed
+at (which frame? a colour DICOM is a screenshot or photo, not a radiograph).
 
 :func:`check_radiograph` compares an image with what the models were trained on (NIH's frontal,
 square, 8-bit grayscale radiographs using most of 0..255) and returns what refuses it and what
@@ -308,9 +309,9 @@ def _refuse_unusable_dicom(ds: Dataset, path: Path) -> None:
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise UnsupportedImageError(
-            f"{path}: the DICOM image is in colour (Photometric Interpretation {photometric or 'missing'}); "
-            "chest radiographs are MONOCHROME1/MONOCHROME2: this looks like a screenshot or secondary "
-            "capture, use the original radiograph"
+            f"{path}: the DICOM image is not grayscale (Photometric Interpretation {photometric or 'missing'}, "
+            f"{ds.get('SamplesPerPixel', '?')} samples per pixel); chest radiographs are MONOCHROME1/MONOCHROME2 "
+            "with one sample: a colour image is a screenshot or secondary capture, use the original radiograph"
         )
 
 
@@ -363,14 +364,13 @@ def _stored_pixels(ds: Dataset, path: Path) -> np.ndarray:
     _refuse_undecodable_syntax(ds, path)
     try:
         stored: np.ndarray = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as error:  # pydicom: no plugin could decode this syntax
-        raise UnsupportedImageError(f"{path}: cannot decode the DICOM pixel data: {error}") from None
-    except Exception as error:  # truncated or corrupt pixel data; pydicom has no common base for it
+    except Exception as error:  # a decoder exists (checked above): the data are damaged, whatever pydicom raises
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        how = f" ({UID(str(syntax)).name})" if syntax else ""
+        how = f" ({_syntax_name(UID(str(syntax)))})" if syntax else ""
+        reason = " ".join(str(error).split())
         raise UnreadableImageError(
-            f"{path}: the DICOM pixel data{how} cannot be decoded ({error}); the file is truncated or "
-            "corrupt: copy it again from its source"
+            f"{path}: the DICOM pixel data{how} cannot be decoded ({reason}); the file is truncated or corrupt "
+            "(or uses a variant of its compression the installed decoders lack): copy or export it again"
         ) from None
     if stored.ndim != 2:
         raise UnsupportedImageError(f"{path}: DICOM pixel array of shape {stored.shape}; expected one 2-D frame")
@@ -468,7 +468,13 @@ def _read_dicom_radiograph(path: Path, has_magic: bool) -> Radiograph:
     ds = _open_dicom(path, has_magic)
     _refuse_unusable_dicom(ds, path)
     stored = _stored_pixels(ds, path)
-    pixels, notes = dicom_to_gray8(stored, ds)
+    try:
+        pixels, notes = dicom_to_gray8(stored, ds)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError) as error:
+        raise UnreadableImageError(
+            f"{path}: invalid DICOM grayscale attributes (rescale, window or VOI LUT): {error}; fix them (or "
+            "remove the faulty window/LUT) with a DICOM editor, or export the image again"
+        ) from None
     return Radiograph(
         path=path,
         pixels=pixels,
