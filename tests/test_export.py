@@ -1,0 +1,270 @@
+"""TorchScript and ONNX export (cxr14.deploy.export): real exports of registered models, run back
+with torch.jit.load and onnxruntime, against the PyTorch model on phantom radiographs.
+
+Each architecture is exported once per module (64 px network input from a 96 px cache, so the
+contract's second, non-integer area resize is exercised) and shared by the tests below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import numpy_helper
+
+from cxr14.config import ConfigError
+from cxr14.data.cache import decode_and_resize
+from cxr14.data.loader import prepare_batch
+from cxr14.data.phantom import make_anatomy, render_image
+from cxr14.deploy import export as export_module
+from cxr14.deploy.export import (
+    LOGIT_TOLERANCE,
+    ExportError,
+    ExportParityError,
+    export_model,
+    preprocessing_contract,
+)
+from cxr14.errors import InputDataError
+from cxr14.labels import LABELS
+from cxr14.models import build_model
+
+# The tests' own torch.jit.load/save calls: TorchScript is deprecated in favour of torch.export.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
+
+IMAGE_SIZE = 64
+PREPROCESS_SIZE = 96
+# The four default models of params.yaml, plus a project CNN with its own stem and a DenseNet.
+MODELS = ["cnn", "vit_v1", "resnet18", "convnextv2_seed", "resmobilenet_v2", "densenet121"]
+FILES = ["export.json", "model.onnx", "model.ts", "preprocessing.json"]
+
+
+def phantom_pixels(count: int, size: int = PREPROCESS_SIZE, first_patient: int = 1) -> np.ndarray:
+    """uint8 [count, size, size] phantom radiographs, with and without findings."""
+    findings = [(), ("Effusion",), ("Cardiomegaly", "Mass"), ("Pneumothorax",)]
+    return np.stack(
+        [
+            render_image(
+                make_anatomy(0, patient),
+                findings[patient % len(findings)],
+                np.random.default_rng([0, patient]),
+                size,
+            )
+            for patient in range(first_patient, first_patient + count)
+        ]
+    )
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    return build_model(name, 15, IMAGE_SIZE, pretrained=False)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def exported(request, tmp_path_factory):
+    """(bundle, record, out_dir) of one architecture exported with a parity check on 4 images."""
+    bundle = build(request.param)
+    bundle.model.train()  # the export must not leave it in eval mode
+    out_dir = tmp_path_factory.mktemp(request.param) / "export"
+    record = export_model(bundle, IMAGE_SIZE, PREPROCESS_SIZE, out_dir, check_images=phantom_pixels(4))
+    assert bundle.model.training and all(module.training for module in bundle.model.modules())
+    bundle.model.eval()
+    return bundle, record, out_dir
+
+
+def inputs_of(bundle, pixels: np.ndarray) -> torch.Tensor:
+    return prepare_batch(torch.from_numpy(pixels).unsqueeze(1), bundle.in_chans, bundle.mean, bundle.std, IMAGE_SIZE)
+
+
+def run_onnx(path: Path, inputs: torch.Tensor) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [value.name for value in session.get_inputs()] == ["image"]
+    assert [value.name for value in session.get_outputs()] == ["logits"]
+    return session.run(["logits"], {"image": inputs.numpy()})[0]
+
+
+def run_torchscript(path: Path, inputs: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.jit.load(str(path)).eval()(inputs).numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(("file_name", "runner"), [("model.onnx", run_onnx), ("model.ts", run_torchscript)])
+def test_exported_model_matches_pytorch_at_any_batch_size(exported, batch, file_name, runner):
+    bundle, _, out_dir = exported
+    inputs = inputs_of(bundle, phantom_pixels(batch, first_patient=20))  # not the export's check images
+    with torch.no_grad():
+        reference = bundle.model(inputs).numpy()
+    logits = runner(out_dir / file_name, inputs)
+    assert logits.shape == (batch, len(LABELS)) and logits.dtype == np.float32
+    assert np.abs(logits - reference).max() <= LOGIT_TOLERANCE * max(1.0, np.abs(reference).max())
+    assert np.abs(reference).max() > 1e-3  # the comparison is not between two near-zero outputs
+
+
+def test_export_folder_and_record(exported):
+    bundle, record, out_dir = exported
+    assert sorted(path.name for path in out_dir.iterdir()) == FILES
+    assert json.loads((out_dir / "export.json").read_text()) == json.loads(json.dumps(record))
+    assert record["architecture"] == bundle.name
+    assert (record["image_size"], record["preprocess_size"]) == (IMAGE_SIZE, PREPROCESS_SIZE)
+    for name, entry in record["files"].items():
+        payload = (out_dir / name).read_bytes()
+        assert entry == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    parity = record["parity"]
+    assert parity["images"] == 4 and parity["batch_sizes"] == [4, 1]
+    assert parity["allowed_logit_difference"] == LOGIT_TOLERANCE * max(1.0, parity["reference_max_abs_logit"])
+    for format_name in ("torchscript", "onnx"):
+        measured = parity[format_name]
+        assert 0.0 <= measured["max_abs_logit_difference"] <= parity["allowed_logit_difference"]
+        # sigmoid's slope is at most 1/4
+        assert measured["max_abs_probability_difference"] <= measured["max_abs_logit_difference"] / 4 + 1e-12
+
+
+def test_both_model_files_carry_the_contract(exported):
+    bundle, _, out_dir = exported
+    contract = json.loads((out_dir / "preprocessing.json").read_text())
+    assert contract == preprocessing_contract(bundle, IMAGE_SIZE, PREPROCESS_SIZE)
+    metadata = {entry.key: entry.value for entry in onnx.load(str(out_dir / "model.onnx")).metadata_props}
+    assert json.loads(metadata["cxr14.preprocessing"]) == contract
+    extra = {"preprocessing.json": ""}
+    torch.jit.load(str(out_dir / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["preprocessing.json"]) == contract
+
+
+@pytest.mark.parametrize(("name", "mean", "std"), [("cnn", [0.0] * 3, [1.0] * 3), ("resnet18", None, None)])
+def test_contract_fields(name, mean, std):
+    bundle = build(name)
+    contract = preprocessing_contract(bundle, IMAGE_SIZE, PREPROCESS_SIZE)
+    assert contract["format"] == "cxr14-preprocessing" and contract["format_version"] == 1
+    assert contract["architecture"] == name
+    assert contract["input"] == {"name": "image", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, 64, 64]}
+    assert contract["output"]["name"] == "logits" and contract["output"]["shape"] == ["batch", 15]
+    assert contract["output"]["labels"] == list(LABELS)
+    assert "sigmoid" in contract["output"]["probabilities"]
+    steps = contract["preprocessing"]
+    assert [step["op"] for step in steps] == [
+        "decode_gray8",
+        "resize",
+        "scale",
+        "resize",
+        "repeat_channels",
+        "normalize",
+    ]
+    assert steps[1]["size"] == [96, 96] and steps[1]["method"] == "cv2.INTER_AREA"
+    assert steps[3]["size"] == [64, 64] and "area" in steps[3]["method"]
+    normalize = steps[-1]
+    if mean is None:  # timm's ImageNet statistics, per channel
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    assert normalize["mean"] == pytest.approx(mean) and normalize["std"] == pytest.approx(std)
+    same_size = preprocessing_contract(bundle, PREPROCESS_SIZE, PREPROCESS_SIZE)["preprocessing"]
+    assert [step["op"] for step in same_size] == ["decode_gray8", "resize", "scale", "repeat_channels", "normalize"]
+    json.dumps(contract, allow_nan=False)  # plain JSON
+
+
+def follow_contract(path: Path, contract: dict) -> np.ndarray:
+    """A consumer outside the project: the contract's steps with cv2 and numpy only."""
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    for step in contract["preprocessing"]:
+        if step["op"] == "resize" and step["method"] == "cv2.INTER_AREA":
+            image = cv2.resize(image.astype(np.uint8), tuple(step["size"]), interpolation=cv2.INTER_AREA)
+        elif step["op"] == "scale":
+            image = image.astype(np.float32) / np.float32(step["divide_by"])
+        elif step["op"] == "resize":
+            image = area_pool(area_pool(image, step["size"][0]).T, step["size"][1]).T
+        elif step["op"] == "repeat_channels":
+            image = np.repeat(image[None], step["channels"], axis=0)
+        elif step["op"] == "normalize":
+            mean, std = (np.asarray(step[key], np.float32)[:, None, None] for key in ("mean", "std"))
+            image = (image - mean) / std
+    return image
+
+
+def area_pool(image: np.ndarray, size: int) -> np.ndarray:
+    """Rows of `image` averaged down to `size` rows, as the contract's area resize describes."""
+    rows = image.shape[0]
+    spans = [(math.floor(i * rows / size), math.ceil((i + 1) * rows / size)) for i in range(size)]
+    return np.stack([image[start:end].mean(axis=0) for start, end in spans])
+
+
+def test_a_consumer_following_the_contract_gets_the_networks_input(tmp_path):
+    radiograph = phantom_pixels(1, size=250)[0]  # an "original" at another size than the cache
+    path = tmp_path / "radiograph.png"
+    assert cv2.imwrite(str(path), radiograph)
+    for name in ("cnn", "resnet18"):
+        bundle = build(name)
+        contract = preprocessing_contract(bundle, IMAGE_SIZE, PREPROCESS_SIZE)
+        cache_pixels = decode_and_resize(path, PREPROCESS_SIZE)  # the project's own cache step
+        expected = inputs_of(bundle, cache_pixels[None])[0].numpy()
+        consumed = follow_contract(path, contract)
+        assert consumed.shape == tuple(contract["input"]["shape"][1:]) == expected.shape
+        np.testing.assert_allclose(consumed, expected, rtol=0, atol=1e-5)
+
+
+def corrupt_onnx_classifier(path: Path, bundle) -> None:
+    """Add 1 to the classifier bias stored in the ONNX file (every logit moves by 1)."""
+    bias = [name for name, _ in bundle.model.named_parameters()][-1]
+    assert bias.endswith("bias")
+    model = onnx.load(str(path))
+    initializer = next(tensor for tensor in model.graph.initializer if tensor.name == bias)
+    initializer.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(initializer) + 1.0, bias))
+    onnx.save(model, str(path))
+
+
+def corrupt_torchscript_classifier(path: Path, bundle) -> None:
+    """Add 1 to the classifier bias of the saved TorchScript model, keeping its extra files."""
+    extra = {"preprocessing.json": ""}
+    loaded = torch.jit.load(str(path), _extra_files=extra)
+    with torch.no_grad():
+        list(loaded.parameters())[-1].add_(1.0)
+    torch.jit.save(loaded, str(path), _extra_files=extra)
+
+
+@pytest.mark.parametrize(
+    ("writer", "corrupt"),
+    [("export_onnx", corrupt_onnx_classifier), ("export_torchscript", corrupt_torchscript_classifier)],
+)
+def test_a_file_that_computes_otherwise_fails_the_parity_check_and_nothing_is_written(
+    tmp_path, monkeypatch, writer, corrupt
+):
+    bundle = build("convnextv2_seed")
+    earlier = tmp_path / "export"
+    export_model(bundle, IMAGE_SIZE, PREPROCESS_SIZE, earlier)  # an earlier export, no parity check
+    before = {path.name: path.read_bytes() for path in earlier.iterdir()}
+    real_writer = getattr(export_module, writer)
+
+    def write_then_corrupt(bundle, image_size, path, *args, **kwargs):
+        written = real_writer(bundle, image_size, path, *args, **kwargs)
+        corrupt(written, bundle)
+        return written
+
+    monkeypatch.setattr(export_module, writer, write_then_corrupt)
+    for out_dir in (tmp_path / "new", earlier):
+        with pytest.raises(ExportParityError, match=r"convnextv2_seed: the (onnx|torchscript) export's logits differ"):
+            export_model(bundle, IMAGE_SIZE, PREPROCESS_SIZE, out_dir, check_images=phantom_pixels(2))
+    assert not (tmp_path / "new").exists()
+    assert {path.name: path.read_bytes() for path in earlier.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]  # no staging folder left
+
+
+def test_refused_before_exporting(tmp_path):
+    bundle = build("convnextv2_seed")
+    with pytest.raises(ConfigError, match="image_size 128 exceeds the cache size"):
+        export_model(bundle, 128, PREPROCESS_SIZE, tmp_path / "a")
+    with pytest.raises(InputDataError, match=r"check_images must be uint8 \[N, 96, 96\].*shape \[2, 64, 64\]"):
+        export_model(bundle, IMAGE_SIZE, PREPROCESS_SIZE, tmp_path / "b", check_images=phantom_pixels(2, size=64))
+    with pytest.raises(InputDataError, match="got float32"):
+        export_model(bundle, IMAGE_SIZE, PREPROCESS_SIZE, tmp_path / "c", check_images=np.zeros((1, 96, 96), "f4"))
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not empty and not an earlier export"):
+        export_model(bundle, IMAGE_SIZE, PREPROCESS_SIZE, foreign)
+    assert [path.name for path in foreign.iterdir()] == ["notes.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["results"]
