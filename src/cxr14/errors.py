@@ -11,8 +11,8 @@ metadata row). The families:
   fit the data or the machine), `models.registry.UnknownModelError`;
 - missing inputs: `MissingInputError` here (an earlier stage's output or a user file is absent);
 - bad input data: `InputDataError` here, `data.metadata.MetadataError` (+ `ImageChangedError`),
-  `data.nih_layout.NihLayoutError`, `data.boxes.BoxError`, `data.cache.ImageDecodeError` /
-  `CacheMismatchError`, `data.split.LeakageError`, `labels.UnknownFindingError`,
+  `data.nih_layout.NihLayoutError`, `data.boxes.BoxError`, `data.images.ImageDecodeError`
+  (`UnreadableImageError`, `UnsupportedImageError`), `data.cache.CacheMismatchError`, `data.split.LeakageError`, `labels.UnknownFindingError`,
   `training.checkpoint.CheckpointError`, `models.registry.PretrainedWeightsError`,
   `reporting.files.ReportError`, `reporting.comparison.ComparisonError`,
   `evaluation.gradcam.ExplainError`;

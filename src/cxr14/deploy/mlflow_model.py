@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from cxr14 import tracking
+from cxr14.deploy.outputs import DEFAULT_OPERATING_POINT, OPERATING_POINTS, POSITIVE_SUFFIX
 from cxr14.errors import Cxr14Error, MissingInputError
 from cxr14.inference import predict, select_device
 from cxr14.io import atomic_directory, atomic_write_json
@@ -66,9 +67,6 @@ WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model.json"
 # The file MLflow logs as the model's code (models from code): it defines the python model.
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
-OPERATING_POINTS = ("max_f1", "sensitivity")
-DEFAULT_OPERATING_POINT = "max_f1"
-POSITIVE_SUFFIX = " positive"
 # The artifact key of the package folder in the logged model, and the logged model's name prefix.
 PACKAGE_ARTIFACT = "package"
 NAME_PREFIX = "cxr14-"

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from cxr14.data.images import check_radiograph, find_images, prepare_for_model
+from cxr14.deploy.outputs import OPERATING_POINTS, POSITIVE_SUFFIX
 from cxr14.errors import Cxr14Error
 from cxr14.evaluation.gradcam import find_taps, grad_cam
 from cxr14.evaluation.metrics import sensitivity_threshold
@@ -51,10 +52,8 @@ from cxr14.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-OPERATING_POINTS = ("max_f1", "sensitivity")
 DEFAULT_SENSITIVITY = 0.9  # = params.yaml evaluate.sensitivity_target, the report's second operating point
 CHUNK = 256  # images read and scored at a time: memory stays bounded whatever the folder holds
-POSITIVE_SUFFIX = " positive"
 
 
 class ModelFolderError(Cxr14Error, ValueError):
