@@ -22,7 +22,7 @@ from cxr14.config import load_config
 from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 from cxr14.model_names import check_known_model_names
 from cxr14.reporting.comparison import load_predictions, paired_comparisons
-from cxr14.reporting.files import per_model_json
+from cxr14.reporting.files import ReportError, per_model_json
 from cxr14.reporting.html import render_html
 from cxr14.reporting.report import build_report, load_efficiency, load_layer_tables, load_records, rank_records
 from cxr14.reporting.sections import (
@@ -39,6 +39,15 @@ TITLE = "cxr14 — model comparison"
 def _json(path: Path) -> dict:
     with path.open(encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _cards(folder: Path, models: list[str]) -> dict[str, Path]:
+    """metrics/cards/<model>.md of every model, each checked to exist (the report links them)."""
+    cards = {model: folder / f"{model}.md" for model in models}
+    for model, card in cards.items():
+        if not card.is_file():
+            raise ReportError(f"{card}: missing model card; run `dvc repro export@{model}`")
+    return cards
 
 
 def main(args) -> None:
@@ -92,6 +101,7 @@ def _report(
             "subgroups": per_model_json(Path(args.subgroups), models, "evaluate"),
             "expert_summary": _json(Path(args.expert_summary)) if args.expert_summary else None,
             "phantom": cfg.data.source == "phantom",
+            "cards": _cards(Path(args.cards), models) if args.cards else {},
         },
     )
     final_link, staged_link = (
@@ -133,6 +143,7 @@ if __name__ == "__main__":
         default="metrics/figures",
         help="per-model ROC/PR, reliability and training figures (default: %(default)s)",
     )
+    parser.add_argument("--cards", help="per-model model cards to link, e.g. metrics/cards (export@ writes them)")
     parser.add_argument(
         "--figures-out",
         default="metrics/report_figures",

@@ -75,6 +75,8 @@ SCRIPT = re.compile(r"\bpipeline/[\w/]+\.py\b")
 # name, e.g. through importlib.resources.files, and the files read).
 RESOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cxr14.data.official_split": (("cxr14.data.resources",), ("src/cxr14/data/resources/test_list.txt.gz",)),
+    # The MLflow model's code file (models from code), logged beside the model.
+    "cxr14.deploy.mlflow_model": ((), ("src/cxr14/deploy/pyfunc_model.py",)),
 }
 # Source text that betrays a read of package data or of a file next to the code.
 RESOURCE_HINTS = re.compile(

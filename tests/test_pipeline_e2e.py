@@ -279,6 +279,56 @@ def test_radiologists_subgroups_and_calibration_reach_the_files_and_mlflow(repo)
         assert logged == {f"{model}.json"}
 
 
+def test_cxr14_predict_on_the_phantom_images_gives_evaluates_test_scores(repo, tmp_path):
+    """The README's command on the repro's own images: every test image scores as evaluate@ scored
+    it from the cache (same pixels, same function), and the calls use best.pt's thresholds, which
+    are the thresholds evaluate@ chose."""
+    import numpy as np
+    import pandas as pd
+
+    from cxr14.labels import LABELS
+
+    work, env, _ = repo
+    for model in MODELS:
+        out = tmp_path / f"{model}.csv"
+        command = ["predict", "--model", f"models/{model}", "data/raw/images", "--out", str(out)]
+        result = subprocess.run(
+            [sys.executable, "-m", "cxr14", *command], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        table = pd.read_csv(out)
+        table.index = table["image"].map(lambda path: Path(path).name)
+        assert len(table) == len(list((work / "data" / "raw" / "images").glob("*.png")))
+        evaluated = pd.read_csv(work / "metrics" / "predictions" / f"{model}.csv").set_index("image_id")
+        np.testing.assert_allclose(
+            table.loc[evaluated.index, list(LABELS)].to_numpy(), evaluated[list(LABELS)].to_numpy(), rtol=0, atol=1e-6
+        )
+        details = json.loads((work / "metrics" / "details" / f"{model}.json").read_text())
+        used = json.loads(out.with_suffix(".thresholds.json").read_text())
+        assert used["thresholds"] == details["metrics"]["thresholds"] and used["seed"] == 42
+
+
+def test_export_registers_every_model_with_a_card(repo):
+    work, env, _ = repo
+    client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    report = (work / "metrics" / "report.md").read_text()
+    for model in MODELS:
+        registry = json.loads((work / "exports" / model / "registry.json").read_text())
+        version = client.get_model_version(f"cxr14-{model}", str(registry["version"]))
+        headline = json.loads((work / "metrics" / f"{model}.json").read_text())
+        assert f"test macro AUROC {headline['macro_auroc']:.3f}" in version.description
+        assert (
+            version.run_id
+            == json.loads((work / "models" / model / "seed-42" / "mlflow_run.json").read_text())["run_id"]
+        )
+        parity = json.loads((work / "exports" / model / "network" / "export.json").read_text())["parity"]
+        assert parity is not None and parity["images"] > 0
+        card = (work / "metrics" / "cards" / f"{model}.md").read_text()
+        assert "not a medical device" in card.lower() and f"cards/{model}.md" in report
+        logged = {Path(item.path).name for item in client.list_artifacts(version.run_id, "card")}
+        assert logged == {f"{model}.md"}
+
+
 def test_patients_never_cross_splits(repo):
     work, _, _ = repo
     import pandas as pd

@@ -12,6 +12,7 @@ so the report can always be traced back (and regenerated with `dvc repro report`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -207,7 +208,8 @@ def build_report(
 
     Figures are referenced relative to `report_dir` (where report.md is written). `review`:
     {"subgroups": {model: metrics/subgroups/<model>.json}, "expert_summary": metrics/expert_labels.json,
-    "phantom": bool} for the reviewer's sections (cxr14.reporting.review).
+    "phantom": bool, "cards": {model: metrics/cards/<model>.md}} for the reviewer's sections
+    (cxr14.reporting.review) and the links to the model cards.
     """
     review = review or {}
     ranked = sorted(records, key=_rank_key)
@@ -215,6 +217,7 @@ def build_report(
     if split_summary:
         lines += _data_size_lines(split_summary)
     lines += _ranking_lines(ranked, efficiency)
+    lines += card_lines(ranked, review.get("cards") or {}, report_dir)
     lines += seed_lines(ranked)
     lines += comparison_lines(comparisons or [], resamples)
     if chexnet_reference and ranked:
@@ -293,6 +296,23 @@ def _ranking_lines(ranked: list[dict], efficiency: dict[str, dict] | None) -> li
             f"{t['train_seconds']:.0f} | {m['classes_in_macro_auroc']} |"
         )
     return lines
+
+
+def card_lines(ranked: list[dict], cards: dict[str, Path], report_dir: Path) -> list[str]:
+    """One line linking each ranked model's card (intended use, thresholds, limitations)."""
+    links = [
+        f"[`{record['model']}`]({Path(os.path.relpath(cards[record['model']], report_dir)).as_posix()})"
+        for record in ranked
+        if record["model"] in cards
+    ]
+    if not links:
+        return []
+    return [
+        "",
+        "Model cards (data, intended use, thresholds, subgroups, limitations; `cxr14 predict` applies a model): "
+        + " · ".join(links),
+        "",
+    ]
 
 
 def _per_class_lines(ranked: list[dict]) -> list[str]:
