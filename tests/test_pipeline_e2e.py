@@ -300,8 +300,9 @@ def test_cxr14_predict_on_the_phantom_images_gives_evaluates_test_scores(repo, t
         table.index = table["image"].map(lambda path: Path(path).name)
         assert len(table) == len(list((work / "data" / "raw" / "images").glob("*.png")))
         evaluated = pd.read_csv(work / "metrics" / "predictions" / f"{model}.csv").set_index("image_id")
+        # The predictions file keeps 5 decimals (pipeline/evaluate.py): equal up to that rounding.
         np.testing.assert_allclose(
-            table.loc[evaluated.index, list(LABELS)].to_numpy(), evaluated[list(LABELS)].to_numpy(), rtol=0, atol=1e-6
+            table.loc[evaluated.index, list(LABELS)].to_numpy(), evaluated[list(LABELS)].to_numpy(), rtol=0, atol=5.1e-6
         )
         details = json.loads((work / "metrics" / "details" / f"{model}.json").read_text())
         used = json.loads(out.with_suffix(".thresholds.json").read_text())
