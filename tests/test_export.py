@@ -294,3 +294,26 @@ def test_weights_beyond_the_onnx_file_limit_are_refused_naming_the_model(tmp_pat
     with pytest.raises(ExportError, match=r"huge_cnn: its weights take 4\.30 GB, beyond the 2 GB an ONNX file"):
         export_onnx(bundle, IMAGE_SIZE, tmp_path / "model.onnx")
     assert not any(tmp_path.iterdir())
+
+
+class CountsBrightChannels(nn.Module):
+    """Scales its logits by a number computed in Python from the input: a trace fixes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(3, 15)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        means = images.mean(dim=(2, 3))
+        bright = int((means > 0).sum())  # a Python int: traced as the example input's value
+        return self.classifier(means) * bright
+
+
+def test_a_model_whose_trace_fixes_a_value_fails_the_parity_check(tmp_path):
+    torch.manual_seed(0)
+    bundle = ModelBundle("counts_bright", CountsBrightChannels(), 3, (0.5,), (0.25,))
+    with pytest.raises(
+        ExportParityError, match="counts_bright: the torchscript export's logits differ.*make the forward"
+    ):
+        export_model(bundle, 32, 32, tmp_path / "export", check_images=phantom_pixels(3, size=32))
+    assert not any(tmp_path.iterdir())

@@ -73,6 +73,8 @@ TORCHSCRIPT_EXTRA_FILE = "preprocessing.json"
 FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "contract": "preprocessing.json", "record": "export.json"}
 # The batch the models are traced with: not 1, which torch.export would fix as a constant.
 _EXAMPLE_BATCH = 2
+# Logs every data-dependent value torch.export meets, with the graph, at WARNING.
+_SYMBOLIC_SHAPES = "torch.fx.experimental.symbolic_shapes"
 # protobuf cannot serialise an ONNX file of 2 GiB or more with the weights inside.
 _ONNX_MAX_BYTES = 2**31 - 1
 
@@ -216,10 +218,14 @@ def _example_input(bundle: ModelBundle, image_size: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
-    """Silence the exporters' deprecation notes, tracer warnings and progress logging."""
-    noisy = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    """Silence the exporters: deprecation notes, tracer warnings, progress logging, and the graphs
+    torch.export prints to stderr when a capture strategy fails before another succeeds (logged at
+    DEBUG level instead)."""
+    names = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", _SYMBOLIC_SHAPES, "onnxscript")
+    noisy = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in noisy]
-    with warnings.catch_warnings():
+    printed = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         warnings.simplefilter("ignore")
         for logger in noisy:
             logger.setLevel(logging.ERROR)
@@ -228,6 +234,8 @@ def _quiet_export() -> Iterator[None]:
         finally:
             for logger, level in zip(noisy, levels):
                 logger.setLevel(level)
+            if printed.getvalue().strip():
+                log.debug("exporter output:\n%s", printed.getvalue())
 
 
 def export_torchscript(bundle: ModelBundle, image_size: int, path: Path, *, contract: dict | None = None) -> Path:
@@ -465,6 +473,14 @@ def _max_difference(outputs: list[np.ndarray], references: list[np.ndarray], tra
     return max(differences)
 
 
+_PARITY_HINTS = {
+    "torchscript": "tracing fixed a value the model's Python code derives from its input (a branch on the data or "
+    "the batch size): make the forward traceable, or use the ONNX file alone",
+    "onnx": "the ONNX graph computes otherwise (an operator translated differently, or a value fixed at export): "
+    "try another opset (export_onnx(opset=...)) or report it naming the model",
+}
+
+
 def _raise_if_apart(name: str, parity: dict[str, Any], allowed: float) -> None:
     for format_name in ("torchscript", "onnx"):
         difference = parity[format_name]["max_abs_logit_difference"]
@@ -472,8 +488,7 @@ def _raise_if_apart(name: str, parity: dict[str, Any], allowed: float) -> None:
             raise ExportParityError(
                 f"{name}: the {format_name} export's logits differ from the PyTorch model's by up to {difference:.3g} "
                 f"on {parity['images']} check images (allowed {allowed:.3g}: tolerance {parity['tolerance']:g} "
-                "x max(1, largest |logit|)); nothing was exported; the exporter changed the model's computation: "
-                "report it with the model name, or export with another opset"
+                f"x max(1, largest |logit|)); nothing was exported; {_PARITY_HINTS[format_name]}"
             )
 
 
