@@ -12,10 +12,13 @@ metadata row). The families:
 - missing inputs: `MissingInputError` here (an earlier stage's output or a user file is absent);
 - bad input data: `InputDataError` here, `data.metadata.MetadataError` (+ `ImageChangedError`),
   `data.nih_layout.NihLayoutError`, `data.boxes.BoxError`, `data.images.ImageDecodeError`
-  (`UnreadableImageError`, `UnsupportedImageError`), `data.cache.CacheMismatchError`, `data.split.LeakageError`, `labels.UnknownFindingError`,
+  (`UnreadableImageError`, `UnsupportedImageError`), `data.cache.CacheMismatchError`,
+  `data.split.LeakageError`, `labels.UnknownFindingError`,
   `training.checkpoint.CheckpointError`, `models.registry.PretrainedWeightsError`,
   `reporting.files.ReportError`, `reporting.comparison.ComparisonError`,
-  `evaluation.gradcam.ExplainError`;
+  `evaluation.gradcam.ExplainError`, `deploy.predict.ModelFolderError`,
+  `deploy.mlflow_model.PackageError` / `ModelInputError`, `deploy.export.ExportError`
+  (+ `ExportParityError`);
 - the environment: `data.nih_download.NihDownloadError` (+ download, checksum, archive and disk
   space errors), `io.OutputNotWritableError`, `tracking.TrackingUnavailableError` /
   `RecordedRunMissingError`, `InstallationError` here.
