@@ -21,7 +21,8 @@ Three steps, all under `--work` (deleted at the end unless --keep):
    `--train-steps` steps on the CPU (`--set key=value` changes any other params key).
 3. Each stage in DAG order with `dvc repro --single-item <stage>` (fetch, split, preprocess,
    boxes, expert_labels, train@<model>-<seed>, evaluate@, profile@, explain@, export@, report),
-   then a no-op `dvc repro`.
+   then a no-op `dvc repro` (`--until STAGE` stops after STAGE; the no-op is then `dvc repro STAGE`).
+   `--from-commit HEAD` benchmarks a commit's code instead of the working tree's.
 
 How time and memory are measured, from outside (neither DVC nor the stage is changed): the
 `dvc` process is started here and its process tree is polled every `--poll` seconds (psutil).
@@ -36,7 +37,8 @@ from wait4, exact), and the largest sum over the tree seen by the polls (counts 
 processes of `preprocess` together). Disk is the allocated size (hard links counted once) of
 data/, .dvc/cache, models/, metrics/ and exports/ after each stage.
 
-Output: a Markdown table on stdout and, with --json, every number in a JSON file.
+Output: a Markdown table on stdout and, with --json, every number in a JSON file (written
+also when a stage fails: the stages before it, and the failure; the exit status is then 1).
 """
 
 from __future__ import annotations
@@ -294,9 +296,12 @@ def _in_test(name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------- the repo copy
-def bench_params(nih: Path, models: list[str], train_steps: int, settings: list[str]) -> dict[str, Any]:
-    """The project's params.yaml on `nih` data: `models`, one epoch of `train_steps` steps, CPU."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+def bench_params(
+    nih: Path, models: list[str], train_steps: int, settings: list[str], commit: str | None = None
+) -> dict[str, Any]:
+    """The project's params.yaml (`commit`'s, or the working tree's) on `nih` data: `models`, one epoch of
+    `train_steps` steps, CPU."""
+    params = yaml.safe_load(project_file("params.yaml", commit))
     params["data"]["source"] = "nih"
     params["data"]["nih"]["path"] = str(nih)
     params["models"] = models
@@ -314,13 +319,33 @@ def bench_params(nih: Path, models: list[str], train_steps: int, settings: list[
     return params
 
 
-def make_repo(repo: Path, params: dict[str, Any]) -> dict[str, str]:
-    """A git + DVC repository at `repo` with the project's code and `params`; returns the env to run it in."""
-    repo.mkdir(parents=True)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+def project_file(name: str, commit: str | None) -> str:
+    """The text of the project's file `name`: in the working tree, or at `commit`."""
+    if commit is None:
+        return (REPO_ROOT / name).read_text(encoding="utf-8")
+    return subprocess.run(
+        ["git", "show", f"{commit}:{name}"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def copy_project(repo: Path, commit: str | None) -> None:
+    """dvc.yaml, .gitignore, .dvcignore, pipeline/ and src/ into `repo`: the working tree's, or `commit`'s."""
+    names = ("dvc.yaml", ".gitignore", ".dvcignore", "pipeline", "src")
+    if commit is not None:
+        archive = subprocess.run(["git", "archive", commit, *names], cwd=REPO_ROOT, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
+        return
+    for name in names[:3]:
         shutil.copy(REPO_ROOT / name, repo / name)
-    for folder in ("pipeline", "src"):
+    for folder in names[3:]:
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+
+
+def make_repo(repo: Path, params: dict[str, Any], commit: str | None = None) -> dict[str, str]:
+    """A git + DVC repository at `repo` with the project's code (`commit`'s, or the working tree's) and
+    `params`; returns the env to run it in."""
+    repo.mkdir(parents=True)
+    copy_project(repo, commit)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = {
         **os.environ,
@@ -335,7 +360,7 @@ def make_repo(repo: Path, params: dict[str, Any]) -> dict[str, str]:
     }
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
-    shutil.copy(REPO_ROOT / ".dvcignore", repo / ".dvcignore")  # dvc init wrote its own
+    (repo / ".dvcignore").write_text(project_file(".dvcignore", commit), encoding="utf-8")  # dvc init wrote its own
     subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(["git", "commit", "-qm", "scale benchmark"], cwd=repo, env=env, check=True, capture_output=True)
     return env
@@ -479,12 +504,21 @@ def disk_usage(repo: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------- running
-def run_pipeline(repo: Path, env: dict[str, str], stages: list[str], poll: float) -> list[Measurement]:
-    """`dvc repro --single-item` of each stage in order, then a no-op `dvc repro`; one Measurement each."""
+def run_pipeline(
+    repo: Path, env: dict[str, str], stages: list[str], poll: float, results: list[Measurement], until: str | None
+) -> list[Measurement]:
+    """`dvc repro --single-item` of each stage in order, then a no-op `dvc repro`; one Measurement each.
+
+    Measurements are appended to `results` as they are taken, so a caller still has those of the
+    stages before a failure.
+    """
     markers = script_markers(repo)
     logs = repo.parent / "logs"
     logs.mkdir(exist_ok=True)
-    results = []
+    if until is not None:
+        if until not in stages:
+            raise BenchmarkError(f"--until {until}: not a stage of this run; choose one of {', '.join(stages)}")
+        stages = stages[: stages.index(until) + 1]
     for stage in stages:
         marker = markers[stage.split("@")[0]]
         command = ["dvc", "repro", "--single-item", stage]
@@ -494,7 +528,9 @@ def run_pipeline(repo: Path, env: dict[str, str], stages: list[str], poll: float
         result.disk_bytes = disk_usage(repo)
         results.append(result)
         print(f"{stage}: {result.wall_s:.1f} s ({result.dvc_s:.1f} s DVC)", file=sys.stderr, flush=True)
-    noop = measure("no-op dvc repro", ["dvc", "repro"], repo, env, "pipeline/", poll, logs / "noop.log")
+    # After --until, `dvc repro <last stage>`: a no-op over the stages run (the rest never ran).
+    target = [] if until is None else [until]
+    noop = measure("no-op dvc repro", ["dvc", "repro", *target], repo, env, "pipeline/", poll, logs / "noop.log")
     if noop.script_seen:
         raise BenchmarkError(
             f"the no-op `dvc repro` re-ran a stage (log {logs / 'noop.log'}): a stage is not reproducible"
@@ -544,12 +580,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-steps", type=int, default=50, help="train.max_steps_per_epoch (1 epoch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other params key")
     parser.add_argument("--pool", type=Path, default=None, help="folder of the distinct PNGs (default: WORK/pool)")
+    parser.add_argument(
+        "--from-commit", default=None, metavar="REV", help="benchmark this commit's code (default: the working tree)"
+    )
+    parser.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage (e.g. boxes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated metadata")
     parser.add_argument("--workers", type=int, default=0, help="processes rendering PNGs (0 = all cores)")
     parser.add_argument("--poll", type=float, default=0.05, help="process-tree polling interval in s")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (else it is deleted)")
     return parser.parse_args(argv)
+
+
+def report_results(args: argparse.Namespace, folder: dict, params: dict, results: list, failure: str | None) -> None:
+    """The Markdown table on stdout and, with --json, the JSON report (also after a failed stage)."""
+    report = {
+        "environment": environment(),
+        "folder": folder,
+        "split_method": params["split"]["method"],
+        "params": {key: params[key] for key in ("models", "train_seeds", "evaluate")} | {"train": params["train"]},
+        "code": args.from_commit or "working tree",
+        "method": f"dvc repro --single-item <stage>; process tree polled every {args.poll:.3f} s",
+        "stages": [asdict(result) for result in results],
+        "failure": failure,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(markdown_table(results))
+    print(
+        f"\n{folder['images']:,} images ({folder['distinct_pngs']:,} distinct {args.image_size} px PNGs, "
+        f"{folder['link']}s), {folder['patients']:,} patients, {folder['official_test_images']:,} official "
+        f"test images, {folder['boxes']} boxes; folder built in {folder['build_s']:.0f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,33 +621,24 @@ def main(argv: list[str] | None = None) -> int:
     repo = work / "repo"
     if repo.exists():
         raise BenchmarkError(f"{repo} exists from an earlier run; delete it or choose another --work")
+    results: list[Measurement] = []
+    failure = None
     try:
         print(f"building {args.images:,} images ({args.distinct:,} distinct) in {work}", file=sys.stderr, flush=True)
         folder = build_nih_folder(work, args.images, args.distinct, args.image_size, args.seed, args.workers, args.pool)
-        params = bench_params(work / "nih", args.models, args.train_steps, args.set)
-        env = make_repo(repo, params)
+        params = bench_params(work / "nih", args.models, args.train_steps, args.set, args.from_commit)
+        env = make_repo(repo, params, args.from_commit)
         folder["allocated_bytes"] = allocated_bytes(work / "nih") + allocated_bytes(args.pool or work / "pool")
-        results = run_pipeline(repo, env, stage_names(params), args.poll)
-        report = {
-            "environment": environment(),
-            "folder": folder,
-            "split_method": params["split"]["method"],
-            "params": {key: params[key] for key in ("models", "train_seeds")} | {"train": params["train"]},
-            "method": f"dvc repro --single-item <stage>; process tree polled every {args.poll:.3f} s",
-            "stages": [asdict(result) for result in results],
-        }
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        print(markdown_table(results))
-        print(
-            f"\n{folder['images']:,} images ({folder['distinct_pngs']:,} distinct {args.image_size} px PNGs, "
-            f"{folder['link']}s), {folder['patients']:,} patients, {folder['official_test_images']:,} official "
-            f"test images, {folder['boxes']} boxes; folder built in {folder['build_s']:.0f} s"
-        )
+        try:
+            run_pipeline(repo, env, stage_names(params), args.poll, results, args.until)
+        except BenchmarkError as error:
+            failure = str(error)
+            print(f"error: {failure}", file=sys.stderr)
+        report_results(args, folder, params, results, failure)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if failure else 0
 
 
 if __name__ == "__main__":

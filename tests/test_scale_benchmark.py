@@ -88,10 +88,19 @@ def test_tiny_run_reports_every_stage(tmp_path):
             sys.executable,
             str(REPO_ROOT / "benchmarks" / "scale.py"),
             *("--images", "60", "--distinct", "6", "--image-size", "64", "--train-steps", "2"),
-            *("--set", "preprocess.size=64", "--set", "train.image_size=64", "--set", "train.batch_size=8"),
+            *(
+                "--set",
+                "preprocess.size=64",
+                "--set",
+                "train.image_size=64",
+                "--set",
+                "train.batch_size=8",
+                "--set",
+                "evaluate.batch_size=8",
+            ),
             *("--set", "evaluate.bootstrap_resamples=50", "--set", "explain.gradcam_images=2"),
             *("--set", "profile.repeats=1", "--set", "profile.throughput_repeats=1"),
-            *("--work", str(work), "--json", str(report_path)),
+            *("--work", str(work), "--json", str(report_path), "--from-commit", "HEAD"),
         ],
         capture_output=True,
         text=True,
@@ -118,5 +127,6 @@ def test_tiny_run_reports_every_stage(tmp_path):
     assert by_name["preprocess"]["disk_bytes"]["data"] > 0 and by_name["preprocess"]["disk_bytes"][".dvc/cache"] > 0
     assert by_name["train@cnn-42"]["disk_bytes"]["models"] > 0
     assert report["folder"]["images"] == 60 and report["split_method"] == "auto"
+    assert report["failure"] is None and report["code"] == "HEAD"
     for line in ("| stage | wall s |", "| no-op dvc repro |", "| export@cnn |"):
         assert line in result.stdout
