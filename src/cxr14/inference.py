@@ -6,13 +6,16 @@
 
 A library below training and evaluation: the evaluate, explain and profile stages and the
 training engine's validation all score images through these functions, so a model is scored the
-same way everywhere (eval mode, no augmentation, bf16 autocast on CUDA only). `load_trained`
+same way everywhere (eval mode, no augmentation, bf16 autocast on CUDA only). Reading a
+memory-mapped split batch by batch, `predict` hands each batch's pages back to the OS page cache
+(`release_mapped_pages`), so its resident memory is that of a batch, not of the split. `load_trained`
 reads `best.pt` as data only (`cxr14.training.checkpoint.load_checkpoint`, the checkpoint file
 format), so a shared model folder cannot run code.
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from cxr14.model_names import train_stage
 from cxr14.models import ModelBundle, build_model
 from cxr14.training.checkpoint import load_checkpoint
 
-__all__ = ["select_device", "load_trained", "predict", "autocast"]
+__all__ = ["select_device", "load_trained", "predict", "autocast", "release_mapped_pages"]
 
 
 class DeviceUnavailableError(ConfigError, RuntimeError):
@@ -92,6 +95,7 @@ def predict(
         with autocast(device):
             batch_logits = bundle.model(inputs).float()
             outputs.append((batch_logits if logits else torch.sigmoid(batch_logits)).cpu())
+        release_mapped_pages(images)
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, NUM_CLASSES), np.float32)
 
 
@@ -102,3 +106,22 @@ def autocast(device: torch.device):
     return (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
+
+
+def release_mapped_pages(images: np.ndarray) -> None:
+    """Take a read-only memory-mapped array's pages out of this process's resident memory.
+
+    Pages of a mapped file that the process has read count in its RSS until they are unmapped,
+    so reading a whole cache split (1.3 GB for NIH's 25,596 test images at 224 px) would leave
+    all of it resident. `madvise(MADV_DONTNEED)` drops them from the process only: the file's
+    data stay in the OS page cache, and reading a row again maps it again, with the same bytes.
+    Arrays in memory, views of other buffers, and writable or copy-on-write maps (whose pages
+    must not be dropped) are left alone; so is everything where `madvise` is unavailable.
+    """
+    root: object = images
+    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+        root = root.base
+    if not isinstance(root, np.memmap) or root.mode != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    assert isinstance(root.base, mmap.mmap)  # the loop stopped at the array that owns the map
+    root.base.madvise(mmap.MADV_DONTNEED)

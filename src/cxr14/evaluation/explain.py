@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from cxr14.evaluation.gradcam import grad_cam
+from cxr14.inference import release_mapped_pages
 from cxr14.io import progress
 from cxr14.labels import LABEL_INDEX, LABELS, NO_FINDING
 
@@ -80,6 +81,7 @@ def batched_grad_cam(
         )
         maps.append(part_maps)
         probabilities.append(part_probabilities)
+        release_mapped_pages(images)
     side = images.shape[-1]
     if not maps:
         return np.zeros((0, side, side), np.float32), np.zeros(0, np.float32)
