@@ -617,6 +617,7 @@ def report_results(args: argparse.Namespace, folder: dict, params: dict, results
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="scale-", dir="/tmp"))
+    created = not work.exists() or not any(work.iterdir())
     work.mkdir(parents=True, exist_ok=True)
     repo = work / "repo"
     if repo.exists():
@@ -637,8 +638,19 @@ def main(argv: list[str] | None = None) -> int:
         report_results(args, folder, params, results, failure)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            clean_up(work, whole=created)
     return 1 if failure else 0
+
+
+def clean_up(work: Path, whole: bool) -> None:
+    """Delete `work` if this run created it, else only what a run writes there (never a --pool elsewhere)."""
+    if whole:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for name in ("nih", "pool", "repo", "logs", "mlruns", "mlartifacts"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    for path in work.glob("mlflow.db*"):
+        path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_tiny_run_reports_every_stage(tmp_path):
                 "--set",
                 "evaluate.batch_size=8",
             ),
-            *("--set", "evaluate.bootstrap_resamples=50", "--set", "explain.gradcam_images=2"),
+            *("--set", "evaluate.bootstrap_resamples=100", "--set", "explain.gradcam_images=2"),
             *("--set", "profile.repeats=1", "--set", "profile.throughput_repeats=1"),
             *("--work", str(work), "--json", str(report_path), "--from-commit", "HEAD"),
         ],
