@@ -629,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = build_nih_folder(work, args.images, args.distinct, args.image_size, args.seed, args.workers, args.pool)
         params = bench_params(work / "nih", args.models, args.train_steps, args.set, args.from_commit)
         env = make_repo(repo, params, args.from_commit)
-        folder["allocated_bytes"] = allocated_bytes(work / "nih") + allocated_bytes(args.pool or work / "pool")
+        linked: set[tuple[int, int]] = set()  # the folder's images are links to the pool's files: count them once
+        pool_bytes = allocated_bytes(args.pool or work / "pool", linked)
+        folder["allocated_bytes"] = pool_bytes + allocated_bytes(work / "nih", linked)
         try:
             run_pipeline(repo, env, stage_names(params), args.poll, results, args.until)
         except BenchmarkError as error:
