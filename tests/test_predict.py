@@ -176,19 +176,29 @@ def test_console_script_is_installed_with_help():
     assert "max_f1" in result.stdout and "not a medical device" in result.stdout
 
 
-def test_best_pt_carries_the_thresholds_evaluate_chooses(tmp_path):
-    """Training stores the validation operating points of its best epoch; evaluate@ computes its
-    thresholds from best.pt's validation scores: the two must agree exactly."""
+def test_best_pt_thresholds_are_training_validation_choices_and_evaluates(tmp_path):
+    """Training stores the operating points of its best epoch's validation scores; evaluate@,
+    export@ and cxr14 predict all take their thresholds from there (one source: recomputing them
+    at another batch size moves the last float32 bits)."""
     from cxr14.config import config_from_dict
+    from cxr14.evaluation.metrics import max_f1_thresholds
     from cxr14.stages.evaluate import evaluate_model
     from tests.test_stage_outputs import _params, train_tiny_cnn
 
+    cfg = config_from_dict(_params())
     made = train_tiny_cnn(tmp_path, _params())
     folder = made["model_dir"] / "seed-42"
     points = load_checkpoint(folder / "best.pt")["operating_points"]
-    metrics = evaluate_model(config_from_dict(_params()), "cnn", made["cache"], folder)["metrics"]
-    assert points["max_f1"] == metrics["thresholds"]
+    model = load_model_folder(made["model_dir"])
+    images, index = open_split(made["cache"], "val")
+    labels = index[list(LABELS)].to_numpy(np.float32)
+    scores = predict(model.bundle, images, labels, cfg.train.batch_size, model.image_size, torch.device("cpu"))
+    np.testing.assert_allclose(
+        list(points["max_f1"].values()), list(max_f1_thresholds(labels, scores).values()), atol=1e-6
+    )
+    assert points["validation_images"] == len(labels)
+    metrics = evaluate_model(cfg, "cnn", made["cache"], folder)["metrics"]
+    assert metrics["thresholds"] == points["max_f1"] == model.thresholds("max_f1")
     target = metrics["sensitivity_target"]
     by_sensitivity = {name: sensitivity_threshold(points["positive_scores"][name], target) for name in LABELS}
-    assert by_sensitivity == metrics["sensitivity_thresholds"]
-    assert load_model_folder(made["model_dir"]).thresholds("sensitivity", target) == by_sensitivity
+    assert by_sensitivity == metrics["sensitivity_thresholds"] == model.thresholds("sensitivity", target)

@@ -30,7 +30,7 @@ from cxr14.model_names import train_stage
 from cxr14.models import ModelBundle, build_model
 from cxr14.training.checkpoint import load_checkpoint
 
-__all__ = ["select_device", "load_trained", "predict", "autocast", "release_mapped_pages"]
+__all__ = ["select_device", "load_trained", "load_operating_points", "predict", "autocast", "release_mapped_pages"]
 
 
 class DeviceUnavailableError(ConfigError, RuntimeError):
@@ -69,6 +69,19 @@ def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_
     bundle.model.load_state_dict(checkpoint["model"])
     bundle.model.to(device)
     return bundle, checkpoint["image_size"]
+
+
+def load_operating_points(model_dir: Path, model_name: str) -> dict:
+    """The validation operating points training stored in `best.pt` with the weights
+    (cxr14.evaluation.metrics.operating_points): the one source of every threshold."""
+    checkpoint_path = model_dir / "best.pt"
+    points = load_checkpoint(checkpoint_path).get("operating_points")
+    if not points:
+        raise MissingInputError(
+            f"{checkpoint_path}: holds no validation thresholds (trained before they were stored with the "
+            f"weights); train it again: `dvc repro -f {train_stage(model_name, model_dir)}`"
+        )
+    return points
 
 
 @torch.no_grad()

@@ -40,13 +40,12 @@ import torch
 
 from cxr14.data.images import check_radiograph, find_images, prepare_for_model
 from cxr14.deploy.outputs import OPERATING_POINTS, POSITIVE_SUFFIX
-from cxr14.errors import Cxr14Error
+from cxr14.errors import Cxr14Error, MissingInputError
 from cxr14.evaluation.gradcam import find_taps, grad_cam
-from cxr14.evaluation.metrics import sensitivity_threshold
-from cxr14.inference import load_trained, predict
+from cxr14.evaluation.metrics import operating_point_thresholds
+from cxr14.inference import load_operating_points, load_trained, predict
 from cxr14.io import atomic_write_bytes, atomic_write_json
 from cxr14.labels import LABELS, NUM_CLASSES
-from cxr14.model_names import train_stage
 from cxr14.models import ModelBundle
 from cxr14.training.checkpoint import load_checkpoint
 
@@ -73,13 +72,10 @@ class TrainedModel:
     operating_points: dict  # cxr14.evaluation.metrics.operating_points of the validation split
 
     def thresholds(self, operating_point: str = "max_f1", sensitivity: float = DEFAULT_SENSITIVITY) -> dict[str, float]:
-        """Per finding, the validation-chosen threshold of `operating_point`."""
-        if operating_point == "max_f1":
-            return dict(self.operating_points["max_f1"])
-        if operating_point == "sensitivity":
-            positives = self.operating_points["positive_scores"]
-            return {name: sensitivity_threshold(positives[name], sensitivity) for name in LABELS}
-        raise ModelFolderError(f"operating point {operating_point!r}: use one of {', '.join(OPERATING_POINTS)}")
+        """Per finding, the validation-chosen threshold of `operating_point` (as evaluate@ uses them)."""
+        if operating_point not in OPERATING_POINTS:
+            raise ModelFolderError(f"operating point {operating_point!r}: use one of {', '.join(OPERATING_POINTS)}")
+        return operating_point_thresholds(self.operating_points, None if operating_point == "max_f1" else sensitivity)
 
 
 def resolve_model_folder(path: Path, seed: int | None = None) -> tuple[Path, int | None]:
@@ -129,14 +125,11 @@ def load_model_folder(path: Path, seed: int | None = None, device: torch.device 
     """The model in `path` (see :func:`resolve_model_folder`), on `device` (default CPU)."""
     folder, seed = resolve_model_folder(path, seed)
     config = _read_config(folder)
-    checkpoint = load_checkpoint(folder / "best.pt")  # data only
-    name = str(checkpoint.get("model_name") or config.get("model"))
-    points = checkpoint.get("operating_points")
-    if not points:
-        raise ModelFolderError(
-            f"{folder / 'best.pt'}: holds no validation thresholds (trained before they were stored with the "
-            f"weights); train it again: `dvc repro -f {train_stage(name, folder)}`"
-        )
+    name = str(load_checkpoint(folder / "best.pt").get("model_name") or config.get("model"))  # data only
+    try:
+        points = load_operating_points(folder, name)
+    except MissingInputError as error:
+        raise ModelFolderError(str(error)) from error
     bundle, image_size = load_trained(folder, name, device or torch.device("cpu"))
     return TrainedModel(name, folder, seed, bundle, image_size, int(config["preprocess"]["size"]), points)
 

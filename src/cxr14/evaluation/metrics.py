@@ -101,6 +101,14 @@ def operating_points(targets: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
+def operating_point_thresholds(points: dict, sensitivity: float | None = None) -> dict[str, float]:
+    """Per finding, the threshold of stored :func:`operating_points`: max-F1, or with `sensitivity`
+    the highest threshold reaching that share of the validation positives."""
+    if sensitivity is None:
+        return {name: float(points["max_f1"][name]) for name in LABELS}
+    return {name: sensitivity_threshold(points["positive_scores"][name], sensitivity) for name in LABELS}
+
+
 def f1_at(targets: np.ndarray, scores: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for i, name in enumerate(LABELS):

@@ -27,17 +27,16 @@ from cxr14.data.cache import open_split, split_attributes, split_labels
 from cxr14.errors import MissingInputError
 from cxr14.evaluation.calibration import calibrate
 from cxr14.evaluation.expert import score_against_experts
-from cxr14.evaluation.metrics import max_f1_thresholds, micro_roc_points, test_metrics
+from cxr14.evaluation.metrics import micro_roc_points, operating_point_thresholds, test_metrics
 from cxr14.evaluation.statistics import (
     bootstrap_intervals,
     calibration,
     seed_accuracy,
     seed_summary,
-    sensitivity_thresholds,
     threshold_metrics,
 )
 from cxr14.evaluation.subgroups import subgroup_report
-from cxr14.inference import load_trained, predict, select_device
+from cxr14.inference import load_operating_points, load_trained, predict, select_device
 from cxr14.labels import LABELS
 from cxr14.model_names import train_stage
 from cxr14.reporting.comparison import CALIBRATED_COLUMNS, TRUTH_COLUMNS, seed_scores, truth_and_scores
@@ -61,11 +60,11 @@ def evaluate_model(
     val_scores = predict(bundle, val_images, val_targets, batch_size, image_size, device, desc="val")
     test_scores = predict(bundle, test_images, test_targets, batch_size, image_size, device, desc="test")
 
-    thresholds = max_f1_thresholds(val_targets, val_scores)
+    points = load_operating_points(model_dir, model_name)  # training's validation choices, as predict uses
+    thresholds, settings = operating_point_thresholds(points), cfg.evaluate
     metrics = test_metrics(test_targets, test_scores, thresholds)
-    settings = cfg.evaluate
     patient_ids = test_index["patient_id"].astype(str).to_numpy()
-    sensitivity_cut = sensitivity_thresholds(val_targets, val_scores, target=settings.sensitivity_target)
+    sensitivity_cut = operating_point_thresholds(points, settings.sensitivity_target)
     metrics.update(
         intervals=bootstrap_intervals(
             test_targets, test_scores, patient_ids, resamples=settings.bootstrap_resamples, seed=cfg.seed
