@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 LINT_PATHS := src pipeline tests benchmarks
 
-.PHONY: repro test lint install mlflow-ui clean-venv
+.PHONY: repro test lint install mlflow-ui clean-venv bench-scale
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,14 @@ lint: install
 mlflow-ui: install
 	@python -c "from cxr14.tracking import runs_page_url; print('training runs:', runs_page_url())" || true
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# NIH-scale benchmark (benchmarks/scale.py; README "Real NIH data"): an NIH-sized folder of
+# hard-linked 1024 px PNGs, the pipeline with one small model stage by stage (wall, DVC, RSS, disk).
+# ~40 min on 2 cores and ~10 GB free under SCALE_WORK at the full 112,120 images.
+SCALE_IMAGES ?= 112120
+SCALE_WORK ?= /tmp/cxr14-scale
+bench-scale: install
+	python benchmarks/scale.py --images $(SCALE_IMAGES) --distinct 3000 --work $(SCALE_WORK) --json scale-benchmark.json
 
 clean-venv:
 	rm -rf $(VENV)
