@@ -22,13 +22,14 @@ import numpy as np
 import pytest
 import torch
 
+from cxr14.data.loader import prepare_batch
 from cxr14.evaluation import embeddings
 from cxr14.evaluation.embeddings import extract_embeddings, retrieval_metrics
 from cxr14.evaluation.explain import batched_grad_cam
-from cxr14.evaluation.gradcam import find_taps
+from cxr14.evaluation.gradcam import find_taps, grad_cam
 from cxr14.inference import predict, release_mapped_pages
 from cxr14.labels import LABELS, NUM_CLASSES
-from cxr14.models import build_model
+from cxr14.models import ModelBundle, build_model
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads resident pages from /proc/self/smaps (Linux)"
@@ -131,6 +132,35 @@ def test_embeddings_keep_a_batch_resident_and_equal_in_memory(mapped, bundle):
     assert vectors.shape == (IMAGES, taps.embedding_dim) and np.array_equal(vectors, expected)
 
 
+def test_embeddings_of_a_model_without_timm_interface_equal_its_classifier_inputs(mapped):
+    """The hook path (no forward_features/forward_head): each batch's classifier input, in row order."""
+    path, images = mapped
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, NUM_CLASSES),
+    )
+    handmade = ModelBundle(name="handmade", model=model, in_chans=1, mean=(0.0,), std=(1.0,))
+    taps = find_taps(handmade, MODEL_SIZE, CPU)
+    assert not taps.from_interface
+    with recording_resident(handmade, path) as seen:
+        vectors = extract_embeddings(handmade, taps, images, BATCH, MODEL_SIZE, CPU)
+    assert_batch_bounded(seen, BATCH)
+    inputs: list[torch.Tensor] = []
+    hook = model[4].register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        for start in range(0, IMAGES, BATCH):
+            pixels = torch.from_numpy(np.array(images[start : start + BATCH])).unsqueeze(1)
+            model(prepare_batch(pixels, 1, (0.0,), (1.0,), MODEL_SIZE))
+    hook.remove()
+    assert np.array_equal(vectors, torch.cat(inputs).numpy())
+    empty = extract_embeddings(handmade, taps, images[:0], BATCH, MODEL_SIZE, CPU)
+    assert empty.shape == (0, taps.embedding_dim) and empty.dtype == np.float32
+
+
 def test_grad_cam_keeps_a_batch_resident_and_equals_in_memory(mapped, bundle):
     path, images = mapped
     taps = find_taps(bundle, MODEL_SIZE, CPU, seed=0)
@@ -143,6 +173,13 @@ def test_grad_cam_keeps_a_batch_resident_and_equals_in_memory(mapped, bundle):
     expected = batched_grad_cam(bundle, taps, np.array(images), rows, findings, 8, MODEL_SIZE, CPU, "test")
     assert maps.shape == (len(rows), SIDE, SIDE)
     assert np.array_equal(maps, expected[0]) and np.array_equal(probabilities, expected[1])
+    # Each batch's maps are those of grad_cam on that batch alone, in the order of the rows.
+    part = grad_cam(
+        bundle, taps, np.array(images[rows[8:16]]), [LABELS.index(f) for f in findings[8:16]], MODEL_SIZE, CPU
+    )
+    assert np.array_equal(maps[8:16], part[0]) and np.array_equal(probabilities[8:16], part[1])
+    none = batched_grad_cam(bundle, taps, images, [], [], 8, MODEL_SIZE, CPU, "test")
+    assert none[0].shape == (0, SIDE, SIDE) and none[0].dtype == np.float32 and none[1].shape == (0,)
 
 
 def reference_retrieval(vectors: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:

@@ -39,7 +39,11 @@ RECALL_AT = 5
 def extract_embeddings(
     bundle: ModelBundle, taps: ModelTaps, images: np.ndarray, batch_size: int, image_size: int, device: torch.device
 ) -> np.ndarray:
-    """float32 [N, embedding_dim]: the input of the classifier for each cache image, in row order."""
+    """float32 [N, embedding_dim]: the input of the classifier for each cache image, in row order.
+
+    Each batch's rows go straight into the one output array, and a memory-mapped split's pages are
+    handed back after each batch, so memory holds the output and one batch, whatever N is.
+    """
     model: Any = bundle.model  # timm's forward_features/forward_head are not on nn.Module's type
     model.eval()
     captured: list[torch.Tensor] = []
@@ -48,6 +52,7 @@ def extract_embeddings(
     if not interface:
         classifier: nn.Module = dict(model.named_modules())[taps.classifier_layer]
         hook = classifier.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().float().cpu()))
+    vectors = None
     try:
         for start in progress(range(0, len(images), batch_size), desc="embeddings", unit="batch", leave=False):
             batch = torch.from_numpy(np.array(images[start : start + batch_size])).unsqueeze(1).to(device)
@@ -57,13 +62,16 @@ def extract_embeddings(
                 captured.append(embedding.detach().float().cpu())
             else:
                 model(inputs)
+            rows = torch.cat(captured).flatten(1).numpy()
+            captured.clear()
+            if vectors is None:  # the width is that of the first batch's embeddings
+                vectors = np.empty((len(images), rows.shape[1]), np.float32)
+            vectors[start : start + len(rows)] = rows
             release_mapped_pages(images)  # resident memory stays at a batch of a memory-mapped split
     finally:
         if hook is not None:
             hook.remove()
-    if not captured:
-        return np.zeros((0, taps.embedding_dim), np.float32)
-    return torch.cat(captured).flatten(1).numpy()
+    return np.zeros((0, taps.embedding_dim), np.float32) if vectors is None else vectors
 
 
 def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray) -> dict:

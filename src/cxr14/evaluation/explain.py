@@ -67,11 +67,16 @@ def batched_grad_cam(
     device: torch.device,
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM for (row, finding) pairs, batched."""
-    maps, probabilities = [], []
+    """Grad-CAM for (row, finding) pairs, batched: maps float32 [len(rows), S, S], probabilities [len(rows)].
+
+    Each batch's maps go straight into the output arrays, and a memory-mapped split's pages are
+    handed back after each batch, so memory holds the maps and one batch of images.
+    """
+    side = images.shape[-1]
+    maps, probabilities = np.zeros((len(rows), side, side), np.float32), np.zeros(len(rows), np.float32)
     for start in progress(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
         stop = start + batch_size
-        part_maps, part_probabilities = grad_cam(
+        maps[start:stop], probabilities[start:stop] = grad_cam(
             bundle,
             taps,
             images[rows[start:stop]],
@@ -79,10 +84,5 @@ def batched_grad_cam(
             image_size,
             device,
         )
-        maps.append(part_maps)
-        probabilities.append(part_probabilities)
         release_mapped_pages(images)
-    side = images.shape[-1]
-    if not maps:
-        return np.zeros((0, side, side), np.float32), np.zeros(0, np.float32)
-    return np.concatenate(maps), np.concatenate(probabilities)
+    return maps, probabilities
