@@ -101,4 +101,4 @@ def _register(model: TrainedModel, out_dir: Path, images, description: str, card
         tracking.log_artifact(card, "card")
         tracking.log_artifact(out_dir / "network" / "export.json", "export")
         tracking.log_artifact(out_dir / "network" / "preprocessing.json", "export")
-    return {**registered, "card": str(card)}
+    return registered
