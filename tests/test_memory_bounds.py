@@ -122,6 +122,24 @@ def test_predict_keeps_a_batch_resident_and_scores_as_in_memory(mapped, bundle):
     assert scores.shape == (IMAGES, NUM_CLASSES) and np.array_equal(scores, expected)
 
 
+@pytest.mark.parametrize("logits", [False, True])
+def test_predict_equals_the_batches_forward_passes_in_row_order(mapped, bundle, logits):
+    """The one output array holds each batch's scores (or logits) where that batch's rows are."""
+    _, images = mapped
+    labels = np.zeros((IMAGES, NUM_CLASSES), np.float32)
+    batch = 24  # 256 rows: ten full batches and a last one of 16
+    got = predict(bundle, images, labels, batch, MODEL_SIZE, CPU, logits=logits)
+    expected = []
+    with torch.no_grad():
+        for start in range(0, IMAGES, batch):
+            pixels = torch.from_numpy(np.array(images[start : start + batch])).unsqueeze(1)
+            out = bundle.model(prepare_batch(pixels, bundle.in_chans, bundle.mean, bundle.std, MODEL_SIZE)).float()
+            expected.append(out if logits else torch.sigmoid(out))
+    assert got.dtype == np.float32 and np.array_equal(got, torch.cat(expected).numpy())
+    none = predict(bundle, images[:0], labels[:0], batch, MODEL_SIZE, CPU, logits=logits)
+    assert none.shape == (0, NUM_CLASSES) and none.dtype == np.float32
+
+
 def test_embeddings_keep_a_batch_resident_and_equal_in_memory(mapped, bundle):
     path, images = mapped
     taps = find_taps(bundle, MODEL_SIZE, CPU, seed=0)
