@@ -145,7 +145,6 @@ def write_params(workdir: Path) -> Path:
     params["train"].update(
         epochs=1, batch_size=16, image_size=MODEL_SIZE, max_steps_per_epoch=4, device="cpu", overrides={}
     )
-    params["evaluate"]["batch_size"] = params["evaluate"].get("batch_size", 64)
     path = workdir / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
