@@ -66,19 +66,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NIH_IMAGES, NIH_PATIENTS, NIH_TEST_IMAGES = 112_120, 30_805, 25_596
 NIH_BOXES, NIH_BOXED_IMAGES = 984, 880
-METADATA_HEADER = (
-    "Image Index",
-    "Finding Labels",
-    "Follow-up #",
-    "Patient ID",
-    "Patient Age",
-    "Patient Gender",
-    "View Position",
-    "OriginalImage[Width",
-    "Height]",
-    "OriginalImagePixelSpacing[x",
-    "y]",
-)
 DISK_AREAS = ("data", ".dvc/cache", "models", "metrics", "exports")
 GB = 1e9
 BoxRow = tuple[str, str, float, float, float, float]  # image, NIH finding, x, y, w, h (px)
@@ -176,11 +163,13 @@ def add_boxes(rows: list[Row], image_size: int, rng: np.random.Generator) -> lis
 
 def write_metadata(rows: list[Row], path: Path, rng: np.random.Generator) -> None:
     """Data_Entry_2017.csv: NIH's columns; age grows along follow-ups, sex and view per patient."""
+    from cxr14.data.phantom import HEADER  # NIH's Data_Entry_2017.csv columns, as the phantom writes them
+
     base_age: dict[int, float] = {}
     female: dict[int, bool] = {}
     with path.open("w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(METADATA_HEADER)
+        writer.writerow(HEADER)
         for row in rows:
             if row.patient not in base_age:
                 base_age[row.patient] = float(np.clip(rng.normal(46.5, 16.5), 1, 90))
