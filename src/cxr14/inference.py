@@ -71,11 +71,12 @@ def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_
     return bundle, checkpoint["image_size"]
 
 
-def load_operating_points(model_dir: Path, model_name: str) -> dict:
+def load_operating_points(model_dir: Path, model_name: str, checkpoint: dict | None = None) -> dict:
     """The validation operating points training stored in `best.pt` with the weights
-    (cxr14.evaluation.metrics.operating_points): the one source of every threshold."""
+    (cxr14.evaluation.metrics.operating_points): the one source of every threshold. Pass
+    `checkpoint` when best.pt is already loaded, so that it is not read again."""
     checkpoint_path = model_dir / "best.pt"
-    points = load_checkpoint(checkpoint_path).get("operating_points")
+    points = (checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)).get("operating_points")
     if not points:
         raise MissingInputError(
             f"{checkpoint_path}: holds no validation thresholds (trained before they were stored with the "

@@ -125,9 +125,10 @@ def load_model_folder(path: Path, seed: int | None = None, device: torch.device 
     """The model in `path` (see :func:`resolve_model_folder`), on `device` (default CPU)."""
     folder, seed = resolve_model_folder(path, seed)
     config = _read_config(folder)
-    name = str(load_checkpoint(folder / "best.pt").get("model_name") or config.get("model"))  # data only
+    checkpoint = load_checkpoint(folder / "best.pt")  # data only
+    name = str(checkpoint.get("model_name") or config.get("model"))
     try:
-        points = load_operating_points(folder, name)
+        points = load_operating_points(folder, name, checkpoint)
     except MissingInputError as error:
         raise ModelFolderError(str(error)) from error
     bundle, image_size = load_trained(folder, name, device or torch.device("cpu"))
