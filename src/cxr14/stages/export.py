@@ -93,9 +93,7 @@ def _architecture(model: TrainedModel) -> dict:
 
 def _register(model: TrainedModel, out_dir: Path, images, description: str, card: Path) -> dict:
     """Log the package as an MLflow model of the seed's training run, register it, attach the card."""
-    run_file = model.folder / "mlflow_run.json"
-    tracking.require_store(run_file, model.name)
-    run_id = tracking.recorded_run_id(run_file)
+    run_id = tracking.recorded_run_id(model.folder / "mlflow_run.json")  # store checked by pipeline/export.py
     registered = log_model(run_id, out_dir / "package", images[:1], registered_name(model.name), description)
     with tracking.model_run(model.name, run_id=run_id):
         tracking.log_artifact(card, "card")
