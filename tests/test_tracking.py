@@ -128,7 +128,9 @@ def test_training_is_tracked_on_a_real_mlflow_server(mlflow_server, tiny_cache, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")  # as `dvc exp run -n tiny-exp` would set it
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # tiny training: sample often
+    # A sampling interval far longer than this training: its system metrics are the last sample,
+    # which the run logs when it ends (MLflow's sampler alone would log none for such a short run).
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "3600")
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32}))
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "models" / "cnn", seed=42)
 

@@ -275,7 +275,7 @@ def model_run(
         mlflow = _mlflow()
         if run_id:
             _require_run(mlflow.MlflowClient(), run_id, model_name, uri)
-            run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
         else:
             # In a DVC experiment the run is named after both, so a sweep's runs tell apart in the UI.
             experiment = dvc_experiment_name()
@@ -284,17 +284,48 @@ def model_run(
             run = mlflow.start_run(
                 run_name=f"{name} ({experiment})" if experiment else name,
                 tags={"model": model_name, **seed_tag, **(tags or {})},
-                log_system_metrics=system_metrics,
+                log_system_metrics=False,
             )
+        monitor = _start_system_metrics(run.info.run_id, resumed=bool(run_id)) if system_metrics else None
         try:
             yield run
         except BaseException:
+            _stop_system_metrics(monitor, run.info.run_id)
             try:
                 mlflow.end_run(status="FAILED")
             except Exception as ending:  # the original error matters more; say the run stays open
                 log.warning("MLflow run %s could not be marked FAILED: %s", run.info.run_id, ending)
             raise
+        _stop_system_metrics(monitor, run.info.run_id)
         mlflow.end_run()
+
+
+def _start_system_metrics(run_id: str, resumed: bool) -> Any:
+    """MLflow's background sampler of CPU, memory, disk, network (and GPU) use for one run.
+
+    The run owns it, rather than `mlflow.start_run(log_system_metrics=True)`, so that its end can
+    be flushed (`_stop_system_metrics`): MLflow's own sampler logs nothing for a run shorter than
+    its sampling interval (10 s unless `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` says otherwise).
+    """
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed)
+    monitor.start()
+    return monitor
+
+
+def _stop_system_metrics(monitor: Any, run_id: str) -> None:
+    """Stop the sampler, then log one last sample: the samples taken since its last logging step
+    and the state at the end of the run, so every run, however short, has its system metrics."""
+    if monitor is None:
+        return
+    monitor.finish()
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as error:  # the run's own records matter more than its last system sample
+        log.warning("MLflow run %s: the last system-metrics sample was not logged: %s", run_id, error)
 
 
 class RecordedRunMissingError(Cxr14Error, RuntimeError):
