@@ -49,6 +49,10 @@ def tiny_params(**overrides) -> dict:
     params["profile"].update(warmup=1, repeats=2, throughput_batch=4, throughput_repeats=1, device="cpu")
     params["explain"].update(batch_size=16, gradcam_images=4)
     params["models"] = ["cnn", "vit_v1"]
+    # The demo's per-model sizes and epoch counts would undo the test size and the one short run.
+    for model_overrides in params["train"]["overrides"].values():
+        model_overrides.pop("image_size", None)
+        model_overrides.pop("epochs", None)
     for dotted, value in overrides.items():
         node = params
         *parents, leaf = dotted.split(".")

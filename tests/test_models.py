@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cxr14.data.loader import prepare_batch
 from cxr14.models import (
     PretrainedWeightsError,
     UnknownModelError,
@@ -372,3 +373,24 @@ def test_pretrained_file_of_the_same_architecture_with_another_head_loads(tmp_pa
     loaded, saved = bundle.model.state_dict(), source.state_dict()
     assert all(torch.equal(tensor, saved[key]) for key, tensor in loaded.items() if not key.startswith("fc."))
     assert loaded["fc.weight"].shape == (NUM_CLASSES, 512)
+
+
+def _stem_cosine(bundle, mean: tuple[float, ...], std: tuple[float, ...]) -> float:
+    """Cosine similarity of the seed ConvNeXt stem's (conv + LayerNorm) outputs for a uniform grey
+    150 and a uniform grey 210 image, prepared with `mean` and `std`."""
+    pixels = torch.stack([torch.full((1, 32, 32), grey, dtype=torch.uint8) for grey in (150, 210)])
+    inputs = prepare_batch(pixels, bundle.in_chans, mean, std, 32)
+    with torch.no_grad():
+        features = bundle.model.stem(inputs)[:, :, 0, 0]
+    return float(torch.nn.functional.cosine_similarity(features[0], features[1], dim=0))
+
+
+def test_seed_convnext_input_is_centred_so_its_stem_keeps_brightness():
+    """The stem's LayerNorm cancels a patch's brightness on uncentred (/255) input, so an opacity
+    looks like the lung around it and the model never learned the phantom; the registered
+    normalisation centres the input, and two grey levels stay apart after the stem."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        bundle = build_model("convnextv2_seed", NUM_CLASSES, 32, pretrained=False)
+        assert _stem_cosine(bundle, bundle.mean, bundle.std) < 0.99
+        assert _stem_cosine(bundle, (0.0,), (1.0,)) > 0.99  # the seeds' plain rescale: nearly parallel
