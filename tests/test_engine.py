@@ -35,7 +35,7 @@ def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_st
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_id == json.loads((out_dir / "mlflow_run.json").read_text())["run_id"]
-    assert run.data.params["train.lr"] == str(cfg.train.lr) and run.data.tags["model"] == "vit_v1"
+    assert run.data.params["train.lr"] == str(cfg.train_for("vit_v1").lr) and run.data.tags["model"] == "vit_v1"
     val_history = client.get_metric_history(run.info.run_id, "val_macro_auroc")
     assert [m.step for m in val_history] == [1, 2]
     assert "test_macro_auroc" in run.data.metrics or "test_macro_f1" in run.data.metrics
