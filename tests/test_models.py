@@ -4,6 +4,8 @@ Nothing here downloads: pretrained weights are either saved to a temp file by th
 Hugging Face hub is switched offline to exercise the failure message.
 """
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -394,3 +396,31 @@ def test_seed_convnext_input_is_centred_so_its_stem_keeps_brightness():
         bundle = build_model("convnextv2_seed", NUM_CLASSES, 32, pretrained=False)
         assert _stem_cosine(bundle, bundle.mean, bundle.std) < 0.99
         assert _stem_cosine(bundle, (0.0,), (1.0,)) > 0.99  # the seeds' plain rescale: nearly parallel
+
+
+def test_seed_layer_norm_2d_equals_timms_bit_for_bit():
+    from timm.layers import LayerNorm2d as TimmLayerNorm2d
+
+    from cxr14.models.convnext_seed import LayerNorm2d
+
+    torch.manual_seed(0)
+    ours, timms = LayerNorm2d(25, eps=1e-3), TimmLayerNorm2d(25, eps=1e-3)
+    with torch.no_grad():
+        ours.weight.normal_(), ours.bias.normal_()
+    timms.load_state_dict(ours.state_dict())  # the same parameter names
+    features = torch.randn(2, 25, 9, 7) * 5 + 3
+    assert torch.equal(ours(features), timms(features))
+
+
+def test_the_seed_models_build_without_importing_timm_or_torchvision():
+    """Importing timm imports torchvision and torch._dynamo (~1.5 s): every stage of a model that
+    needs neither would pay it at start-up. A fresh interpreter shows what building them imports."""
+    code = (
+        "import sys\n"
+        "from cxr14.models import build_model\n"
+        "for name in ('cnn', 'cnn_gap', 'vit_v1', 'vit_v2', 'convnextv2_seed'):\n"
+        "    build_model(name, 15, 64, pretrained=False)\n"
+        "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -39,7 +39,7 @@ Decisions:
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath, LayerNorm2d
+import torch.nn.functional as F
 from torch import nn
 
 from cxr14.config import ConfigError
@@ -50,8 +50,20 @@ KERAS_LAYER_NORM_EPS = 1e-3
 BLOCK_LAYER_NORM_EPS = 1e-6
 
 
-# Channels-first LayerNorms (stem, downsampling) are timm's LayerNorm2d: an nn.LayerNorm applied
-# channels-last between two permutes, as this module's own ChannelsFirstLayerNorm was.
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor: nn.LayerNorm applied channels-last between
+    two permutes (the stem and downsampling norms).
+
+    The same maths and parameter names as timm.layers.LayerNorm2d (a test compares the two bit for
+    bit), kept here because importing timm imports torchvision and torch._dynamo (~1.6 s), which
+    every stage of this model would pay for two permutes; DropPath, used only with a
+    drop-path rate, is imported from timm when one is set.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        channels_last = features.permute(0, 2, 3, 1)
+        normed = F.layer_norm(channels_last, self.normalized_shape, self.weight, self.bias, self.eps)
+        return normed.permute(0, 3, 1, 2)
 
 
 class GlobalResponseNorm(nn.Module):
@@ -88,12 +100,21 @@ class ConvNeXtV2Block(nn.Module):
         self.activation = nn.GELU()
         self.response_norm = GlobalResponseNorm(4 * dim)
         self.project = nn.Linear(4 * dim, dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = _drop_path(drop_path)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.depthwise(images).permute(0, 2, 3, 1)  # channels-last for the Linear layers
         features = self.project(self.response_norm(self.activation(self.expand(self.norm(features)))))
         return images + self.drop_path(features.permute(0, 3, 1, 2))
+
+
+def _drop_path(rate: float) -> nn.Module:
+    """Stochastic depth at `rate` (timm's DropPath), or the identity at 0."""
+    if rate <= 0:
+        return nn.Identity()
+    from timm.layers import DropPath
+
+    return DropPath(rate)
 
 
 class SeedConvNeXtV2(nn.Module):

@@ -33,11 +33,11 @@ from functools import partial
 import torch
 from torch import nn
 from torch.nn import functional
-from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
-from torchvision.models.resnet import Bottleneck
-from torchvision.ops.misc import Conv2dNormActivation
 
 from cxr14.models.registry import register
+
+# torchvision's blocks are imported where the network is built, not here: importing torchvision
+# imports torch._dynamo (~1.3 s), which every stage that imports cxr14.models would pay.
 
 # MobileNetV3-Large body (Howard et al. 2019, Table 1): input channels, kernel, expanded
 # channels, output channels, squeeze-excitation, activation (RE = ReLU, HS = hard swish), stride.
@@ -66,6 +66,8 @@ MOBILENET_BATCH_NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 
 def mobilenet_stem() -> nn.Module:
     """Conv 3x3 stride 2 to 16 channels, BN, Hardswish: output H/2."""
+    from torchvision.ops.misc import Conv2dNormActivation
+
     return Conv2dNormActivation(
         3, 16, kernel_size=3, stride=2, norm_layer=MOBILENET_BATCH_NORM, activation_layer=nn.Hardswish
     )
@@ -110,6 +112,9 @@ class ResMobileNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, stem: str = "mobilenet", embedding_dim: int = 512) -> None:
+        from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+        from torchvision.models.resnet import Bottleneck
+
         super().__init__()
         if stem == "mobilenet":
             self.stem, stem_channels, stem_reduction = mobilenet_stem(), 16, 2
