@@ -8,7 +8,7 @@ def test_real_params_load():
     cfg = load_config(REPO_ROOT / "params.yaml")
     assert cfg.data.source == "phantom"
     assert cfg.preprocess.size == 224
-    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.lr == pytest.approx(1e-3)
     assert len(cfg.models) >= 2
 
 

@@ -174,11 +174,9 @@ class TrainOverride:
 
 # The committed params.yaml's train.overrides (see there for the reasons).
 DEFAULT_OVERRIDES: dict[str, TrainOverride] = {
-    "cnn": TrainOverride(lr=1e-3),
-    "vit_v1": TrainOverride(image_size=128, lr=1e-3),
-    "resnet18": TrainOverride(lr=1e-3),
-    "convnextv2_seed": TrainOverride(lr=1e-3, epochs=24),
-    "resnet34": TrainOverride(lr=1e-3),
+    "vit_v1": TrainOverride(image_size=128),
+    "convnextv2_seed": TrainOverride(epochs=24),
+    "vit_b16": TrainOverride(lr=1e-4),
     "vit_v2": TrainOverride(optimizer="sgd", lr=1e-2, weight_decay=1e-4),
     "efficientnet_b4": TrainOverride(image_size=380, freeze_backbone=True, lr=1e-3),
     "resnet50": TrainOverride(freeze_backbone=True, lr=1e-3),
@@ -193,7 +191,7 @@ class TrainConfig:
     epochs: int = bounded(8, 0, None, "()")
     batch_size: int = bounded(32, 0, None, "()")
     # The seed's AdamW settings.
-    lr: float = bounded(1e-4, 0, None, "()")
+    lr: float = bounded(1e-3, 0, None, "()")
     weight_decay: float = 1e-6
     # Epochs without a better validation macro AUROC before stopping (best weights restored).
     patience: int = 3
