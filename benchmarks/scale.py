@@ -349,7 +349,9 @@ def make_repo(repo: Path, params: dict[str, Any], commit: str | None = None) -> 
     }
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
-    (repo / ".dvcignore").write_text(project_file(".dvcignore", commit), encoding="utf-8")  # dvc init wrote its own
+    # dvc init wrote its own .dvcignore and .dvc/config; use the project's (its cache link types).
+    for name in (".dvcignore", ".dvc/config"):
+        (repo / name).write_text(project_file(name, commit), encoding="utf-8")
     subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(["git", "commit", "-qm", "scale benchmark"], cwd=repo, env=env, check=True, capture_output=True)
     return env

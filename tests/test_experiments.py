@@ -21,7 +21,7 @@ import mlflow
 import pytest
 
 from tests.conftest import tiny_params
-from tests.test_pipeline_e2e import make_repo, run
+from tests.test_pipeline_e2e import dvc_cache_damage, make_repo, run
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ("fetch", "split", "preprocess", "boxes")
@@ -96,6 +96,10 @@ def test_queued_experiments_rerun_no_data_stage(queued):
         assert "Running stage 'train@cnn-42'" in logs[name]
         rerun = [stage for stage in DATA_STAGES if f"Running stage '{stage}'" in logs[name]]
         assert rerun == [], f"{name} re-ran {rerun}:\n{logs[name][-3000:]}"
+    # The copies under .dvc/tmp/exps link their outputs from the shared .dvc/cache and re-train into
+    # them (the persisted model folder, linked from the cache): no object may have changed.
+    work = queued[0]
+    assert dvc_cache_damage(work) == []
 
 
 def test_queued_runs_land_in_the_workspace_store_with_test_metrics(queued):

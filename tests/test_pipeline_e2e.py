@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +13,9 @@ import mlflow
 import pytest
 import yaml
 
+from benchmarks import scale
 from tests.browser import page_problems, render_page, require_chromium
-from tests.conftest import REPO_ROOT, tiny_params
+from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.slow
 MODELS = ["cnn", "vit_v1", "resnet18"]
@@ -27,31 +28,32 @@ def run(args: list[str], cwd: Path, env: dict) -> str:
 
 
 def make_repo(work: Path, params: dict) -> dict:
-    """A git + DVC repo at `work` holding the project's code, dvc.yaml and `params`; returns its env."""
-    work.mkdir(parents=True)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO_ROOT / name, work / name)
-    for folder in ("pipeline", "src"):
-        shutil.copytree(REPO_ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(work / "src"),  # the copy's code, which its dvc.yaml hashes
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work.parent / 'mlflow.db'}",
-        "CXR14_NO_PROGRESS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
-    }
-    run(["git", "init", "-q"], work, env)
-    run(["dvc", "init", "-q"], work, env)
-    # dvc init writes its own .dvcignore; use the project's.
-    shutil.copy(REPO_ROOT / ".dvcignore", work / ".dvcignore")
-    run(["git", "add", "-A"], work, env)
-    run(["git", "commit", "-qm", "tiny"], work, env)
-    return env
+    """A git + DVC repo at `work` holding the project's code, dvc.yaml, .dvc/config and `params`
+    (benchmarks/scale.py builds its repositories the same way); returns its env."""
+    return scale.make_repo(work, params)
+
+
+def dvc_cache_damage(work: Path) -> list[str]:
+    """Objects in `work`'s .dvc/cache whose bytes no longer hash to their name (an output written in place)."""
+    damaged = []
+    for path in sorted((work / ".dvc" / "cache" / "files" / "md5").glob("*/*")):
+        digest = hashlib.md5()
+        with open(path, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != path.parent.name + path.name.removesuffix(".dir"):
+            damaged.append(str(path.relative_to(work)))
+    return damaged
+
+
+def cache_object(work: Path, output: str, name: str) -> Path:
+    """The .dvc/cache object of file `name` in the directory output `output`, as dvc.lock records it."""
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    outs = [out for stage in lock["stages"].values() for out in stage.get("outs", []) if out["path"] == output]
+    directory = outs[0]["md5"]  # "<md5>.dir"
+    listing = json.loads((work / ".dvc" / "cache" / "files" / "md5" / directory[:2] / directory[2:]).read_text())
+    md5 = next(entry["md5"] for entry in listing if entry["relpath"] == name)
+    return work / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,21 @@ def test_nih_source_records_a_local_folder_and_runs_end_to_end(tmp_path):
     assert result.returncode != 0
     assert f"{edited.resolve()}: image {name} changed since fetch" in result.stderr + result.stdout
     assert "dvc repro -f fetch" in result.stderr + result.stdout
+
+    # Every re-run above wrote new files, so no object DVC linked from .dvc/cache changed. The check
+    # sees a write in place: through the workspace's hard link it lands in the cache object itself.
+    assert dvc_cache_damage(work) == []
+    run(["dvc", "checkout", "preprocess"], work, env)  # the failed run removed data/cache
+    array = work / "data" / "cache" / "test.npy"
+    stored = cache_object(work, "data/cache", "test.npy")
+    assert array.stat().st_ino == stored.stat().st_ino
+    array.chmod(0o644)  # DVC made it read-only; root, or a user who lifts that, can still write
+    with open(array, "r+b") as stream:
+        stream.seek(-1, os.SEEK_END)
+        last = stream.read(1)
+        stream.seek(-1, os.SEEK_END)
+        stream.write(bytes([last[0] ^ 0xFF]))
+    assert dvc_cache_damage(work) == [str(stored.relative_to(work))]
 
 
 def test_repro_builds_report_for_every_model(repo):
@@ -405,3 +422,21 @@ def _entries_with_results(node):
     elif isinstance(node, list):
         for value in node:
             yield from _entries_with_results(value)
+
+
+def test_outputs_are_linked_not_copied_into_an_intact_dvc_cache(repo):
+    """.dvc/config puts hard links first, so DVC moves an output into .dvc/cache by a link instead of
+    a copy (the NIH image cache is on disk once) and the runs above (repro, `dvc exp run` of training,
+    a new seed into a persisted folder) changed no cached object. Last in this module on purpose:
+    it re-builds the cache at another size. (On XFS or btrfs DVC would reflink: a new inode.)"""
+    work, env, _ = repo
+    assert dvc_cache_damage(work) == []
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["preprocess"]["size"] += 8  # new bytes, so the commit below has to store a new object
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "--no-commit", "--single-item", "preprocess"], work, env)
+    written = {name: (work / "data" / "cache" / name).stat().st_ino for name in ("train.npy", "test.npy")}
+    run(["dvc", "commit", "--force", "preprocess"], work, env)
+    for name, inode in written.items():
+        assert cache_object(work, "data/cache", name).stat().st_ino == inode, f"{name} was copied into .dvc/cache"
+    assert dvc_cache_damage(work) == []
