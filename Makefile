@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 LINT_PATHS := src pipeline tests benchmarks
 
-.PHONY: repro test lint install mlflow-ui clean-venv bench-scale
+.PHONY: repro test lint install mlflow-ui clean-venv bench-scale bench-throughput
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,13 @@ SCALE_IMAGES ?= 112120
 SCALE_WORK ?= /tmp/cxr14-scale
 bench-scale: install
 	python benchmarks/scale.py --images $(SCALE_IMAGES) --distinct 3000 --work $(SCALE_WORK) --json scale-benchmark.json
+
+# Training throughput (benchmarks/throughput.py; README "Training on a GPU node"): device-only step,
+# full step with the real loader, loader alone, compile/bf16/channels-last variants, inference, for
+# params.yaml's models on the best device; e.g. THROUGHPUT_ARGS='--cache data/cache --device cuda'.
+THROUGHPUT_ARGS ?=
+bench-throughput: install
+	python benchmarks/throughput.py $(THROUGHPUT_ARGS) --json throughput.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -398,6 +398,7 @@ class Measurement:
     rss_max_process_bytes: int = 0
     rss_tree_peak_bytes: int = 0
     disk_bytes: dict[str, int] = field(default_factory=dict)
+    disk_total_bytes: int = 0  # all DISK_AREAS, a file linked from two of them counted once
 
 
 def _tree(process: psutil.Process) -> list[psutil.Process]:
@@ -494,6 +495,12 @@ def disk_usage(repo: Path) -> dict[str, int]:
     return {area: allocated_bytes(repo / area) if (repo / area).exists() else 0 for area in DISK_AREAS}
 
 
+def disk_total(repo: Path) -> int:
+    """Allocated bytes of all DISK_AREAS together: an output hard-linked into .dvc/cache counts once."""
+    seen: set[tuple[int, int]] = set()
+    return sum(allocated_bytes(repo / area, seen) for area in DISK_AREAS if (repo / area).exists())
+
+
 # ------------------------------------------------------------------------------------- running
 def run_pipeline(
     repo: Path, env: dict[str, str], stages: list[str], poll: float, results: list[Measurement], until: str | None
@@ -516,7 +523,7 @@ def run_pipeline(
         result = measure(stage, command, repo, env, marker, poll, logs / f"{stage}.log")
         if not result.script_seen:
             raise BenchmarkError(f"{stage}: DVC did not run {marker} (log {logs / stage}.log); was it up to date?")
-        result.disk_bytes = disk_usage(repo)
+        result.disk_bytes, result.disk_total_bytes = disk_usage(repo), disk_total(repo)
         results.append(result)
         print(f"{stage}: {result.wall_s:.1f} s ({result.dvc_s:.1f} s DVC)", file=sys.stderr, flush=True)
     # After --until, `dvc repro <last stage>`: a no-op over the stages run (the rest never ran).
@@ -526,7 +533,7 @@ def run_pipeline(
         raise BenchmarkError(
             f"the no-op `dvc repro` re-ran a stage (log {logs / 'noop.log'}): a stage is not reproducible"
         )
-    noop.disk_bytes = disk_usage(repo)
+    noop.disk_bytes, noop.disk_total_bytes = disk_usage(repo), disk_total(repo)
     results.append(noop)
     print(f"no-op dvc repro: {noop.wall_s:.1f} s", file=sys.stderr, flush=True)
     return results
@@ -536,14 +543,16 @@ def markdown_table(results: list[Measurement]) -> str:
     """The per-stage table: seconds, GB of RSS, GB on disk after the stage."""
     header = (
         "| stage | wall s | script s | DVC before s | DVC after s | DVC total s | peak RSS GB (largest process) "
-        "| peak RSS GB (tree) | data GB | .dvc/cache GB | models GB | metrics GB | exports GB |"
+        "| peak RSS GB (tree) | data GB | .dvc/cache GB | models GB | metrics GB | exports GB "
+        "| on disk GB (each file once) |"
     )
-    lines = [header, "|---|" + "---:|" * 12]
+    lines = [header, "|---|" + "---:|" * 13]
     for r in results:
         disk = " | ".join(f"{r.disk_bytes.get(area, 0) / GB:.3f}" for area in DISK_AREAS)
         lines.append(
             f"| {r.stage} | {r.wall_s:.1f} | {r.script_s:.1f} | {r.dvc_before_s:.1f} | {r.dvc_after_s:.1f} "
-            f"| {r.dvc_s:.1f} | {r.rss_max_process_bytes / GB:.2f} | {r.rss_tree_peak_bytes / GB:.2f} | {disk} |"
+            f"| {r.dvc_s:.1f} | {r.rss_max_process_bytes / GB:.2f} | {r.rss_tree_peak_bytes / GB:.2f} | {disk} "
+            f"| {r.disk_total_bytes / GB:.3f} |"
         )
     return "\n".join(lines)
 

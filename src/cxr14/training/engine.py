@@ -25,12 +25,13 @@ MLflow run tagged `resume_refused` and `restarted_from` (the old run id), and th
 the tags `abandoned` and `superseded_by` and, if still RUNNING, the status KILLED. Under
 torchrun every process trains its shard of each epoch; only rank 0 validates and writes.
 
-Structure: `_train` runs `_prepare` (data, model, optimizer, schedule, losses), `_resume` (last.pt
-loaded or refused), `_tracked_run` (the MLflow run: new or resumed, orphaned and abandoned runs
-ended), then per epoch `train_one_epoch` (with mid-epoch checkpoints) and `end_epoch` (`_validate`,
+Structure: `_train` runs `_prepare` (data opened, then `assemble_training`: model, optimizer,
+schedule, losses), `_resume` (last.pt loaded or refused), `_tracked_run` (the MLflow run: new or
+resumed, orphaned and abandoned runs ended), then per epoch `train_one_epoch` (with mid-epoch checkpoints) and `end_epoch` (`_validate`,
 history, early stopping, best.pt, last.pt), and `_finish` (history.csv, train.json, artifacts).
 What a checkpoint carries between processes is a `TrainingState` (with a `Partial` mid-epoch),
-stored as plain data.
+stored as plain data. One step is `forward_backward` then `optimizer_step`, fed by `epoch_loader`;
+benchmarks/throughput.py times these same functions.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -86,7 +87,20 @@ from cxr14.training.schedule import LearningRateSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train_model", "validation_loss", "make_optimizer", "save_checkpoint"]
+__all__ = [
+    "TrainResult",
+    "Training",
+    "assemble_training",
+    "epoch_batches",
+    "epoch_loader",
+    "forward_backward",
+    "make_optimizer",
+    "optimizer_step",
+    "save_checkpoint",
+    "train_model",
+    "training_network",
+    "validation_loss",
+]
 
 
 @dataclass
@@ -302,7 +316,7 @@ def train_model(cfg: Config, model_name: str, cache_dir: Path, out_dir: Path, se
 
 
 @dataclass
-class _Training:
+class Training:
     """One training in this process: its settings, data, model and optimizer (fixed once prepared)
     and what changes as it runs: the `TrainingState`, the best weights so far (rank 0) and, until
     the first resumed epoch starts, the random states a mid-epoch `last.pt` saved for this rank."""
@@ -331,6 +345,8 @@ class _Training:
     best_weights: dict | None = None
     val_scores: np.ndarray | None = None  # the last validation's scores (rank 0)
     resume_rng: dict | None = None
+    # The forward pass's mixed precision on a device (cxr14.inference.autocast: bf16 on CUDA).
+    autocast: Callable[[torch.device], Any] = _autocast
 
     @property
     def main(self) -> bool:
@@ -368,7 +384,7 @@ def _train(
     # best_epoch 0: no epoch selected yet, so a best.pt there belongs to an earlier run.
     if run.main and run.state.best_epoch and (out_dir / "best.pt").is_file():
         run.best_weights = load_checkpoint(out_dir / "best.pt")["model"]
-    run.network = _network(run.model, context, train)
+    run.network = training_network(run.model, context, train)
     with _tracked_run(run, abandoned, orphan):
         for epoch in range(run.state.epoch + 1, train.epochs + 1):
             loss_sum, seen, seconds = train_one_epoch(run, epoch)
@@ -390,10 +406,10 @@ def _prepare(
     cache_dir: Path,
     out_dir: Path,
     seed: int,
-) -> _Training:
+) -> Training:
     """Everything before resuming: the tracking store checked, stale temporaries removed, the data
     opened, the model built (seeded), the optimizer, schedule and losses; a fresh state."""
-    device, main = context.device, context.is_main
+    main = context.is_main
     uri = tracking.tracking_uri()
     if main:
         tracking.check_reachable(uri)
@@ -404,45 +420,63 @@ def _prepare(
         remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir), seed)
 
-    train_images, train_labels, val_images, val_labels = _open_training_data(cache_dir)
+    data = _open_training_data(cache_dir)
+    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name, "train_seed": seed}
+    resolved["world_size"] = context.world_size
+    return assemble_training(
+        model_name, train, context, data, seed, cache_dir, out_dir, uri=uri, key=key, resolved=resolved
+    )
 
+
+def assemble_training(
+    model_name: str,
+    train: TrainConfig,
+    context: DistributedContext,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    seed: int,
+    cache_dir: Path,
+    out_dir: Path,
+    **recorded: Any,
+) -> Training:
+    """The model built (seeded; channels-last on CUDA), the optimizer, schedule and losses for
+    `data` = (train images, train labels, val images, val labels); a fresh state. `recorded` fills
+    the remaining fields (uri, key, resolved; `bundle` to use an already built model). What
+    `train_model` trains, and what benchmarks/throughput.py times step by step."""
+    device = context.device
+    train_images, train_labels = data[0], data[1]
     torch.manual_seed(seed)
-    bundle = build_for_training(model_name, train)
+    bundle = recorded.pop("bundle", None) or build_for_training(model_name, train)
     model = bundle.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = make_optimizer(model, train)
     batches_per_epoch = len(epoch_batches(train, train_images, train_labels, seed, 1, context))
-    steps_per_epoch = math.ceil(batches_per_epoch / train.grad_accum_steps)
-    schedule = LearningRateSchedule(optimizer, train, steps_per_epoch)
-    loss_fn, val_loss_fn = _losses(train, train_labels, device)
-    resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name, "train_seed": seed}
-    resolved["world_size"] = context.world_size
-    return _Training(
-        seed,
-        model_name,
-        train,
-        context,
-        cache_dir,
-        out_dir,
-        uri,
-        key,
-        resolved,
-        train_images,
-        train_labels,
-        val_images,
-        val_labels,
-        bundle,
-        model,
-        optimizer,
-        schedule,
-        loss_fn,
-        val_loss_fn,
+    schedule = LearningRateSchedule(optimizer, train, math.ceil(batches_per_epoch / train.grad_accum_steps))
+    loss_fn, val_loss_fn = training_losses(train, train_labels, device)
+    fields = {"uri": "", "key": {}, "resolved": {}, **recorded}
+    return Training(
+        seed=seed,
+        model_name=model_name,
+        train=train,
+        context=context,
+        cache_dir=cache_dir,
+        out_dir=out_dir,
+        train_images=train_images,
+        train_labels=train_labels,
+        val_images=data[2],
+        val_labels=data[3],
+        bundle=bundle,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        loss_fn=loss_fn,
+        val_loss_fn=val_loss_fn,
+        **fields,
     )
 
 
-def _losses(
+def training_losses(
     train: TrainConfig, train_labels: np.ndarray, device: torch.device
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(training loss on `device`, validation loss on the CPU, beside the gathered logits)."""
@@ -468,7 +502,7 @@ def _open_training_data(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     return train_images, train_labels, val_images, val_labels
 
 
-def _resume(run: _Training) -> tuple[str | None, str] | None:
+def _resume(run: Training) -> tuple[str | None, str] | None:
     """Continue from `last.pt` if it holds an unfinished run with this resume key: load the model,
     optimizer, schedule and state (mid-epoch also this rank's random states). A finished one is
     ignored; for a refused one, returns (its MLflow run id, why it is not resumed), else None."""
@@ -508,7 +542,7 @@ def _resume(run: _Training) -> tuple[str | None, str] | None:
     return None
 
 
-def _network(model: torch.nn.Module, context: DistributedContext, train: TrainConfig) -> torch.nn.Module:
+def training_network(model: torch.nn.Module, context: DistributedContext, train: TrainConfig) -> torch.nn.Module:
     """`model` as trained: wrapped for DDP under torchrun, compiled if `train.compile`."""
     network = model
     if context.enabled:
@@ -527,7 +561,7 @@ def _param_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _tracked_run(run: _Training, abandoned: tuple[str | None, str] | None, orphan: str | None) -> Iterator[None]:
+def _tracked_run(run: Training, abandoned: tuple[str | None, str] | None, orphan: str | None) -> Iterator[None]:
     """The open MLflow run of this training (rank 0 only; elsewhere nothing): the resumed run, or a
     new one that ends the `orphan` and `abandoned` earlier runs and logs params, config and data.
     Writes config.json before and mlflow_run.json once the run is known."""
@@ -572,7 +606,7 @@ def _tracked_run(run: _Training, abandoned: tuple[str | None, str] | None, orpha
         yield
 
 
-def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
+def train_one_epoch(run: Training, epoch: int) -> tuple[float, int, float]:
     """Train this process's batches of `epoch`, from where its `Partial` left off (if resumed
     there), with gradient accumulation and a mid-epoch `last.pt` every
     `train.checkpoint_every_steps` optimizer steps. Returns this process's train-loss sum, images
@@ -587,7 +621,7 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
         run.resume_rng = None
     batches = epoch_batches(train, run.train_images, run.train_labels, seed, epoch, context)
     done = partial.batches
-    loader = _epoch_loader(run, batches[done:])
+    loader = epoch_loader(run, batches[done:])
     set_train_mode(run.model)  # frozen BatchNorm layers keep their running statistics
     loss_sum, seen, steps = partial.loss_sum, partial.seen, partial.steps
     seen_before, seconds_before = seen, partial.seconds
@@ -603,11 +637,11 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
         group_start = index - index % train.grad_accum_steps
         group_size = min(train.grad_accum_steps, len(batches) - group_start)
         boundary = index + 1 == group_start + group_size
-        loss = _forward_backward(run, epoch, pixels, targets, generator, group_size, boundary)
+        loss = forward_backward(run, epoch, pixels, targets, generator, group_size, boundary)
         loss_sum += loss.item() * len(targets)
         seen += len(targets)
         if boundary:
-            _optimizer_step(run)
+            optimizer_step(run)
             steps += 1
             every = train.checkpoint_every_steps
             if every and steps % every == 0 and index + 1 < len(batches):
@@ -631,7 +665,7 @@ def train_one_epoch(run: _Training, epoch: int) -> tuple[float, int, float]:
     return loss_sum, seen, seconds_before + time.perf_counter() - started
 
 
-def _epoch_generator(run: _Training, epoch: int) -> torch.Generator:
+def _epoch_generator(run: Training, epoch: int) -> torch.Generator:
     """Seed torch and return the augmentation generator for `epoch` on this rank: per (seed, epoch,
     rank), so a resumed or sharded run draws what an uninterrupted one would."""
     epoch_seed = run.seed * 1000 + epoch + 7919 * run.context.rank
@@ -639,7 +673,7 @@ def _epoch_generator(run: _Training, epoch: int) -> torch.Generator:
     return torch.Generator(device=run.device).manual_seed(epoch_seed)
 
 
-def _epoch_loader(run: _Training, batches: list[list[int]]) -> DataLoader:
+def epoch_loader(run: Training, batches: list[list[int]]) -> DataLoader:
     """A loader over this process's remaining `batches` of the epoch, in order."""
     train = run.train
     return make_loader(
@@ -654,8 +688,8 @@ def _epoch_loader(run: _Training, batches: list[list[int]]) -> DataLoader:
     )
 
 
-def _forward_backward(
-    run: _Training,
+def forward_backward(
+    run: Training,
     epoch: int,
     pixels: torch.Tensor,
     targets: torch.Tensor,
@@ -678,7 +712,7 @@ def _forward_backward(
     targets = targets.to(device, non_blocking=True)
     no_sync = run.network.no_sync() if run.context.enabled and not boundary else contextlib.nullcontext()
     with no_sync:
-        with _autocast(device):
+        with run.autocast(device):
             logits = run.network(inputs)
         loss = run.loss_fn(logits.float(), targets)
         if not torch.isfinite(loss):
@@ -687,7 +721,7 @@ def _forward_backward(
     return loss
 
 
-def _optimizer_step(run: _Training) -> None:
+def optimizer_step(run: Training) -> None:
     """Clip the accumulated gradients (if `train.grad_clip`), step, clear them, advance the schedule."""
     if run.train.grad_clip:
         torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], run.train.grad_clip)
@@ -696,7 +730,7 @@ def _optimizer_step(run: _Training) -> None:
     run.schedule.after_step()
 
 
-def _last_checkpoint(run: _Training, state: TrainingState, finished: bool, rng: list | None = None) -> dict:
+def _last_checkpoint(run: Training, state: TrainingState, finished: bool, rng: list | None = None) -> dict:
     """The contents of `last.pt`: model, optimizer, schedule, (mid-epoch) every rank's random
     states, the state as plain data, and what a resume must match."""
     payload: dict[str, Any] = {
@@ -710,7 +744,7 @@ def _last_checkpoint(run: _Training, state: TrainingState, finished: bool, rng: 
     return payload
 
 
-def _save_partial(run: _Training, generator: torch.Generator, partial: Partial) -> None:
+def _save_partial(run: Training, generator: torch.Generator, partial: Partial) -> None:
     """A mid-epoch `last.pt` (rank 0) with every rank's random states, so a kill resumes here."""
     rng_states = gather_to_all(run.context, capture_rng(generator))
     if run.main:
@@ -720,7 +754,7 @@ def _save_partial(run: _Training, generator: torch.Generator, partial: Partial) 
         )
 
 
-def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: float, seconds: float) -> bool:
+def end_epoch(run: Training, epoch: int, loss_sum: float, seen: float, seconds: float) -> bool:
     """After `epoch`'s training: validation (rank 0), the schedule's epoch step, the history row,
     early stopping, metrics and log lines, best.pt on an improvement and last.pt. Returns whether
     training stops here (patience used up, or the last epoch)."""
@@ -765,7 +799,7 @@ def end_epoch(run: _Training, epoch: int, loss_sum: float, seen: float, seconds:
     return stop
 
 
-def _log_epoch(run: _Training, row: dict) -> None:
+def _log_epoch(run: Training, row: dict) -> None:
     """The epoch's metrics to MLflow and a log line; a warning when its AUROC is undefined."""
     tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     log.info(
@@ -786,14 +820,14 @@ def _log_epoch(run: _Training, row: dict) -> None:
         )
 
 
-def _last_validation_scores(run: _Training) -> np.ndarray:
+def _last_validation_scores(run: Training) -> np.ndarray:
     """The last epoch's validation scores (validated again when a resumed run had no epoch left)."""
     if run.val_scores is not None:
         return run.val_scores
     return _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device, run.val_loss_fn)[2]
 
 
-def _finish(run: _Training) -> None:
+def _finish(run: Training) -> None:
     """After the last epoch: the best weights restored and (rank 0) best.pt when no epoch was
     selected, history.csv, train.json and the final metrics and artifacts in MLflow."""
     state = run.state
