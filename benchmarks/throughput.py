@@ -542,15 +542,21 @@ def format_table(models: dict[str, dict]) -> str:
 
 
 def verdict(name: str, record: dict, device: torch.device) -> str:
-    """The loader verdict of one model, whatever it is."""
+    """The loader verdict of one model, whatever it is, with what the loader alone says about it."""
     ratio = record["full_over_device"]
+    headroom = record["loader"]["images_per_second"] / record["device_step"]["images_per_second"]
     if ratio >= KEEPS_UP:
         text = f"{name}: the loader keeps up: the full step runs at {ratio:.2f}x the device-only step (>= {KEEPS_UP})"
     else:
         text = (
-            f"{name}: the loader does NOT keep up: the full step runs at {ratio:.2f}x the device-only step "
-            f"(< {KEEPS_UP}): training here is input-bound"
+            f"{name}: the full step runs at {ratio:.2f}x the device-only step (< {KEEPS_UP}): the loader does not "
+            "keep up"
         )
+        if headroom >= 10:
+            text += (
+                f", although alone it delivers {headroom:.0f}x the step's images: the loss comes from feeding the "
+                "step (copies, cold memory, shared cores), not from the loader's rate"
+            )
     if device.type == "cpu":
         text += " (on the CPU the loader shares the cores with the model)"
     return text

@@ -192,7 +192,10 @@ def test_every_registered_model_has_timms_interface(name):
         assert model(images).shape == (2, 5)
 
 
-def test_a_bare_timm_name_is_built_with_a_warning_naming_the_timm_prefix(caplog):
+def test_a_bare_timm_name_is_built_with_a_warning_naming_the_timm_prefix(caplog, monkeypatch):
+    from cxr14.models import registry
+
+    monkeypatch.setattr(registry, "_WARNED_UNREGISTERED", set())  # whatever this process built before
     with caplog.at_level("WARNING", logger="cxr14.models.registry"):
         build_model("timm:resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
         build_model("resnet34", NUM_CLASSES, IMAGE_SIZE, pretrained=False)  # registered
@@ -200,6 +203,10 @@ def test_a_bare_timm_name_is_built_with_a_warning_naming_the_timm_prefix(caplog)
     with caplog.at_level("WARNING", logger="cxr14.models.registry"):
         build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
     assert any("not registered" in r.getMessage() and "timm:resnet18" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cxr14.models.registry"):  # once per process and name
+        build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+    assert not caplog.records
 
 
 def test_the_registry_imports_no_model_module():

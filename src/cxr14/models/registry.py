@@ -112,6 +112,7 @@ class ModelBundle:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_WARNED_UNREGISTERED: set[str] = set()
 
 
 class PretrainedWeightsError(Cxr14Error, RuntimeError):
@@ -263,8 +264,10 @@ def _spec_for(name: str) -> ModelSpec:
     if not _is_known(name):
         raise UnknownModelError(f"unknown model {_with_close_match(name)}; {_valid_names()}")
     architecture = name.removeprefix("timm:")
-    if not name.startswith("timm:"):
+    if not name.startswith("timm:") and name not in _WARNED_UNREGISTERED:
         # A project model whose module cxr14.models forgets to import would land here silently.
+        # Once per process and name: a stage or benchmark builds the same model several times.
+        _WARNED_UNREGISTERED.add(name)
         log.warning(
             "model %r is not registered; building timm's architecture of that name. If it is a project "
             "model, import its module in cxr14.models; if timm's is meant, write timm:%s",

@@ -27,8 +27,9 @@ torchrun every process trains its shard of each epoch; only rank 0 validates and
 
 Structure: `_train` runs `_prepare` (data opened, then `assemble_training`: model, optimizer,
 schedule, losses), `_resume` (last.pt loaded or refused), `_tracked_run` (the MLflow run: new or
-resumed, orphaned and abandoned runs ended), then per epoch `train_one_epoch` (with mid-epoch checkpoints) and `end_epoch` (`_validate`,
-history, early stopping, best.pt, last.pt), and `_finish` (history.csv, train.json, artifacts).
+resumed, orphaned and abandoned runs ended), then per epoch `train_one_epoch` (with mid-epoch
+checkpoints) and `end_epoch` (`_validate`, history, early stopping, best.pt, last.pt), and
+`_finish` (history.csv, train.json, artifacts).
 What a checkpoint carries between processes is a `TrainingState` (with a `Partial` mid-epoch),
 stored as plain data. One step is `forward_backward` then `optimizer_step`, fed by `epoch_loader`;
 benchmarks/throughput.py times these same functions.
