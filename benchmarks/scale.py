@@ -473,32 +473,38 @@ def measure(
     return result
 
 
-def allocated_bytes(root: Path, seen: set[tuple[int, int]] | None = None) -> int:
-    """Disk blocks under `root` (no symlink followed), each hard-linked file counted once per `seen`."""
-    seen = set() if seen is None else seen
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in [".", *files]:
+def allocated_files(root: Path) -> dict[tuple[int, int], int]:
+    """Disk blocks in bytes of every inode under `root` (no symlink followed), keyed by (device, inode):
+    a file hard-linked twice appears once."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in [".", *names]:
             try:
                 stat = os.lstat(os.path.join(folder, name))
             except FileNotFoundError:
                 continue
-            if (stat.st_dev, stat.st_ino) in seen:
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
-            total += stat.st_blocks * 512
+            files[(stat.st_dev, stat.st_ino)] = stat.st_blocks * 512
+    return files
+
+
+def allocated_bytes(root: Path, seen: set[tuple[int, int]] | None = None) -> int:
+    """Disk blocks under `root` (no symlink followed), each hard-linked file counted once per `seen`."""
+    seen = set() if seen is None else seen
+    files = allocated_files(root)
+    total = sum(size for inode, size in files.items() if inode not in seen)
+    seen.update(files)
     return total
 
 
-def disk_usage(repo: Path) -> dict[str, int]:
-    """Allocated bytes of each of DISK_AREAS in `repo` (0 when absent)."""
-    return {area: allocated_bytes(repo / area) if (repo / area).exists() else 0 for area in DISK_AREAS}
-
-
-def disk_total(repo: Path) -> int:
-    """Allocated bytes of all DISK_AREAS together: an output hard-linked into .dvc/cache counts once."""
-    seen: set[tuple[int, int]] = set()
-    return sum(allocated_bytes(repo / area, seen) for area in DISK_AREAS if (repo / area).exists())
+def disk_usage(repo: Path) -> tuple[dict[str, int], int]:
+    """(allocated bytes of each of DISK_AREAS in `repo`, 0 when absent; of all of them together, where
+    an output hard-linked into .dvc/cache counts once), from one walk of each area."""
+    per_area, blocks = {}, {}
+    for area in DISK_AREAS:
+        files = allocated_files(repo / area) if (repo / area).exists() else {}
+        per_area[area] = sum(files.values())
+        blocks.update(files)
+    return per_area, sum(blocks.values())
 
 
 # ------------------------------------------------------------------------------------- running
@@ -523,7 +529,7 @@ def run_pipeline(
         result = measure(stage, command, repo, env, marker, poll, logs / f"{stage}.log")
         if not result.script_seen:
             raise BenchmarkError(f"{stage}: DVC did not run {marker} (log {logs / stage}.log); was it up to date?")
-        result.disk_bytes, result.disk_total_bytes = disk_usage(repo), disk_total(repo)
+        result.disk_bytes, result.disk_total_bytes = disk_usage(repo)
         results.append(result)
         print(f"{stage}: {result.wall_s:.1f} s ({result.dvc_s:.1f} s DVC)", file=sys.stderr, flush=True)
     # After --until, `dvc repro <last stage>`: a no-op over the stages run (the rest never ran).
@@ -533,7 +539,7 @@ def run_pipeline(
         raise BenchmarkError(
             f"the no-op `dvc repro` re-ran a stage (log {logs / 'noop.log'}): a stage is not reproducible"
         )
-    noop.disk_bytes, noop.disk_total_bytes = disk_usage(repo), disk_total(repo)
+    noop.disk_bytes, noop.disk_total_bytes = disk_usage(repo)
     results.append(noop)
     print(f"no-op dvc repro: {noop.wall_s:.1f} s", file=sys.stderr, flush=True)
     return results

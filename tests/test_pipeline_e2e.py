@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from benchmarks import scale
+from cxr14.data.nih_download import _md5_of_file  # the download's own chunked file md5
 from tests.browser import page_problems, render_page, require_chromium
 from tests.conftest import tiny_params
 
@@ -37,11 +37,7 @@ def dvc_cache_damage(work: Path) -> list[str]:
     """Objects in `work`'s .dvc/cache whose bytes no longer hash to their name (an output written in place)."""
     damaged = []
     for path in sorted((work / ".dvc" / "cache" / "files" / "md5").glob("*/*")):
-        digest = hashlib.md5()
-        with open(path, "rb") as stream:
-            while block := stream.read(1 << 20):
-                digest.update(block)
-        if digest.hexdigest() != path.parent.name + path.name.removesuffix(".dir"):
+        if _md5_of_file(path).hexdigest() != path.parent.name + path.name.removesuffix(".dir"):
             damaged.append(str(path.relative_to(work)))
     return damaged
 
