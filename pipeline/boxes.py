@@ -5,6 +5,10 @@
 Without `data/raw/BBox_List_2017.csv` (a source that ships none) it writes an empty table.
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

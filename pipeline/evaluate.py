@@ -8,6 +8,10 @@ seed of the model (models/<model>/seed-<seed>, one per entry of params.yaml's `t
         --subgroups metrics/subgroups/cnn.json --expert-labels data/expert_labels.csv
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 import pandas as pd

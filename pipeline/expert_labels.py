@@ -8,6 +8,10 @@ Reads `<raw>/expert_labels.csv` (the fetch stage writes it: the phantom's truth,
 four findings as 0/1) plus a summary; without the file, a header-only table and `available: false`.
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

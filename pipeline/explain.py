@@ -4,6 +4,10 @@
         --summary metrics/explain/cnn.json --figures metrics/explain/cnn
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 import pandas as pd

@@ -9,6 +9,10 @@ is logged in that seed's training run and registered as `cxr14-<model>`; both ou
 written all or none (see cxr14.stages.export).
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14 import tracking

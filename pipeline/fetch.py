@@ -7,6 +7,10 @@ data plugs in through `data.source: nih` (see README). Each source is a module r
 cxr14.data.sources.SOURCES, whose docstring says how to add one.
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

@@ -3,6 +3,10 @@
 python pipeline/preprocess.py --raw data/raw --splits data/splits.csv --out data/cache
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

@@ -9,6 +9,10 @@ the report gathers every table into metrics/structure.xlsx. Efficiency: params, 
 image, size on disk, batch-1 latency and batched throughput on `profile.device`.
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14 import tracking

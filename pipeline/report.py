@@ -12,6 +12,10 @@ the all-model figures, are also attached to every model's MLflow run (under repo
 run shows where it stood in the comparison it took part in.
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 import json
 import os
 from pathlib import Path

@@ -4,6 +4,10 @@
         --sizes metrics/split_sizes.json
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

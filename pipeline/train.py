@@ -9,6 +9,10 @@ on 4 GPUs:
     torchrun --standalone --nproc_per_node=4 pipeline/train.py densenet121 --seed 42
 """
 
+import gc
+
+gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

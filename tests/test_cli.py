@@ -82,3 +82,40 @@ def test_nih_source_without_nih_data_names_the_folder(tmp_path):
     result = run_stage("fetch.py", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "raw"))
     assert result.returncode == 2 and str(empty) in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in (REPO_ROOT / "pipeline").glob("*.py")))
+def test_every_stage_script_turns_the_collector_off_before_its_imports(script):
+    """cxr14.cli's start-up: `import gc; gc.disable()` precede every other statement but the
+    docstring, and the script hands over to `run_stage` (which turns the collector back on)."""
+    import ast
+
+    source = (REPO_ROOT / "pipeline" / script).read_text()
+    body = ast.parse(source).body
+    statements = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
+    assert ast.unparse(statements[0]) == "import gc", f"{script}: first statement is not `import gc`"
+    assert ast.unparse(statements[1]) == "gc.disable()", f"{script}: second statement is not `gc.disable()`"
+    assert "run_stage(main, parser)" in source, f"{script} does not end in run_stage"
+
+
+def test_run_stage_collects_during_the_work_and_freezes_around_it():
+    """Inside `main` the collector is on and the imports are frozen; after it, main's objects too."""
+    program = (
+        "import gc, json\n"
+        "gc.disable()\n"
+        "from cxr14.cli import run_stage, stage_parser\n"
+        "seen = {}\n"
+        "def main(args):\n"
+        "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+        "    seen['made'] = [[i] for i in range(5000)]\n"
+        "run_stage(main, stage_parser('test'))\n"
+        "print(json.dumps({'enabled': seen['enabled'], 'frozen_in_main': seen['frozen'],"
+        " 'frozen_after': gc.get_freeze_count()}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    state = yaml.safe_load(result.stdout.strip().splitlines()[-1])
+    assert state["enabled"] is True
+    assert state["frozen_in_main"] > 1000  # the imports
+    assert state["frozen_after"] > state["frozen_in_main"] + 4000  # main's 5,000 lists, frozen before exit

@@ -1,6 +1,7 @@
 """Training and evaluation on a tiny real cache, tracked in a real SQLite MLflow store."""
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator
 
@@ -140,6 +141,38 @@ def test_optimizer_choice_covers_trainable_parameters_only(name, kind):
     assert [p for group in optimizer.param_groups for p in group["params"]] == list(model[1].parameters())
     if name == "sgd":
         assert optimizer.param_groups[0]["momentum"] == pytest.approx(train.momentum)
+    assert optimizer.defaults["fused"] is True  # CPU parameters: torch's one-kernel update
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adamw", "AdamW"), ("adam", "Adam"), ("sgd", "SGD")])
+def test_the_fused_update_takes_the_step_of_torchs_loop(name, kind):
+    """make_optimizer's fused update and torch's per-parameter loop agree over a few steps;
+    where fused is unavailable (here: a parameter on the meta device) torch chooses."""
+    import torch
+
+    from cxr14.training.engine import make_optimizer
+    from cxr14.training.schedule import fused_update
+
+    train = config_from_dict(tiny_params(**{"train.optimizer": name, "train.weight_decay": 1e-2})).train
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    loop_model = copy.deepcopy(fused_model)
+    start = copy.deepcopy(fused_model[0].weight)
+    fused = make_optimizer(fused_model, train)
+    extra = {"momentum": train.momentum} if name == "sgd" else {}
+    loop = getattr(torch.optim, kind)(
+        loop_model.parameters(), lr=train.lr, weight_decay=train.weight_decay, foreach=False, **extra
+    )
+    for _ in range(3):
+        batch = torch.randn(5, 8)
+        for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+            optimizer.zero_grad()
+            model(batch).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused_model[0].weight, start)  # the steps moved the weights
+    assert fused_update([torch.nn.Parameter(torch.zeros(2, device="meta"))]) is None
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlflow_store):
