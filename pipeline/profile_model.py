@@ -27,8 +27,7 @@ from cxr14.stages.profile import log_profile, profile_model
 def main(args) -> None:
     cfg = load_config(args.params)
     model_dir = Path(args.model_dir)
-    check_model_names([args.model], "models", args.params)
-    check_model_names(cfg.train.overrides, "train.overrides", args.params)
+    check_model_names([args.model], "models", args.params)  # (train@ checked train.overrides)
     # Store and output folders first; both outputs are renamed into place together, after logging.
     tracking.require_store(model_dir / "mlflow_run.json", args.model)
     structure, efficiency = Path(args.structure), Path(args.efficiency)

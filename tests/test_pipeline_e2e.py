@@ -373,11 +373,14 @@ def test_second_repro_is_up_to_date_and_dvc_views_work(repo):
 
 
 def test_exp_run_changes_only_training_and_is_listed(repo):
+    """A training setting re-trains (one model, to keep the suite short: the stages of every model
+    are the same template) and everything after it, nothing before; `dvc exp show` lists it."""
     work, env, _ = repo
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "baseline results"], work, env)
-    output = run(["dvc", "exp", "run", "-S", "train.epochs=1"], work, env)
-    assert "Running stage 'train@cnn-42'" in output
+    output = run(["dvc", "exp", "run", "-S", "train.epochs=1", "-S", "models=[cnn]"], work, env)
+    for stage in ("train@cnn-42", "evaluate@cnn", "explain@cnn", "profile@cnn", "export@cnn", "report"):
+        assert f"Running stage '{stage}'" in output
     assert "Running stage 'fetch'" not in output and "Running stage 'preprocess'" not in output
     table = json.loads(run(["dvc", "exp", "show", "--json"], work, env))
     one_epoch = [
@@ -387,8 +390,8 @@ def test_exp_run_changes_only_training_and_is_listed(repo):
     ]
     assert one_epoch, "dvc exp show does not list the train.epochs=1 experiment"
     metrics = one_epoch[0]["metrics"]
-    assert all(f"metrics/{model}.json" in metrics for model in MODELS)
     assert 0.0 <= metrics["metrics/cnn.json"]["data"]["macro_auroc"] <= 1.0
+    assert metrics["metrics/cnn.json"]["data"]["best_epoch"] in (0, 1)  # one epoch trained (0: none selectable)
 
 
 def test_adding_a_training_seed_trains_only_the_new_seed(repo):
