@@ -85,7 +85,7 @@ from cxr14.data.cache import build_cache, check_cache_size, open_split, split_la
 from cxr14.data.loader import prepare_batch  # noqa: E402
 from cxr14.errors import Cxr14Error  # noqa: E402
 from cxr14.evaluation.efficiency import count_parameters, median_forward_seconds  # noqa: E402
-from cxr14.inference import autocast, select_device  # noqa: E402
+from cxr14.inference import autocast, select_device, uses_bf16  # noqa: E402
 from cxr14.io import atomic_write_json  # noqa: E402
 from cxr14.labels import LABELS, NUM_CLASSES  # noqa: E402
 from cxr14.models import ModelBundle, build_model, set_train_mode  # noqa: E402
@@ -122,7 +122,7 @@ class StepSettings:
 
 def training_bf16(device: torch.device) -> bool:
     """Whether training's forward pass runs under bf16 autocast: `cxr14.inference.autocast`'s rule."""
-    return device.type == "cuda"
+    return uses_bf16(device)
 
 
 def training_settings(train: TrainConfig, device: torch.device) -> StepSettings:
@@ -226,13 +226,15 @@ def build_run(bench: Bench, model_name: str, train: TrainConfig, settings: StepS
     device, seed = bench.device, bench.args.seed
     train = dataclasses.replace(train, compile=settings.compile)
     context = DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
-    recorded: dict[str, Any] = {}
+    bundle = None
     if bench.args.random_init:
         torch.manual_seed(seed)
-        recorded["bundle"] = build_bundle(model_name, train, random_init=True)
+        bundle = build_bundle(model_name, train, random_init=True)
     data = (bench.images, bench.labels, bench.images[:0], bench.labels[:0])
     # out_dir: nothing is written there (no checkpoint, no MLflow run); only the step's parts are used.
-    run = engine.assemble_training(model_name, train, context, data, seed, bench.cache_dir, bench.scratch, **recorded)
+    run = engine.assemble_training(
+        model_name, train, context, data, seed, bench.cache_dir, bench.scratch, bundle=bundle
+    )
     run.model.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
     if settings.bf16 != training_bf16(device):  # training has no setting for it: replace its autocast
         run.autocast = lambda on: torch.autocast(on.type, dtype=torch.bfloat16, enabled=settings.bf16)

@@ -126,11 +126,15 @@ def predict(
 
 def autocast(device: torch.device):
     """The mixed precision of every forward pass (training and inference) on `device`."""
-    # bf16 on CUDA keeps fp32's range, so no loss scaler is needed; on the CPU autocast would
-    # only slow the seed models down.
-    return (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
+    # bf16 on a CUDA GPU that computes in it (Ampere and later): it keeps fp32's range, so no loss
+    # scaler is needed. Older GPUs (V100, T4) and the CPU run in fp32: fp16 would need a loss
+    # scaler, emulated bf16 is slower than fp32, and on the CPU autocast only slows the seed models.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device))
+
+
+def uses_bf16(device: torch.device) -> bool:
+    """Whether `autocast` runs the forward pass in bf16 on `device`."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def release_mapped_pages(images: np.ndarray) -> None:

@@ -435,7 +435,7 @@ def check_parity(
     Raises:
         ExportParityError: a format's logits differ by more than allowed (or are not finite).
     """
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    pixels = torch.from_numpy(np.array(images)).unsqueeze(1)  # a copy: rows of the read-only cache map
     inputs = prepare_batch(pixels, bundle.in_chans, bundle.mean, bundle.std, image_size)
     batches = [inputs, inputs[:1]] if len(inputs) > 1 else [inputs]
     with _on_cpu_for_export(bundle.model) as model:

@@ -437,16 +437,25 @@ def assemble_training(
     seed: int,
     cache_dir: Path,
     out_dir: Path,
-    **recorded: Any,
+    *,
+    bundle: ModelBundle | None = None,
+    uri: str = "",
+    key: dict | None = None,
+    resolved: dict | None = None,
 ) -> Training:
     """The model built (seeded; channels-last on CUDA), the optimizer, schedule and losses for
-    `data` = (train images, train labels, val images, val labels); a fresh state. `recorded` fills
-    the remaining fields (uri, key, resolved; `bundle` to use an already built model). What
-    `train_model` trains, and what benchmarks/throughput.py times step by step."""
+    `data` = (train images, train labels, val images, val labels); a fresh state. What
+    `train_model` trains, and what benchmarks/throughput.py times step by step.
+
+    Args:
+        bundle: an already built model (default: built here from `train`).
+        uri, key, resolved: what `train_model` records: the MLflow store, the run's key in it, and
+            the config as this model sees it (empty when nothing is recorded).
+    """
     device = context.device
-    train_images, train_labels = data[0], data[1]
+    train_images, train_labels, val_images, val_labels = data
     torch.manual_seed(seed)
-    bundle = recorded.pop("bundle", None) or build_for_training(model_name, train)
+    bundle = bundle or build_for_training(model_name, train)
     model = bundle.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -455,7 +464,6 @@ def assemble_training(
     batches_per_epoch = len(epoch_batches(train, train_images, train_labels, seed, 1, context))
     schedule = LearningRateSchedule(optimizer, train, math.ceil(batches_per_epoch / train.grad_accum_steps))
     loss_fn, val_loss_fn = training_losses(train, train_labels, device)
-    fields = {"uri": "", "key": {}, "resolved": {}, **recorded}
     return Training(
         seed=seed,
         model_name=model_name,
@@ -465,15 +473,17 @@ def assemble_training(
         out_dir=out_dir,
         train_images=train_images,
         train_labels=train_labels,
-        val_images=data[2],
-        val_labels=data[3],
+        val_images=val_images,
+        val_labels=val_labels,
         bundle=bundle,
         model=model,
         optimizer=optimizer,
         schedule=schedule,
         loss_fn=loss_fn,
         val_loss_fn=val_loss_fn,
-        **fields,
+        uri=uri,
+        key=key or {},
+        resolved=resolved or {},
     )
 
 
