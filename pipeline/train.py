@@ -27,10 +27,7 @@ def main(args) -> None:
     cfg = load_config(args.params)
     # Names and the cache on disk, before any work (config validation compares params with params).
     check_model_names([args.model], "models", args.params)
-    # A misspelt override is refused here; keys that are in `models` are checked by their own train@
-    # stage (so a stage of a project model does not import timm to check a timm model's name).
-    others = [name for name in cfg.train.overrides if name not in cfg.models]
-    check_model_names(others, "train.overrides", args.params)
+    check_model_names(cfg.train.overrides, "train.overrides", args.params)
     check_cache_size(
         Path(args.cache),
         cfg.train_for(args.model).image_size,
