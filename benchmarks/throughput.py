@@ -14,10 +14,11 @@ registered normalisation, optimizer, schedule and loss all from `engine.assemble
 engine's own step functions `forward_backward` (prepare_batch's on-device augmentation and
 normalisation, autocast, loss, backward) and `optimizer_step` (clipping, step, zero_grad, schedule),
 one optimizer step per batch (`train.grad_accum_steps` is set to 1). On CUDA, as in training, the
-weights are channels-last, cuDNN autotunes and the forward pass runs under bf16 autocast; on the
-CPU neither. Each measurement builds its model afresh from `--seed`, runs `--warmup` untimed steps,
-then times `--repeats` blocks of `--steps` steps, each block between device synchronisations
-(torch.cuda.synchronize), and reports the median block's img/s (every block's is in the JSON):
+weights are channels-last, cuDNN autotunes and the forward pass runs under bf16 autocast (fp32 on a
+GPU without native bf16); on the CPU neither. Each measurement builds its model afresh from
+`--seed`, runs `--warmup` untimed steps, then times `--repeats` blocks of `--steps` steps, each
+block between device synchronisations (torch.cuda.synchronize), and reports the median block's
+img/s (every block's is in the JSON):
 
 1. device-only step: synthetic uint8 batches [B, 1, S, S] at the cache's side S (random pixels,
    labels of random cache rows) already on the device. img/s and peak memory: on CUDA
@@ -39,7 +40,7 @@ then times `--repeats` blocks of `--steps` steps, each block between device sync
    without a working C++ toolchain, bf16 on a GPU without it) is skipped with one printed line and
    `"skipped": "<reason>"` in the JSON; the run goes on.
 4. inference: a fresh model in eval mode under torch.inference_mode, as evaluation runs it
-   (`cxr14.inference.autocast`: bf16 on CUDA, fp32 on the CPU; contiguous weights), at batch 1 and at
+   (`cxr14.inference.autocast`: bf16 on CUDA with native bf16, else fp32; contiguous weights), at batch 1 and at
    `--inference-batch`, timed by `cxr14.evaluation.efficiency.median_forward_seconds` (median of
    `--inference-repeats` forward passes after `--warmup`), to sit beside timm's published tables.
 
@@ -120,15 +121,10 @@ class StepSettings:
         return ", ".join(f"{name} {'on' if value else 'off'}" for name, value in dataclasses.asdict(self).items())
 
 
-def training_bf16(device: torch.device) -> bool:
-    """Whether training's forward pass runs under bf16 autocast: `cxr14.inference.autocast`'s rule."""
-    return uses_bf16(device)
-
-
 def training_settings(train: TrainConfig, device: torch.device) -> StepSettings:
-    """What the engine does on `device`: torch.compile if train.compile; bf16 autocast
-    (cxr14.inference.autocast) and channels-last weights (engine.assemble_training) on CUDA only."""
-    return StepSettings(compile=train.compile, bf16=training_bf16(device), channels_last=device.type == "cuda")
+    """What the engine does on `device`: torch.compile if train.compile; bf16 autocast where the GPU
+    has it (cxr14.inference.uses_bf16) and channels-last weights (engine.assemble_training) on CUDA."""
+    return StepSettings(compile=train.compile, bf16=uses_bf16(device), channels_last=device.type == "cuda")
 
 
 @dataclass
@@ -236,7 +232,7 @@ def build_run(bench: Bench, model_name: str, train: TrainConfig, settings: StepS
         model_name, train, context, data, seed, bench.cache_dir, bench.scratch, bundle=bundle
     )
     run.model.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
-    if settings.bf16 != training_bf16(device):  # training has no setting for it: replace its autocast
+    if settings.bf16 != uses_bf16(device):  # training has no setting for it: replace its autocast
         run.autocast = lambda on: torch.autocast(on.type, dtype=torch.bfloat16, enabled=settings.bf16)
     run.network = engine.training_network(run.model, context, train)
     set_train_mode(run.model)  # as train_one_epoch: frozen BatchNorm layers keep their statistics
@@ -383,7 +379,7 @@ def measure_inference(bench: Bench, model_name: str, train: TrainConfig) -> dict
     model = bundle.model.to(bench.device)
     generator = torch.Generator().manual_seed(bench.args.seed)
     result: dict[str, Any] = {
-        "precision": "bf16 autocast" if training_bf16(bench.device) else "fp32",
+        "precision": "bf16 autocast" if uses_bf16(bench.device) else "fp32",
         "memory_format": "contiguous",
         "image_size": train.image_size,
     }
