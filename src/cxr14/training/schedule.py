@@ -46,8 +46,8 @@ def fused_update(parameters: list[torch.nn.Parameter]) -> bool | None:
     floating-point parameters on the CPU or CUDA; else None (torch's own choice).
 
     On the CPU torch's default is a Python loop of small ops per parameter tensor: on a 2-core
-    CPU it took 20-40 % of a demo step (AdamW on resnet18 at 64 px: 21 ms of each step, fused
-    7 ms); on CUDA fused is the fastest of torch's implementations too. The update computes the
+    CPU it took 10-16 % of a demo step (AdamW on resnet18 at 64 px: 23 ms of a ~215 ms step,
+    fused 7-9 ms); on CUDA fused is the fastest of torch's implementations too. The update computes the
     same formula, in another order of floating-point operations.
     """
     on_supported = all(p.device.type in FUSED_DEVICES and p.dtype.is_floating_point for p in parameters)
