@@ -54,6 +54,46 @@ def test_prepare_batch_normalises_expands_and_augments():
     assert first.min() >= 0 and first.max() <= 1  # reflect fill: no out-of-range pixels
 
 
+def _smooth_images(n, size):
+    """Slowly varying pictures (a bright disc on a ramp): resampling them at another size changes little."""
+    axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    picture = 0.4 + 0.25 * x + 0.3 * np.exp(-((x - 0.2) ** 2 + (y + 0.1) ** 2) / 0.2)
+    return torch.from_numpy(np.round(np.stack([picture] * n) * 255).astype(np.uint8)).unsqueeze(1)
+
+
+@pytest.mark.parametrize(("cache", "model"), [(64, 16), (16, 32), (32, 32)])
+def test_augmentation_warps_at_the_smaller_of_the_cache_and_model_sizes(monkeypatch, cache, model):
+    sizes = []
+    affine_grid = torch.nn.functional.affine_grid
+
+    def recording(theta, size, **kwargs):
+        sizes.append(tuple(size))
+        return affine_grid(theta, size, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "affine_grid", recording)
+    out = prepare_batch(_smooth_images(3, cache), 1, (0.0,), (1.0,), model, AugmentConfig(), torch.Generator())
+    assert out.shape == (3, 1, model, model)
+    assert sizes == [(3, 1, min(cache, model), min(cache, model))]
+
+
+def test_augmenting_before_or_after_shrinking_is_the_same_transform():
+    """The affine matrices are in [-1, 1] image coordinates: warping the 64 px picture and then
+    shrinking it gives (up to resampling) what shrinking and then warping gives."""
+    pixels = _smooth_images(6, 64)
+    cfg = AugmentConfig(rotation_deg=20.0, zoom=0.2, shift_x=0.1, shift_y=0.1)
+    warped_small = prepare_batch(pixels, 1, (0.0,), (1.0,), 16, cfg, torch.Generator().manual_seed(5))
+    theta = _random_affine(6, cfg, torch.Generator().manual_seed(5), torch.device("cpu"))
+    full = pixels.float() / 255.0
+    functional = torch.nn.functional
+    grid = functional.affine_grid(theta, list(full.shape), align_corners=False)
+    warped = functional.grid_sample(full, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    warped_full = functional.interpolate(warped, size=(16, 16), mode="area")
+    plain = prepare_batch(pixels, 1, (0.0,), (1.0,), 16)
+    assert (warped_small - warped_full).abs().mean() < 0.01  # the same transform ...
+    assert (plain - warped_full).abs().mean() > 0.03  # ... of a visible size
+
+
 # ------------------------------------------------------------------------------------ shear
 ONLY_SHEAR = AugmentConfig(hflip=False, rotation_deg=0.0, shift_x=0.0, shift_y=0.0, zoom=0.0, shear_deg=20.0)
 
