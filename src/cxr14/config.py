@@ -174,7 +174,7 @@ class TrainOverride:
 
 # The committed params.yaml's train.overrides (see there for the reasons).
 DEFAULT_OVERRIDES: dict[str, TrainOverride] = {
-    "vit_v1": TrainOverride(image_size=128, epochs=2),
+    "vit_v1": TrainOverride(image_size=128, epochs=2, lr=2e-3),
     "resnet18": TrainOverride(epochs=6),
     "convnextv2_seed": TrainOverride(epochs=24),
     "vit_b16": TrainOverride(lr=1e-4),
