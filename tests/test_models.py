@@ -26,7 +26,7 @@ from cxr14.models import (
 )
 
 NUM_CLASSES = 15
-ALL_MODELS = [*available_models(), "convnextv2_atto", "timm:resnet18"]
+ALL_MODELS = [*available_models(), "convnextv2_atto", "timm:resnet10t"]
 # 32 px is the smallest size every model accepts (five 2x poolings, 32 px ViT patches) and keeps
 # the parametrised test fast on CPU; spatial layouts at larger sizes are checked separately.
 IMAGE_SIZE = 32
@@ -197,15 +197,15 @@ def test_a_bare_timm_name_is_built_with_a_warning_naming_the_timm_prefix(caplog,
 
     monkeypatch.setattr(registry, "_WARNED_UNREGISTERED", set())  # whatever this process built before
     with caplog.at_level("WARNING", logger="cxr14.models.registry"):
-        build_model("timm:resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
-        build_model("resnet34", NUM_CLASSES, IMAGE_SIZE, pretrained=False)  # registered
+        build_model("timm:resnet10t", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+        build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)  # registered (the demo's)
     assert not caplog.records
     with caplog.at_level("WARNING", logger="cxr14.models.registry"):
-        build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
-    assert any("not registered" in r.getMessage() and "timm:resnet18" in r.getMessage() for r in caplog.records)
+        build_model("resnet10t", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+    assert any("not registered" in r.getMessage() and "timm:resnet10t" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="cxr14.models.registry"):  # once per process and name
-        build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+        build_model("resnet10t", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
     assert not caplog.records
 
 
@@ -431,3 +431,16 @@ def test_the_seed_models_build_without_importing_timm_or_torchvision():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_demos_resnet18_is_registered_and_is_timms_resnet18_unchanged():
+    # Registered so the default pipeline logs no "not registered" warning: the network, its
+    # initialisation and its normalisation must stay those of timm's plain resnet18.
+    torch.manual_seed(0)
+    registered = build_model("resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+    torch.manual_seed(0)
+    plain = build_model("timm:resnet18", NUM_CLASSES, IMAGE_SIZE, pretrained=False)
+    assert "resnet18" in available_models()
+    assert (registered.in_chans, registered.mean, registered.std) == (plain.in_chans, plain.mean, plain.std)
+    ours, timms = registered.model.state_dict(), plain.model.state_dict()
+    assert ours.keys() == timms.keys() and all(torch.equal(ours[key], timms[key]) for key in ours)

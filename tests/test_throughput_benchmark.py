@@ -163,6 +163,33 @@ def test_a_failing_variant_is_skipped_with_its_reason_and_the_run_goes_on(tmp_pa
     assert capsys.readouterr().out.strip() == "cnn: variant compile on skipped (RuntimeError: Compiler: cc not found)"
 
 
+def test_device_only_batches_are_seeded_cache_rows_with_their_labels(tmp_path):
+    # Random pixels would time a different computation on the CPU (denormal floats in the seed CNN).
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 16, 16), dtype=np.uint8)
+    labels = rng.integers(0, 2, (10, NUM_CLASSES)).astype(np.float32)
+    bench = throughput.Bench(
+        args=argparse.Namespace(seed=3),
+        cfg=Config(),
+        device=torch.device("cpu"),
+        cache_dir=tmp_path,
+        cache_side=16,
+        images=images,
+        labels=labels,
+        scratch=tmp_path,
+        memory_kind=None,
+    )
+    batches = throughput.device_batches(bench, 6)
+    assert len(batches) == throughput.DEVICE_BATCHES
+    for pixels, targets in batches:
+        assert pixels.dtype == torch.uint8 and pixels.shape == (6, 1, 16, 16)
+        for image, target in zip(pixels[:, 0].numpy(), targets.numpy()):
+            row = next(i for i in range(len(images)) if np.array_equal(images[i], image))
+            assert np.array_equal(labels[row], target)
+    again = throughput.device_batches(bench, 6)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+
+
 def test_an_unknown_model_name_is_refused_with_the_valid_names(capsys):
     with pytest.raises(SystemExit) as exit_info:
         throughput.main(["--models", "cnn", "resnet18x", "--device", "cpu"])

@@ -38,6 +38,7 @@ REGISTERED_MODELS: tuple[str, ...] = (
     "vgg16",
     "mobilenetv2_100",
     # timm architectures under a project name (models/transfer.py)
+    "resnet18",
     "resnet34",
     "vit_b16",
     "densenet121",

@@ -7,6 +7,7 @@
 Plain timm classifiers (timm's own head resized to the classes):
 
     resnet34     from scratch by design (pretrained: auto -> false); a file can still be given
+    resnet18     the same, ResNet-34's smaller sibling: the demo's ResNet (params.yaml `models`)
     vit_b16      vit_base_patch16_224, ImageNet-21k pretrained and fine-tuned on 1k; built for
                  the run's image size (timm resamples the position embeddings when loading)
     densenet121  ImageNet-pretrained, CheXNet's architecture
@@ -117,6 +118,18 @@ for _architecture in TRANSFER_BACKBONES:
 )
 def resnet34(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
     return create_timm_model("resnet34", pretrained, pretrained_file, num_classes=num_classes)
+
+
+@register(
+    "resnet18",
+    mean=None,
+    std=None,
+    pretrained=False,
+    timm_weights=True,
+    description="timm resnet18 trained from scratch (11.2 M params), the demo's ResNet",
+)
+def resnet18(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
+    return create_timm_model("resnet18", pretrained, pretrained_file, num_classes=num_classes)
 
 
 @register(
