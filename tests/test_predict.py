@@ -90,6 +90,42 @@ def test_a_phantom_png_scores_the_same_through_predict_as_through_the_cache(name
     np.testing.assert_allclose(got.loc[expected.index].to_numpy(np.float32), expected.to_numpy(), rtol=0, atol=1e-6)
 
 
+def test_one_progress_bar_counts_every_image_read_and_no_bar_per_batch(phantom, tmp_path, monkeypatch):
+    from cxr14 import inference
+    from cxr14.deploy import predict as predict_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, iterable=None, **kwargs):
+            self.iterable, self.kwargs, self.n = iterable, kwargs, 0
+            bars.append(self)
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, count):
+            self.n += count
+
+    monkeypatch.setattr(predict_module, "progress", Bar)
+    monkeypatch.setattr(inference, "progress", Bar)
+    monkeypatch.setattr(predict_module, "CHUNK", 7)  # several chunks
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # counted although it fails
+    images = sorted((phantom["raw"] / "images").glob("*.png"))[:20]
+    model = load_model_folder(model_folder(tmp_path, "cnn"))
+    outcome = predict_files(model, [*images, tmp_path / "broken.png"], batch_size=5)
+    assert len(outcome.table) == 20 and len(outcome.failures) == 1
+    shown = [bar for bar in bars if not bar.kwargs.get("disable_bar")]
+    assert len(shown) == 1 and shown[0].kwargs["total"] == 21 and shown[0].kwargs["unit"] == "img"
+    assert shown[0].n == 21
+
+
 def test_calls_follow_the_chosen_operating_point(phantom, tmp_path):
     model = load_model_folder(model_folder(tmp_path, "cnn"))
     for point, sensitivity in (("max_f1", 0.9), ("sensitivity", 0.8)):

@@ -96,9 +96,11 @@ def predict(
     desc: str = "predict",
     *,
     logits: bool = False,
+    show_progress: bool = True,
 ) -> np.ndarray:
     """Sigmoid scores [N, 15] for a cache split, in its row order (no augmentation); with `logits`,
-    the float32 logits instead (the training engine's validation loss needs them).
+    the float32 logits instead (the training engine's validation loss needs them). `show_progress`
+    False: no bar of batches (a caller that shows its own, over more work).
 
     Memory stays at one batch whatever N is: a memory-mapped split's pages are handed back after
     each batch, and each batch's scores are copied into the one output array at once. (Keeping a
@@ -109,7 +111,7 @@ def predict(
     loader = make_loader(images, labels, batch_size, shuffle=False, seed=0, pin_memory=device.type == "cuda")
     outputs = np.zeros((0, NUM_CLASSES), np.float32)
     done = 0
-    for pixels, _ in progress(loader, desc=desc, unit="batch", leave=False):
+    for pixels, _ in progress(loader, desc=desc, unit="batch", leave=False, disable_bar=not show_progress):
         inputs = prepare_batch(
             pixels.to(device, non_blocking=True), bundle.in_chans, bundle.mean, bundle.std, image_size
         )

@@ -44,7 +44,7 @@ from cxr14.errors import Cxr14Error, MissingInputError
 from cxr14.evaluation.gradcam import find_taps, grad_cam
 from cxr14.evaluation.metrics import operating_point_thresholds
 from cxr14.inference import load_operating_points, load_trained, predict
-from cxr14.io import atomic_write_bytes, atomic_write_json
+from cxr14.io import atomic_write_bytes, atomic_write_json, progress
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import ModelBundle
 from cxr14.training.checkpoint import load_checkpoint
@@ -166,15 +166,18 @@ def predict_files(
     files, problems = find_images(paths)
     outcome = Outcome(pd.DataFrame(columns=output_columns()), thresholds, failures=list(problems))
     tables = []
-    for start in range(0, len(files), CHUNK):
-        pixels, kept, notes = _read_chunk(files[start : start + CHUNK], model.preprocess_size, outcome)
-        if not kept:
-            continue
-        scores = _score(model, pixels, batch_size)
-        label = operating_point if operating_point == "max_f1" else f"sensitivity>={sensitivity:g}"
-        tables.append(_table(kept, scores, thresholds, label, notes))
-        if gradcam_dir is not None:
-            outcome.overlays += write_overlays(model, pixels, scores, thresholds, kept, gradcam_dir)
+    # One bar over the files (reading them is most of the work), advanced as each chunk is scored.
+    with progress(total=len(files), desc="predict", unit="img") as bar:
+        for start in range(0, len(files), CHUNK):
+            chunk = files[start : start + CHUNK]
+            pixels, kept, notes = _read_chunk(chunk, model.preprocess_size, outcome)
+            if kept:
+                scores = _score(model, pixels, batch_size)
+                label = operating_point if operating_point == "max_f1" else f"sensitivity>={sensitivity:g}"
+                tables.append(_table(kept, scores, thresholds, label, notes))
+                if gradcam_dir is not None:
+                    outcome.overlays += write_overlays(model, pixels, scores, thresholds, kept, gradcam_dir)
+            bar.update(len(chunk))
     if tables:
         outcome.table = pd.concat(tables, ignore_index=True)[output_columns()]
     return outcome
@@ -205,7 +208,7 @@ def _score(model: TrainedModel, pixels: np.ndarray, batch_size: int) -> np.ndarr
     """Sigmoid scores [N, 15]: the very function evaluate@ scores the cache with."""
     device = next(model.bundle.model.parameters()).device
     labels = np.zeros((len(pixels), NUM_CLASSES), np.float32)  # unused by scoring
-    return predict(model.bundle, pixels, labels, batch_size, model.image_size, device, desc="predict")
+    return predict(model.bundle, pixels, labels, batch_size, model.image_size, device, show_progress=False)
 
 
 def _table(paths: list[Path], scores: np.ndarray, thresholds: dict[str, float], point: str, notes: list[str]):
