@@ -137,22 +137,27 @@ def test_table_and_verdict_are_printed(tiny_report):
     ) in out
 
 
+def _bench(folder: Path, images: np.ndarray, labels: np.ndarray, seed: int) -> throughput.Bench:
+    """A CPU Bench over an in-memory cache, for the functions that take one."""
+    return throughput.Bench(
+        args=argparse.Namespace(seed=seed),
+        cfg=Config(),
+        device=torch.device("cpu"),
+        cache_dir=folder,
+        cache_side=images.shape[-1],
+        images=images,
+        labels=labels,
+        scratch=folder,
+        memory_kind=None,
+    )
+
+
 def test_a_failing_variant_is_skipped_with_its_reason_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     def fail(*_args, **_kwargs):
         raise RuntimeError("Compiler: cc not found\nfull traceback follows")
 
     monkeypatch.setattr(throughput, "measure_device_step", fail)
-    bench = throughput.Bench(
-        args=argparse.Namespace(seed=0),
-        cfg=Config(),
-        device=torch.device("cpu"),
-        cache_dir=tmp_path,
-        cache_side=32,
-        images=np.zeros((1, 32, 32), np.uint8),
-        labels=np.zeros((1, NUM_CLASSES), np.float32),
-        scratch=tmp_path,
-        memory_kind=None,
-    )
+    bench = _bench(tmp_path, np.zeros((1, 32, 32), np.uint8), np.zeros((1, NUM_CLASSES), np.float32), seed=0)
     baseline = throughput.StepSettings(compile=False, bf16=False, channels_last=False)
     record = throughput.run_variant(bench, "cnn", TrainConfig(), "compile", baseline)
     assert record == {
@@ -168,17 +173,7 @@ def test_device_only_batches_are_seeded_cache_rows_with_their_labels(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 16, 16), dtype=np.uint8)
     labels = rng.integers(0, 2, (10, NUM_CLASSES)).astype(np.float32)
-    bench = throughput.Bench(
-        args=argparse.Namespace(seed=3),
-        cfg=Config(),
-        device=torch.device("cpu"),
-        cache_dir=tmp_path,
-        cache_side=16,
-        images=images,
-        labels=labels,
-        scratch=tmp_path,
-        memory_kind=None,
-    )
+    bench = _bench(tmp_path, images, labels, seed=3)
     batches = throughput.device_batches(bench, 6)
     assert len(batches) == throughput.DEVICE_BATCHES
     for pixels, targets in batches:

@@ -108,28 +108,17 @@ for _architecture in TRANSFER_BACKBONES:
     _register_transfer(_architecture)
 
 
-@register(
-    "resnet34",
-    mean=None,
-    std=None,
-    pretrained=False,
-    timm_weights=True,
-    description="timm resnet34 trained from scratch (21.3 M params)",
-)
-def resnet34(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
-    return create_timm_model("resnet34", pretrained, pretrained_file, num_classes=num_classes)
+def _register_plain(name: str, pretrained: bool, description: str) -> None:
+    """A timm classifier under its own name, timm's head resized to the classes."""
+
+    @register(name, mean=None, std=None, pretrained=pretrained, timm_weights=True, description=description)
+    def build(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
+        return create_timm_model(name, pretrained, pretrained_file, num_classes=num_classes)
 
 
-@register(
-    "resnet18",
-    mean=None,
-    std=None,
-    pretrained=False,
-    timm_weights=True,
-    description="timm resnet18 trained from scratch (11.2 M params), the demo's ResNet",
-)
-def resnet18(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
-    return create_timm_model("resnet18", pretrained, pretrained_file, num_classes=num_classes)
+_register_plain("resnet34", False, "timm resnet34 trained from scratch (21.3 M params)")
+_register_plain("resnet18", False, "timm resnet18 trained from scratch (11.2 M params), the demo's ResNet")
+_register_plain("densenet121", True, "timm DenseNet-121, ImageNet-pretrained (CheXNet's architecture)")
 
 
 @register(
@@ -144,15 +133,3 @@ def vit_b16(num_classes: int, image_size: int, pretrained: bool, pretrained_file
     return create_timm_model(
         "vit_base_patch16_224", pretrained, pretrained_file, num_classes=num_classes, img_size=image_size
     )
-
-
-@register(
-    "densenet121",
-    mean=None,
-    std=None,
-    pretrained=True,
-    timm_weights=True,
-    description="timm DenseNet-121, ImageNet-pretrained (CheXNet's architecture)",
-)
-def densenet121(num_classes: int, image_size: int, pretrained: bool, pretrained_file: str | None) -> nn.Module:
-    return create_timm_model("densenet121", pretrained, pretrained_file, num_classes=num_classes)
