@@ -90,6 +90,23 @@ def test_a_phantom_png_scores_the_same_through_predict_as_through_the_cache(name
     np.testing.assert_allclose(got.loc[expected.index].to_numpy(np.float32), expected.to_numpy(), rtol=0, atol=1e-6)
 
 
+def test_a_model_folder_reads_its_checkpoint_once(tmp_path, monkeypatch):
+    from cxr14 import inference
+    from cxr14.deploy import predict as predict_module
+
+    folder = model_folder(tmp_path, "cnn")
+    reads = []
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "load_checkpoint", counted)
+    monkeypatch.setattr(inference, "load_checkpoint", counted)
+    model = load_model_folder(folder)
+    assert reads == ["best.pt"] and model.name == "cnn"
+
+
 def test_one_progress_bar_counts_every_image_read_and_no_bar_per_batch(phantom, tmp_path, monkeypatch):
     from cxr14 import inference
     from cxr14.deploy import predict as predict_module

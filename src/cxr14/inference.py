@@ -51,17 +51,25 @@ def select_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.
     return torch.device(name)
 
 
-def load_trained(model_dir: Path, model_name: str, device: torch.device, freeze_backbone: bool = False):
+def load_trained(
+    model_dir: Path,
+    model_name: str,
+    device: torch.device,
+    freeze_backbone: bool = False,
+    checkpoint: dict | None = None,
+):
     """Rebuild the architecture and load `best.pt` (the early-stopping choice).
 
-    `freeze_backbone` only restores which parameters were trainable (for the layer table).
+    `freeze_backbone` only restores which parameters were trainable (for the layer table). Pass
+    `checkpoint` when best.pt is already loaded, so that it is not read again.
     """
     checkpoint_path = model_dir / "best.pt"
-    if not checkpoint_path.is_file():
-        raise MissingInputError(
-            f"{checkpoint_path}: no trained checkpoint; run `dvc repro {train_stage(model_name, model_dir)}`"
-        )
-    checkpoint = load_checkpoint(checkpoint_path)  # data only: a shared model folder cannot run code
+    if checkpoint is None:
+        if not checkpoint_path.is_file():
+            raise MissingInputError(
+                f"{checkpoint_path}: no trained checkpoint; run `dvc repro {train_stage(model_name, model_dir)}`"
+            )
+        checkpoint = load_checkpoint(checkpoint_path)  # data only: a shared model folder cannot run code
     # The checkpoint holds every weight: never fetch pretrained ones here.
     bundle = build_model(
         model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False, freeze_backbone=freeze_backbone

@@ -131,7 +131,7 @@ def load_model_folder(path: Path, seed: int | None = None, device: torch.device 
         points = load_operating_points(folder, name, checkpoint)
     except MissingInputError as error:
         raise ModelFolderError(str(error)) from error
-    bundle, image_size = load_trained(folder, name, device or torch.device("cpu"))
+    bundle, image_size = load_trained(folder, name, device or torch.device("cpu"), checkpoint=checkpoint)
     return TrainedModel(name, folder, seed, bundle, image_size, int(config["preprocess"]["size"]), points)
 
 
