@@ -222,6 +222,28 @@ def test_cli_refuses_a_missing_model_folder_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--batch-size", "0", "must be a whole number >= 1, got 0"),
+        ("--batch-size", "eight", "must be a whole number >= 1, got 'eight'"),
+        ("--sensitivity", "2", "must be a number in (0, 1], got 2"),
+        ("--sensitivity", "0", "must be a number in (0, 1], got 0"),
+    ],
+)
+def test_cli_refuses_a_bad_setting_before_loading_anything(tmp_path, option, value, says):
+    result = cxr14("predict", "--model", str(tmp_path / "nowhere"), str(tmp_path), option, value, cwd=tmp_path)
+    assert result.returncode == 2  # argparse's exit for a bad argument: before the model folder is read
+    assert f"argument {option}: {says}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_prints_its_version():
+    from importlib.metadata import version
+
+    result = cxr14("--version", cwd=REPO_ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == f"cxr14 {version('cxr14')}"
+
+
 def test_console_script_is_installed_with_help():
     script = Path(sys.executable).parent / "cxr14"
     result = subprocess.run([str(script), "predict", "--help"], capture_output=True, text=True, cwd=REPO_ROOT)

@@ -30,8 +30,38 @@ This is a research model: not a medical device, not for diagnosis.
 """
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value:g}")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"cxr14 {version('cxr14')}"
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "cxr14 (not installed: no version)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr14", description="Use the models trained by the cxr14 pipeline.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
         "predict",
@@ -47,9 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--seed", type=int, help="with models/<model>: the training seed to use")
     predict.add_argument("--out", type=Path, help="write the table to this CSV (default: standard output)")
     predict.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per positive finding")
-    predict.add_argument("--operating-point", choices=("max_f1", "sensitivity"), default="max_f1")
-    predict.add_argument("--sensitivity", type=float, default=0.9, help="target of --operating-point sensitivity")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument(
+        "--operating-point",
+        choices=("max_f1", "sensitivity"),
+        default="max_f1",
+        help="which validation thresholds make the calls (default: %(default)s; see below)",
+    )
+    predict.add_argument(
+        "--sensitivity",
+        type=_fraction,
+        default=0.9,
+        help="target of --operating-point sensitivity, in (0, 1] (default: %(default)s)",
+    )
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="images per forward pass (default: %(default)s)"
+    )
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     predict.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     return parser
@@ -60,8 +102,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from cxr14.inference import select_device
     from cxr14.io import atomic_write_text
 
-    if not 0.0 < args.sensitivity <= 1.0:
-        raise SystemExit(f"error: --sensitivity must be in (0, 1], got {args.sensitivity}")
     model = load_model_folder(args.model, args.seed, select_device(args.device))
     print(
         f"{model.name}: {model.folder} (seed {model.seed}), "
