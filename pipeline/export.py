@@ -13,6 +13,7 @@ import gc
 
 gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
 
+import logging
 from pathlib import Path
 
 from cxr14 import tracking
@@ -22,6 +23,8 @@ from cxr14.io import staged_outputs
 from cxr14.models.registry import check_model_names
 from cxr14.stages.export import export_trained
 
+log = logging.getLogger("cxr14.stages.export")
+
 
 def main(args) -> None:
     cfg = load_config(args.params)
@@ -30,9 +33,10 @@ def main(args) -> None:
     tracking.require_store(model_dir / f"seed-{cfg.train_seeds[0]}" / "mlflow_run.json", args.model)
     out, card = Path(args.out), Path(args.card)
     with staged_outputs([out, card]) as stage:
-        export_trained(
+        record = export_trained(
             cfg, args.model, model_dir, Path(args.cache), Path(args.metrics), stage.path(out), stage.path(card)
         )
+    log.info("%s: exported to %s, card %s, registered as %s", args.model, out, card, record["registry"]["version_uri"])
 
 
 if __name__ == "__main__":

@@ -119,3 +119,29 @@ def test_run_stage_collects_during_the_work_and_freezes_around_it():
     assert state["enabled"] is True
     assert state["frozen_in_main"] > 1000  # the imports
     assert state["frozen_after"] > state["frozen_in_main"] + 4000  # main's 5,000 lists, frozen before exit
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_run_stage_holds_mlflow_to_warnings_even_when_imported_during_the_work(verbose):
+    """MLflow sets its logger's level when first imported, which in a stage happens inside the work."""
+    program = (
+        "import gc, json, logging, os, sys\n"
+        "gc.disable()\n"
+        "from cxr14.cli import run_stage, stage_parser\n"
+        "assert 'mlflow' not in sys.modules\n"
+        "def main(args):\n"
+        "    import mlflow  # noqa\n"
+        "    logging.getLogger('mlflow.system_metrics').info('mlflow chatter')\n"
+        "    logging.getLogger('mlflow.store').warning('mlflow warning')\n"
+        "    logging.getLogger('cxr14.stages.test').info('stage line')\n"
+        "    print(os.environ['MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR'])\n"
+        "run_stage(main, stage_parser('test'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(REPO_ROOT / "src")
+    command = [sys.executable, "-c", program, *(["-v"] if verbose else [])]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "stage line" in result.stderr and "mlflow warning" in result.stderr
+    assert ("mlflow chatter" in result.stderr) is verbose
+    assert result.stdout.strip().splitlines()[-1] == "false"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -317,3 +318,12 @@ def test_a_model_whose_trace_fixes_a_value_fails_the_parity_check(tmp_path):
     ):
         export_model(bundle, 32, 32, tmp_path / "export", check_images=phantom_pixels(3, size=32))
     assert not any(tmp_path.iterdir())
+
+
+def test_the_exporters_log_nothing_at_info(tmp_path, caplog):
+    # onnx_ir's optimiser logs a line per merged initializer (~100 for vit_v1) at INFO.
+    bundle = build_model("vit_v1", 15, 64, pretrained=False)
+    with caplog.at_level(logging.INFO):
+        export_onnx(bundle, 64, tmp_path / "model.onnx")
+    chatter = [record for record in caplog.records if not record.name.startswith("cxr14")]
+    assert not chatter, [f"{record.name}: {record.getMessage()}" for record in chatter[:3]]

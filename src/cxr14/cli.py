@@ -14,6 +14,13 @@ its first statement: collections during the imports cost ~1.5 s on a 2-core CPU)
 process, so later collections skip it) and turns the collector back on for the stage's own
 work. When the work is done it freezes again, so that the interpreter's last collection at exit
 does not walk everything once more (another ~1-2 s per stage).
+
+Quiet logs: a stage logs its own INFO lines; the libraries' chatter (MLflow's store set-up and
+system-metrics notices, its artifact-download bars, alembic, matplotlib) is held to warnings.
+MLflow sets its logger's level when it is first imported, which in most stages happens inside
+the work, so `run_stage` also sets MLflow's own variables (`MLFLOW_LOGGING_LEVEL=WARNING`,
+`MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false`) unless the user has set them; `-v` keeps MLflow's
+INFO lines too.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -48,8 +56,13 @@ def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.Argum
         datefmt="%H:%M:%S",
     )
     # Third-party chatter (alembic migrations, MLflow store set-up) is not what the user ran.
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
+    for noisy in ("alembic", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    mlflow_level = "INFO" if args.verbose else "WARNING"
+    logging.getLogger("mlflow").setLevel(mlflow_level)
+    # MLflow (re)sets its logger's level on import, usually later than this: its own settings.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", mlflow_level)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     gc.freeze()
     gc.enable()
     try:

@@ -221,7 +221,10 @@ def _quiet_export() -> Iterator[None]:
     """Silence the exporters: deprecation notes, tracer warnings, progress logging, and the graphs
     torch.export prints to stderr when a capture strategy fails before another succeeds (logged at
     DEBUG level instead)."""
-    names = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", _SYMBOLIC_SHAPES, "onnxscript")
+    names = (
+        *("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", _SYMBOLIC_SHAPES),
+        *("onnxscript", "onnx_ir"),  # onnx_ir: the optimiser's passes log every initializer they merge
+    )
     noisy = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in noisy]
     printed = io.StringIO()
@@ -395,7 +398,7 @@ def export_model(
             parity = check_parity(bundle, image_size, staging, check_images, tolerance)
         record = _record(bundle, image_size, preprocess_size, staging, parity)
         atomic_write_json(staging / FILES["record"], record)
-    log.info("exported %s to %s", bundle.name, out_dir)
+    log.debug("exported %s to %s", bundle.name, out_dir)  # a stage's staging folder: it logs the final one
     return record
 
 

@@ -18,7 +18,6 @@ For the first training seed's model (the one explain@ and profile@ use), after e
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from cxr14 import tracking
@@ -31,8 +30,6 @@ from cxr14.inference import select_device
 from cxr14.io import atomic_write_json
 from cxr14.models import UnknownModelError, describe_model
 from cxr14.reporting.card import load_card_inputs, model_card, write_card
-
-log = logging.getLogger(__name__)
 
 PARITY_IMAGES = 16  # test images of the cache the exported files must reproduce (first rows)
 
@@ -77,7 +74,6 @@ def export_trained(
     description = version_description(model_name, inputs["headline"], model.seed)
     registered = _register(model, out_dir, check, description, card)
     atomic_write_json(out_dir / "registry.json", registered)
-    log.info("%s: exported to %s, registered as %s", model_name, out_dir, registered.get("version_uri"))
     return {"export": exported, "registry": registered}
 
 
