@@ -290,11 +290,14 @@ def _validation_with_auroc(monkeypatch, aurocs):
     [([float("nan"), 0.6, 0.7], 3), ([0.6, float("nan"), 0.5], 1), ([float("nan"), 0.7, float("nan")], 2)],
 )
 def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(
-    aurocs, best, tiny_cache, tmp_path, mlflow_store, monkeypatch
+    aurocs, best, tiny_cache, tmp_path, mlflow_store, monkeypatch, caplog
 ):
     _validation_with_auroc(monkeypatch, aurocs)
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32, "train.epochs": 3}))
+    caplog.set_level("INFO", logger="cxr14.training.engine")
     result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
+    closing = f"best epoch {best} (validation macro AUROC {aurocs[best - 1]:.4f}) in {tmp_path / 'cnn' / 'best.pt'}"
+    assert any(r.getMessage().startswith("cnn: 3 epochs in ") and closing in r.getMessage() for r in caplog.records)
     assert result.epochs_run == 3
     assert result.best_epoch == best and result.best_val_auroc == aurocs[best - 1]
     summary = json.loads((tmp_path / "cnn" / "train.json").read_text())

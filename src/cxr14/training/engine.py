@@ -888,6 +888,16 @@ def _finish(run: Training) -> None:
         "run_id": state.run_id,
     }
     atomic_write_json(run.out_dir / "train.json", summary)
+    if selected:
+        log.info(
+            "%s: %d epochs in %.1f s; best epoch %d (validation macro AUROC %.4f) in %s",
+            run.model_name,
+            state.epoch,
+            state.train_seconds,
+            state.best_epoch,
+            state.best_auroc,
+            run.out_dir / "best.pt",
+        )
     tracking.log_metrics({"best_val_macro_auroc": state.best_auroc, "train_seconds": state.train_seconds})
     tracking.log_artifact(run.out_dir / "history.csv")
     tracking.log_artifact(run.out_dir / "best.pt", artifact_path="checkpoint")
