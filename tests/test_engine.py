@@ -16,7 +16,7 @@ from cxr14.training.engine import train_model
 from tests.conftest import tiny_params
 
 
-def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_store):
+def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_store, caplog):
     cfg = config_from_dict(tiny_params(**{"train.image_size": 32, "preprocess.size": 32}))
     out_dir = tmp_path / "models" / "vit_v1"
     result = train_model(cfg, "vit_v1", tiny_cache, out_dir, seed=42)
@@ -26,8 +26,12 @@ def test_train_then_evaluate_into_one_mlflow_run(tiny_cache, tmp_path, mlflow_st
     saved = json.loads((out_dir / "config.json").read_text())
     assert saved["model"] == "vit_v1" and saved["train"]["lr"] == cfg.train_for("vit_v1").lr
 
+    caplog.set_level("INFO", logger="cxr14.stages.evaluate")
     record = evaluate_model(cfg, "vit_v1", tiny_cache, out_dir)
     assert record["metrics"]["n_images"] == len(record["predictions"])
+    low, high = record["metrics"]["intervals"]["macro_auroc"]
+    headline = f"vit_v1: test macro AUROC {record['metrics']['macro_auroc']:.4f} [{low:.4f}, {high:.4f}]"
+    assert any(r.getMessage().startswith(headline) for r in caplog.records)
     log_to_run(record, out_dir / "mlflow_run.json")
 
     client = mlflow.tracking.MlflowClient(mlflow_store)

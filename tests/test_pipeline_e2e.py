@@ -226,6 +226,25 @@ def test_explain_scores_every_model_against_the_phantom_boxes(repo):
         assert summary["tsne_points"] == len(test_ids)
 
 
+def test_repro_log_has_each_stages_summary_and_no_library_chatter(repo):
+    work, _, output = repo
+    for model in MODELS:
+        train = json.loads((work / "models" / model / "seed-42" / "train.json").read_text())
+        assert f"{model}: {train['epochs_run']} epochs in " in output
+        best = f"best epoch {train['best_epoch']} (validation macro AUROC {train['best_val_macro_auroc']:.4f})"
+        assert best in output
+        scored = json.loads((work / "metrics" / "details" / f"{model}.json").read_text())["metrics"]
+        low, high = scored["intervals"]["macro_auroc"]
+        assert f"{model}: test macro AUROC {scored['macro_auroc']:.4f} [{low:.4f}, {high:.4f}]" in output
+        explained = json.loads((work / "metrics" / "explain" / f"{model}.json").read_text())
+        assert f"{model}: pointing game {explained['localisation']['overall']['pointing_game']:.3f}" in output
+        assert f"{model}: retrieval P@1 {explained['retrieval']['precision_at_1']:.3f}" in output
+        assert f"{model}: exported to exports/{model}, card metrics/cards/{model}.md, registered as" in output
+    assert ".partial" not in output  # staging folders are not what the user gets
+    for chatter in ("INFO mlflow", "INFO onnx_ir", "INFO onnxscript", "Downloading artifacts", "not registered"):
+        assert chatter not in output, chatter
+
+
 def test_every_figure_is_logged_to_the_models_run(repo):
     work, env, _ = repo
     client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])

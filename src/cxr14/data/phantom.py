@@ -758,10 +758,9 @@ def generate_phantom(
     frame = _write_tables(out_dir, rows, seed, missed, spurious)
     prevalence = frame["Finding Labels"].str.get_dummies(sep="|").mean().sort_values(ascending=False)
     log.info(
-        "phantom: %d images of %d patients in %s (%d boxes); prevalence %s",
+        "phantom: %d images of %d patients (%d boxes); prevalence %s",
         len(frame),
         n_patients,
-        out_dir,
         len(boxes),
         ", ".join(f"{name} {100 * p:.1f}%" for name, p in prevalence.items()),
     )

@@ -9,11 +9,14 @@ renamed into place, so an interrupted fetch never leaves a half-populated `out_d
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from cxr14.config import Config
 from cxr14.data.phantom import generate_phantom
 from cxr14.io import atomic_directory
+
+log = logging.getLogger(__name__)
 
 
 def fetch(cfg: Config, out_dir: Path) -> None:
@@ -28,3 +31,4 @@ def fetch(cfg: Config, out_dir: Path) -> None:
             missed=phantom.label_noise.missed,
             spurious=phantom.label_noise.spurious,
         )
+    log.info("phantom written to %s (seed %d, %d px)", out_dir, cfg.seed, phantom.image_size)

@@ -89,9 +89,10 @@ def evaluate_model(
     history = pd.read_csv(model_dir / "history.csv")
     predictions = _predictions_table(test_index, test_scores, test_targets, calibrated)
     log.info(
-        "%s: test macro AUROC %.4f over %d classes, %d images",
+        "%s: test macro AUROC %.4f [%.4f, %.4f] (95%% patient bootstrap) over %d classes, %d images",
         model_name,
         metrics["macro_auroc"],
+        *metrics["intervals"]["macro_auroc"],
         metrics["classes_in_macro_auroc"],
         len(test_targets),
     )

@@ -70,6 +70,25 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
     vectors = extract_embeddings(bundle, taps, images, settings.batch_size, image_size, device)
     patient_ids = index["patient_id"].astype(str).to_numpy()
     retrieval = retrieval_metrics(vectors, labels, patient_ids)
+    if localisation is not None:
+        overall = localisation["overall"]
+        log.info(
+            "%s: pointing game %.3f (centre baseline %.3f) over %d boxes, %d empty maps; mean IoU %.3f",
+            model_name,
+            overall["pointing_game"],
+            overall["centre_baseline"],
+            overall["boxes"],
+            overall["empty_maps"],
+            overall["mean_iou"],
+        )
+    log.info(
+        "%s: retrieval P@1 %.3f (chance %.3f), mAP %.3f over %d queries",
+        model_name,
+        retrieval["precision_at_1"],
+        retrieval["chance_precision"],
+        retrieval["mean_average_precision"],
+        retrieval["queries"],
+    )
     return {
         "model": model_name,
         "taps": {
