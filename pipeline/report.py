@@ -17,6 +17,7 @@ import gc
 gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from cxr14.reporting.sections import (
     model_figure_paths,
 )
 from cxr14.reporting.workbook import write_structure_workbook
+
+log = logging.getLogger("cxr14.stages.report")
 
 TITLE = "cxr14 — model comparison"
 
@@ -65,12 +68,13 @@ def main(args) -> None:
     workbook, figures_out = Path(args.workbook), Path(args.figures_out)
     # All five outputs or none: written beside, logged, then renamed into place together.
     with staged_outputs([report_path, html_path, summary_path, workbook, figures_out]) as stage:
-        _report(cfg, args, stage, report_path, html_path, summary_path, workbook, figures_out)
+        ranking = _report(cfg, args, stage, report_path, html_path, summary_path, workbook, figures_out)
+    log.info("report: %s and %s; models by test macro AUROC: %s", report_path, html_path, ", ".join(ranking))
 
 
 def _report(
     cfg, args, stage, report_path: Path, html_path: Path, summary_path: Path, workbook: Path, figures_out: Path
-) -> None:
+) -> list[str]:
     models = list(cfg.models)
     records = load_records(Path(args.details), models)
     efficiency = load_efficiency(Path(args.efficiency), models)
@@ -120,6 +124,7 @@ def _report(
     tracking.log_artifacts_to_runs(
         run_ids, [stage.path(report_path), stage.path(html_path), *staged_figures.values()], "report"
     )
+    return ranking
 
 
 if __name__ == "__main__":

@@ -240,6 +240,9 @@ def test_repro_log_has_each_stages_summary_and_no_library_chatter(repo):
         assert f"{model}: pointing game {explained['localisation']['overall']['pointing_game']:.3f}" in output
         assert f"{model}: retrieval P@1 {explained['retrieval']['precision_at_1']:.3f}" in output
         assert f"{model}: exported to exports/{model}, card metrics/cards/{model}.md, registered as" in output
+    ranking = json.loads((work / "metrics" / "summary.json").read_text())["ranking"]
+    report_line = "report: metrics/report.md and metrics/report.html; models by test macro AUROC: "
+    assert report_line + ", ".join(ranking) in output
     assert ".partial" not in output  # staging folders are not what the user gets
     for chatter in ("INFO mlflow", "INFO onnx_ir", "INFO onnxscript", "Downloading artifacts", "not registered"):
         assert chatter not in output, chatter
