@@ -61,12 +61,12 @@ def test_light_name_check():
     from cxr14.models import UnknownModelError as RegistryUnknownModelError
 
     assert UnknownModelError is RegistryUnknownModelError
-    check_known_model_names(["cnn", "convnextv2_seed", "resnet18"], evaluated=["resnet18"])  # registered or evaluated
+    check_known_model_names(["cnn", "convnextv2_seed", "resnet101"], evaluated=["resnet101"])  # registered or evaluated
     with pytest.raises(
         ConfigError,
-        match=r"^params.yaml: models: unknown model 'resnet18' \(did you mean 'resnet50'"
+        match=r"^params.yaml: models: unknown model 'resnet101' \(did you mean 'resnet50'"
         r"\?\): neither registered nor evaluated; registered names: cnn, ",
     ):
-        check_known_model_names(["cnn", "resnet18"], evaluated=[], source="params.yaml")
+        check_known_model_names(["cnn", "resnet101"], evaluated=[], source="params.yaml")
     with pytest.raises(ConfigError, match=r"'cnx' \(did you mean 'cnn'\?\)"):
         check_known_model_names(["cnx"], evaluated=["timm:convnext_tiny"])

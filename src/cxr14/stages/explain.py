@@ -70,6 +70,27 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
     vectors = extract_embeddings(bundle, taps, images, settings.batch_size, image_size, device)
     patient_ids = index["patient_id"].astype(str).to_numpy()
     retrieval = retrieval_metrics(vectors, labels, patient_ids)
+    _log_results(model_name, localisation, retrieval)
+    return {
+        "model": model_name,
+        "taps": {
+            "feature_layer": taps.feature_layer,
+            "layout": taps.layout,
+            "classifier_layer": taps.classifier_layer,
+            "embedding_dim": taps.embedding_dim,
+        },
+        "retrieval": retrieval,
+        "localisation": localisation,
+        "gradcam": selection,
+        "gradcam_maps": overlay_maps,
+        "gradcam_images": images[selection["row"].to_numpy()],
+        "tsne": _tsne_table(vectors, index, labels, settings, cfg.seed),
+        "test_images": len(index),
+    }
+
+
+def _log_results(model_name: str, localisation: dict | None, retrieval: dict) -> None:
+    """The stage's closing lines: localisation beside its centre baseline, retrieval beside chance."""
     if localisation is not None:
         overall = localisation["overall"]
         log.info(
@@ -89,22 +110,6 @@ def explain_model(cfg: Config, model_name: str, cache_dir: Path, model_dir: Path
         retrieval["mean_average_precision"],
         retrieval["queries"],
     )
-    return {
-        "model": model_name,
-        "taps": {
-            "feature_layer": taps.feature_layer,
-            "layout": taps.layout,
-            "classifier_layer": taps.classifier_layer,
-            "embedding_dim": taps.embedding_dim,
-        },
-        "retrieval": retrieval,
-        "localisation": localisation,
-        "gradcam": selection,
-        "gradcam_maps": overlay_maps,
-        "gradcam_images": images[selection["row"].to_numpy()],
-        "tsne": _tsne_table(vectors, index, labels, settings, cfg.seed),
-        "test_images": len(index),
-    }
 
 
 def _box_localisation(

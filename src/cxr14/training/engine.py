@@ -838,6 +838,19 @@ def _last_validation_scores(run: Training) -> np.ndarray:
     return _validate(run.bundle, run.val_images, run.val_labels, run.train, run.device, run.val_loss_fn)[2]
 
 
+def _log_result(run: Training) -> None:
+    """train@'s closing line: how long, and which epoch was kept with what validation AUROC."""
+    state = run.state
+    log.info(
+        "%s: %d epochs in %.1f s; best epoch %d (validation macro AUROC %.4f) in %s",
+        run.model_name,
+        state.epoch,
+        state.train_seconds,
+        state.best_epoch,
+        state.best_auroc,
+        run.out_dir / "best.pt",
+    )
+
 def _finish(run: Training) -> None:
     """After the last epoch: the best weights restored and (rank 0) best.pt when no epoch was
     selected, history.csv, train.json and the final metrics and artifacts in MLflow."""
@@ -889,15 +902,7 @@ def _finish(run: Training) -> None:
     }
     atomic_write_json(run.out_dir / "train.json", summary)
     if selected:
-        log.info(
-            "%s: %d epochs in %.1f s; best epoch %d (validation macro AUROC %.4f) in %s",
-            run.model_name,
-            state.epoch,
-            state.train_seconds,
-            state.best_epoch,
-            state.best_auroc,
-            run.out_dir / "best.pt",
-        )
+        _log_result(run)
     tracking.log_metrics({"best_val_macro_auroc": state.best_auroc, "train_seconds": state.train_seconds})
     tracking.log_artifact(run.out_dir / "history.csv")
     tracking.log_artifact(run.out_dir / "best.pt", artifact_path="checkpoint")
