@@ -851,6 +851,7 @@ def _log_result(run: Training) -> None:
         run.out_dir / "best.pt",
     )
 
+
 def _finish(run: Training) -> None:
     """After the last epoch: the best weights restored and (rank 0) best.pt when no epoch was
     selected, history.csv, train.json and the final metrics and artifacts in MLflow."""
