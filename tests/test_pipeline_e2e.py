@@ -392,6 +392,18 @@ def test_second_repro_is_up_to_date_and_dvc_views_work(repo):
     assert "macro_auroc" in shown and "metrics/cnn.json" in shown
     run(["dvc", "plots", "show", "-o", "plots_out"], work, env)
     assert (work / "plots_out" / "index.html").is_file()
+    # Every model's ROC and training curves reach a chart, every row of the file (an empty chart
+    # is what DVC draws for a plot it could not read, with only a warning on stderr).
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=work, env=env, capture_output=True, text=True)
+    plots = json.loads(shown.stdout)
+    assert not plots.get("errors"), f"dvc plots show could not read: {plots['errors']}"
+    for model in MODELS:
+        for folder, fields in (("roc", 1), ("curves", 3)):
+            path = f"metrics/{folder}/{model}.csv"
+            rows = len((work / path).read_text().splitlines()) - 1
+            charts = plots["data"].get(path, [])
+            assert len(charts) == 1, f"{path}: {len(charts)} charts in dvc plots show"
+            assert len(charts[0]["content"]["data"]["values"]) == rows * fields, path
 
 
 def test_exp_run_changes_only_training_and_is_listed(repo):
