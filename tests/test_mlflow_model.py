@@ -298,3 +298,76 @@ def test_mlflow_models_serve_answers_with_the_local_predictions(registered):
         _check_table(pd.DataFrame(answer["predictions"]), registered, "sensitivity")
         status, answer = _invoke(url, {"inputs": registered.images[:, :32, :32].tolist()})
         assert status == 400 and "shape" in answer["message"]
+
+
+def test_cxr14_predict_scores_a_registered_model_as_the_package(registered, tmp_path):
+    """`cxr14 predict --model models:/cxr14-cnn/1`: the registry's package, from PNG files, gives
+    the scores and calls of the packaged model; the thresholds file names the URI."""
+    import cv2
+    import pandas as pd
+
+    files = [tmp_path / f"image_{index}.png" for index in range(IMAGES)]
+    for path, image in zip(files, registered.images, strict=True):
+        cv2.imwrite(str(path), image)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.store, "CXR14_NO_PROGRESS": "1"}
+    env.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+    command = [sys.executable, "-m", "cxr14", "predict", "--model", "models:/cxr14-cnn/1", *map(str, files)]
+    for point in ("max_f1", "sensitivity"):
+        out = tmp_path / f"{point}.csv"
+        result = subprocess.run(
+            [*command, "--operating-point", point, "--out", str(out)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Downloading artifacts" not in result.stderr and "models:/cxr14-cnn/1 (seed 42)" in result.stderr
+        table = pd.read_csv(out)
+        assert list(table["image"]) == [str(path) for path in files]
+        _check_table(table[[*LABELS, *(name + POSITIVE_SUFFIX for name in LABELS)]], registered, point)
+        saved = json.loads(out.with_suffix(".thresholds.json").read_text())
+        cuts = (
+            registered.thresholds["max_f1"] if point == "max_f1" else registered.thresholds["sensitivity"]["thresholds"]
+        )
+        assert saved["model_uri"] == "models:/cxr14-cnn/1" and saved["thresholds"] == cuts
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "says"),
+    [
+        ("models:/cxr14-nothing/1", [], "models:/cxr14-nothing/1: cannot be read from MLFLOW_TRACKING_URI="),
+        ("models:/cxr14-cnn/1", ["--operating-point", "sensitivity", "--sensitivity", "0.8"], "a target of 0.9 only"),
+        ("models:/cxr14-cnn/1", ["--seed", "7"], "--seed 7: a registered model (models:/cxr14-cnn/1) is one"),
+    ],
+)
+def test_cxr14_predict_refuses_what_a_registered_model_cannot_do_in_one_line(
+    registered, tmp_path, monkeypatch, capsys, model, options, says
+):
+    import cv2
+
+    from cxr14.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.store)
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), registered.images[0])
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", model, *options, str(image)])
+    error = capsys.readouterr().err
+    lines = [line for line in error.splitlines() if line.startswith("error: ")]
+    assert exit_.value.code == 2 and len(lines) == 1 and says in lines[0], error
+    assert "Traceback" not in error
+
+
+def test_cxr14_predict_without_a_store_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    from cxr14.__main__ import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", "models:/cxr14-cnn/1", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"no MLflow store at {tmp_path.resolve() / 'mlflow.db'}" in error, error
+    assert not (tmp_path / "mlflow.db").exists()  # looking did not create an empty store

@@ -2,6 +2,7 @@
 
     cxr14 predict --model models/resnet18 scans/ --out predictions.csv
     cxr14 predict --model models/resnet18/seed-42 a.png b.dcm --operating-point sensitivity --gradcam cams/
+    cxr14 predict --model models:/cxr14-resnet18/1 scans/      # registered in MLflow by export@
 
 Errors in the input (an unreadable or unsupported file, an image that does not look like a
 frontal radiograph) are named one per line on stderr; the other images are still predicted and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders (recursive)")
     predict.add_argument(
-        "--model", required=True, type=Path, help="models/<model> (first training seed) or models/<model>/seed-<seed>"
+        "--model",
+        required=True,
+        help="models/<model> (first training seed), models/<model>/seed-<seed>, or a model export@ registered in "
+        "MLflow: models:/cxr14-<model>/<version> (or @<alias>), read from $MLFLOW_TRACKING_URI (default: "
+        "./mlflow.db)",
     )
     predict.add_argument("--seed", type=int, help="with models/<model>: the training seed to use")
     predict.add_argument("--out", type=Path, help="write the table to this CSV (default: standard output)")
@@ -98,13 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cxr14.deploy.predict import load_model_folder, predict_files, write_thresholds
+    from cxr14.deploy.predict import (
+        ModelFolderError,
+        is_model_uri,
+        load_model_folder,
+        load_registered_model,
+        predict_files,
+        write_thresholds,
+    )
     from cxr14.inference import select_device
     from cxr14.io import atomic_write_text
 
-    model = load_model_folder(args.model, args.seed, select_device(args.device))
+    device = select_device(args.device)
+    if is_model_uri(args.model):
+        if args.seed is not None:
+            raise ModelFolderError(f"--seed {args.seed}: a registered model ({args.model}) is one trained seed already")
+        model = load_registered_model(args.model, device)
+    else:
+        model = load_model_folder(Path(args.model), args.seed, device)
     print(
-        f"{model.name}: {model.folder} (seed {model.seed}), "
+        f"{model.name}: {model.source} (seed {model.seed}), "
         f"input {model.image_size} px from {model.preprocess_size} px",
         file=sys.stderr,
     )
@@ -139,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # A registered model comes through MLflow: its store set-up lines and download bar are not
+    # what the user ran (MLflow reads these when it is imported and downloads; a user's own win).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         sys.exit(run_predict(args))
     except Cxr14Error as error:

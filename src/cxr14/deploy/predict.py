@@ -10,6 +10,12 @@ its parent `models/<model>/`, which means the first training seed (`--seed` pick
 Nothing in it runs code: best.pt is read with ``torch.load(weights_only=True)``
 (cxr14.training.checkpoint) and config.json is JSON.
 
+A model `export@` registered in MLflow is named by its URI instead (`models:/cxr14-resnet18/1`,
+`models:/cxr14-resnet18@<alias>`, `runs:/<run id>/cxr14-resnet18`), read from the store of
+`cxr14.tracking.tracking_uri()` (`$MLFLOW_TRACKING_URI`, e.g. a team's `mlflow server`):
+:func:`load_registered_model` downloads its package (safetensors weights, model.json with the
+validation thresholds; nothing unpickled) and scores exactly as the folder it was exported from.
+
 Images are scored exactly as `evaluate@` scores the cache: the pixels the cache would hold
 (cxr14.data.images: grayscale, 8-bit, area resize to the model's `preprocess.size`), then
 :func:`cxr14.inference.predict` (the same resize to the model's input size, channels,
@@ -64,18 +70,42 @@ class TrainedModel:
     """A trained model ready to score images, with the validation operating points it was saved with."""
 
     name: str
-    folder: Path  # models/<model>/seed-<seed>
+    folder: Path | None  # models/<model>/seed-<seed>; None for a model loaded from MLflow (`uri`)
     seed: int | None
     bundle: ModelBundle
     image_size: int  # what the network sees
     preprocess_size: int  # the cache resolution it was trained on
     operating_points: dict  # cxr14.evaluation.metrics.operating_points of the validation split
+    # A registered model: the package's thresholds (max_f1, and sensitivity at its one target)
+    # instead of `operating_points`, which export@ does not package.
+    packaged_thresholds: dict | None = None
+    uri: str | None = None  # the MLflow model URI it was loaded from
+
+    @property
+    def source(self) -> str:
+        """Where the model came from: its folder, or its MLflow model URI."""
+        return self.uri if self.uri is not None else str(self.folder)
 
     def thresholds(self, operating_point: str = "max_f1", sensitivity: float = DEFAULT_SENSITIVITY) -> dict[str, float]:
         """Per finding, the validation-chosen threshold of `operating_point` (as evaluate@ uses them)."""
         if operating_point not in OPERATING_POINTS:
             raise ModelFolderError(f"operating point {operating_point!r}: use one of {', '.join(OPERATING_POINTS)}")
+        if self.packaged_thresholds is not None:
+            return _packaged(self.packaged_thresholds, operating_point, sensitivity, self.source)
         return operating_point_thresholds(self.operating_points, None if operating_point == "max_f1" else sensitivity)
+
+
+def _packaged(cuts: dict, operating_point: str, sensitivity: float, source: str) -> dict[str, float]:
+    if operating_point == "max_f1":
+        return dict(cuts["max_f1"])
+    target = float(cuts["sensitivity"]["target"])
+    if abs(sensitivity - target) > 1e-9:
+        raise ModelFolderError(
+            f"{source}: a registered model carries the sensitivity operating point for a target of {target:g} only "
+            f"(chosen on validation when it was exported); use --sensitivity {target:g}, or score with the model "
+            "folder it came from (models/<model>), which holds every validation operating point"
+        )
+    return dict(cuts["sensitivity"]["thresholds"])
 
 
 def resolve_model_folder(path: Path, seed: int | None = None) -> tuple[Path, int | None]:
@@ -133,6 +163,87 @@ def load_model_folder(path: Path, seed: int | None = None, device: torch.device 
         raise ModelFolderError(str(error)) from error
     bundle, image_size = load_trained(folder, name, device or torch.device("cpu"), checkpoint=checkpoint)
     return TrainedModel(name, folder, seed, bundle, image_size, int(config["preprocess"]["size"]), points)
+
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+def is_model_uri(text: str | Path) -> bool:
+    """True for an MLflow model URI (`models:/...`, `runs:/...`) rather than a model folder."""
+    return str(text).startswith(MODEL_URI_SCHEMES)
+
+
+def load_registered_model(uri: str, device: torch.device | None = None) -> TrainedModel:
+    """The model `export@` logged to MLflow under `uri`, from the store of `tracking_uri()`.
+
+    Raises:
+        ModelFolderError: the store does not hold `uri`, or it is not a cxr14 model (no package).
+        TrackingUnavailableError: the store cannot be reached.
+        PackageError: the package does not load (cxr14.deploy.mlflow_model.load_package).
+    """
+    import tempfile
+
+    from cxr14 import tracking
+    from cxr14.deploy.mlflow_model import PACKAGE_ARTIFACT, load_package
+
+    store = tracking.tracking_uri()
+    database = tracking.sqlite_path(store)
+    if database is not None and not database.is_file():  # MLflow would create an empty store
+        raise ModelFolderError(
+            f"{uri}: no MLflow store at {database} ({tracking.describe_store(store)}); run in the pipeline's "
+            "workspace, or set MLFLOW_TRACKING_URI to the store export@ registered the model in"
+        )
+    tracking.check_reachable(store)
+    with tempfile.TemporaryDirectory(prefix="cxr14-model-") as scratch:
+        local = _download_model(uri, store, Path(scratch))
+        flavor = _read_mlmodel(local, uri).get("flavors", {}).get("python_function", {})
+        package = (flavor.get("artifacts") or {}).get(PACKAGE_ARTIFACT, {}).get("path")
+        if not package or not (local / package).is_dir():
+            raise ModelFolderError(
+                f"{uri}: not a cxr14 model (its MLmodel has no '{PACKAGE_ARTIFACT}' artifact); pass a model that "
+                "export@ registered (cxr14-<model>, see exports/<model>/registry.json)"
+            )
+        loaded = load_package(local / package, device or torch.device("cpu"))
+    config = loaded.config
+    seed = config.get("seed")
+    return TrainedModel(
+        name=str(config["architecture"]),
+        folder=None,
+        seed=int(seed) if seed is not None else None,
+        bundle=loaded.bundle,
+        image_size=loaded.image_size,
+        preprocess_size=loaded.preprocess_size,
+        operating_points={},
+        packaged_thresholds=config["thresholds"],
+        uri=uri,
+    )
+
+
+def _download_model(uri: str, store: str, into: Path) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from cxr14.tracking import describe_store
+
+    mlflow.set_tracking_uri(store)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
+    except (MlflowException, OSError) as error:
+        first = " ".join(str(error).split())[:300]
+        raise ModelFolderError(
+            f"{uri}: cannot be read from {describe_store(store)} ({first}); registered cxr14 models are named "
+            "cxr14-<model> (the version is in exports/<model>/registry.json)"
+        ) from None
+
+
+def _read_mlmodel(local: Path, uri: str) -> dict:
+    import yaml
+
+    path = local / "MLmodel"
+    if not path.is_file():
+        raise ModelFolderError(f"{uri}: not an MLflow model (no MLmodel file); pass models:/<name>/<version>")
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
 
 
 @dataclass
@@ -273,7 +384,7 @@ def write_thresholds(
         path,
         {
             "model": model.name,
-            "model_folder": str(model.folder),
+            ("model_uri" if model.uri is not None else "model_folder"): model.source,
             "seed": model.seed,
             "operating_point": operating_point,
             "sensitivity_target": sensitivity if operating_point == "sensitivity" else None,

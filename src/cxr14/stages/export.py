@@ -89,6 +89,7 @@ def _architecture(model: TrainedModel) -> dict:
 
 def _register(model: TrainedModel, out_dir: Path, images, description: str, card: Path) -> dict:
     """Log the package as an MLflow model of the seed's training run, register it, attach the card."""
+    assert model.folder is not None  # loaded from its folder by export_trained
     run_id = tracking.recorded_run_id(model.folder / "mlflow_run.json")  # store checked by pipeline/export.py
     registered = log_model(run_id, out_dir / "package", images[:1], registered_name(model.name), description)
     with tracking.model_run(model.name, run_id=run_id):
