@@ -154,6 +154,8 @@ def test_repro_builds_report_for_every_model(repo):
     assert len(summary["comparisons"]) == len(MODELS) - 1
     assert "## Are the differences real?" in report and "## Operating points and calibration" in report
     assert "CheXNet" not in report  # the published reference is shown for NIH data only
+    assert report.splitlines()[2].startswith("**Synthetic data.**")  # said first, under the title
+    assert "Radiologist-adjudicated" not in report  # the phantom's truth is not called radiologists
     split = json.loads((work / "metrics" / "split.json").read_text())
     assert split["train"]["images"] > split["val"]["images"] > 0
 
@@ -270,9 +272,9 @@ def test_report_html_renders_in_headless_chromium(repo, tmp_path):
     assert "macro AUROC (95 % CI)" in main["header"] and main["body_rows"] == len(MODELS)
     assert main["width"] > 300 and main["height"] > 50
     # The reviewer's sections, laid out with their tables (issue 14).
-    for heading in ("Training seeds", "Calibration", "Against radiologists", "Subgroups"):
+    for heading in ("Training seeds", "Calibration", "Against reference labels (the phantom's truth)", "Subgroups"):
         assert heading in facts["headings"], facts["headings"]
-    expert = [table for table in facts["tables"] if "AUROC vs radiologists" in table["header"]]
+    expert = [table for table in facts["tables"] if "AUROC vs reference" in table["header"]]
     assert expert and expert[0]["body_rows"] >= 4 * len(MODELS) and expert[0]["height"] > 50  # + a mean row each
     groups = [table for table in facts["tables"] if table["header"][:1] == ["group"]]
     assert len(groups) == 2 and all(table["body_rows"] >= 9 for table in groups)  # sex 2 + age 5 + view 2 + ...

@@ -193,6 +193,7 @@ def test_cli_names_bad_files_predicts_the_others_and_fails(phantom, tmp_path):
     assert result.returncode == 1, result.stderr
     for path in bad:
         assert f"error: {path}" in result.stderr
+        assert f"{path}: {path}" not in result.stderr  # named once per line
     table = pd.read_csv(tmp_path / "p.csv")
     assert list(table["image"]) == [str(path) for path in images]
     assert list(table.columns) == output_columns()
@@ -213,6 +214,12 @@ def test_cli_success_gradcam_overlays_and_stdout(phantom, tmp_path):
     assert len(overlays) == NUM_CLASSES
     overlay = cv2.imread(str(overlays[0]))
     assert overlay.shape == (PREPROCESS_SIZE, PREPROCESS_SIZE, 3)
+    # An overlay without heat is the gray radiograph (B = G = R); the summary counts them.
+    gray = sum(1 for path in overlays if len({channel.tobytes() for channel in cv2.split(cv2.imread(str(path)))}) == 1)
+    if gray:
+        assert f"({gray} with an empty map: no location raised the score" in result.stderr
+    else:
+        assert "empty map" not in result.stderr
 
 
 def test_cli_refuses_a_missing_model_folder_in_one_line(tmp_path):
@@ -235,6 +242,13 @@ def test_cli_refuses_a_bad_setting_before_loading_anything(tmp_path, option, val
     result = cxr14("predict", "--model", str(tmp_path / "nowhere"), str(tmp_path), option, value, cwd=tmp_path)
     assert result.returncode == 2  # argparse's exit for a bad argument: before the model folder is read
     assert f"argument {option}: {says}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_refuses_a_sensitivity_without_its_operating_point(tmp_path):
+    """--sensitivity alone would be ignored (max-F1 calls): refused, before the model is read."""
+    result = cxr14("predict", "--model", str(tmp_path / "nowhere"), str(tmp_path), "--sensitivity", "0.8", cwd=tmp_path)
+    assert result.returncode == 2 and "--sensitivity sets the target of --operating-point sensitivity" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_prints_its_version():

@@ -10,6 +10,7 @@ from cxr14.evaluation.expert import score_against_experts
 from cxr14.evaluation.statistics import seed_summary
 from cxr14.evaluation.subgroups import subgroup_report
 from cxr14.labels import EXPERT_FINDINGS, LABEL_INDEX, LABELS
+from cxr14.reporting.report import source_lines
 from cxr14.reporting.review import (
     calibration_lines,
     expert_lines,
@@ -96,6 +97,23 @@ def test_expert_section_puts_both_aurocs_side_by_side_and_lists_fracture():
     assert f"{mean['auroc_expert']:.3f}" in row and f"difference {mean['difference']:+.3f}" in row
 
 
+def test_on_the_phantom_the_reference_labels_are_not_called_radiologists():
+    record, _ = _record("a")
+    text = "\n".join(expert_lines([record], {}, phantom=True))
+    assert "## Against reference labels (the phantom's truth)" in text and "noiseless labels" in text
+    assert "AUROC vs reference | AUROC vs metadata labels |" in text
+    assert "Radiologist-adjudicated labels (Majkowska" not in text and "AUROC vs radiologists" not in text
+    # No reading of the difference beyond what its interval allows.
+    assert "not by what it sees" not in text and "interval contains 0 cannot tell" in text
+
+
+def test_the_report_says_first_whether_its_data_are_synthetic():
+    phantom = "\n".join(source_lines(True))
+    assert phantom.startswith("**Synthetic data.**") and "nothing here says how they would do on real" in phantom
+    assert "NIH ChestX-ray14 (`data.source: nih`)" in "\n".join(source_lines(False))
+    assert source_lines(None) == []  # a caller that does not say: no claim either way
+
+
 def test_subgroup_section_reports_too_small_groups_without_numbers():
     record, subgroups = _record("a")
     text = "\n".join(subgroup_lines([record], {"a": subgroups}))
@@ -116,3 +134,25 @@ def test_calibration_section_shows_before_and_after():
     row = next(line for line in lines if line.startswith("| `a` |"))
     scaling = record["metrics"]["temperature_scaling"]
     assert f"{scaling['before']['macro_brier']:.4f}" in row and f"{scaling['after']['macro_brier']:.4f}" in row
+
+
+def test_calibration_section_counts_where_scaling_helped_on_test():
+    helped, record = _record("a")[0], _record("b", seed=1)[0]
+    scaling = record["metrics"]["temperature_scaling"]
+    worse = {**scaling, "after": {**scaling["after"], "macro_ece": scaling["before"]["macro_ece"] + 0.01}}
+    hurt = {**record, "metrics": {**record["metrics"], "temperature_scaling": worse}}
+    base = helped["metrics"]["temperature_scaling"]
+    better = {**base, "after": {**base["after"], "macro_ece": base["before"]["macro_ece"] - 0.01}}
+    helped = {**helped, "metrics": {**helped["metrics"], "temperature_scaling": better}}
+    verdict = calibration_lines([helped, hurt])[-1]
+    assert "lowered macro ECE for 1 of 2 models" in verdict and "Validation NLL falls by construction" in verdict
+
+
+def test_a_group_averaging_fewer_classes_says_so():
+    record, subgroups = _record("a")
+    group = next(name for name, entry in subgroups["dimensions"]["sex"]["groups"].items() if not entry["too_small"])
+    subgroups["dimensions"]["sex"]["groups"][group]["classes_in_macro_auroc"] = 14
+    text = "\n".join(subgroup_lines([record], {"a": subgroups}))
+    row = next(line for line in text.splitlines() if line.startswith(f"| sex: {group} ("))
+    assert "(14 classes)" in row
+    assert "(15 classes)" not in text and "unless the cell says fewer" in text

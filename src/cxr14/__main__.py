@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from cxr14.deploy.outputs import DEFAULT_SENSITIVITY
 from cxr14.errors import Cxr14Error
 
 PREDICT_EPILOG = """\
@@ -27,6 +28,9 @@ The thresholds used are written to <out>.thresholds.json (with --out).
 operating points (chosen on the validation split when the model was trained):
   max_f1       per finding, the threshold with the highest validation F1 (default; the report's)
   sensitivity  per finding, the highest threshold finding --sensitivity of the validation positives
+
+exit status: 0 every image scored; 1 some files could not be scored (each named on stderr; the
+others are in the table); 2 a bad option, model folder or registered model (nothing scored).
 
 This is a research model: not a medical device, not for diagnosis.
 """
@@ -92,8 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--sensitivity",
         type=_fraction,
-        default=0.9,
-        help="target of --operating-point sensitivity, in (0, 1] (default: %(default)s)",
+        help=f"target of --operating-point sensitivity, in (0, 1] (default: {DEFAULT_SENSITIVITY})",
     )
     predict.add_argument(
         "--batch-size", type=_positive_int, default=32, help="images per forward pass (default: %(default)s)"
@@ -148,13 +151,24 @@ def run_predict(args: argparse.Namespace) -> int:
     for path, message in outcome.failures:
         print(f"error: {path}: {message}", file=sys.stderr)
     written = f" to {args.out}" if args.out else ""
-    overlays = f", {len(outcome.overlays)} Grad-CAM overlays in {args.gradcam}" if args.gradcam else ""
+    empty = (
+        f" ({len(outcome.empty_overlays)} with an empty map: no location raised the score at the model's "
+        "Grad-CAM layer, so they show the radiograph only)"
+        if outcome.empty_overlays
+        else ""
+    )
+    overlays = f", {len(outcome.overlays)} Grad-CAM overlays in {args.gradcam}{empty}" if args.gradcam else ""
     print(f"{len(outcome.table)} images predicted{written}{overlays}, {len(outcome.failures)} failed", file=sys.stderr)
     return 1 if outcome.failures else 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.sensitivity is not None and args.operating_point != "sensitivity":
+        parser.error("--sensitivity sets the target of --operating-point sensitivity; add that option too")
+    if args.sensitivity is None:
+        args.sensitivity = DEFAULT_SENSITIVITY
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -588,7 +588,7 @@ def _shape_findings(radiograph: Radiograph, min_side: int) -> list[str]:
     if min(height, width) < min_side:
         warnings.append(
             f"small image ({width}x{height}): its shorter side is under {min_side} px, so it is upsampled "
-            "and fine detail is missing (the training images were 1024 px)"
+            "and fine detail is missing (NIH's radiographs are 1024 px)"
         )
     return warnings
 

@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from cxr14.data.images import check_radiograph, find_images, prepare_for_model
-from cxr14.deploy.outputs import OPERATING_POINTS, POSITIVE_SUFFIX
+from cxr14.deploy.outputs import DEFAULT_SENSITIVITY, OPERATING_POINTS, POSITIVE_SUFFIX
 from cxr14.errors import Cxr14Error, MissingInputError
 from cxr14.evaluation.gradcam import find_taps, grad_cam
 from cxr14.evaluation.metrics import operating_point_thresholds
@@ -57,7 +57,6 @@ from cxr14.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SENSITIVITY = 0.9  # = params.yaml evaluate.sensitivity_target, the report's second operating point
 CHUNK = 256  # images read and scored at a time: memory stays bounded whatever the folder holds
 
 
@@ -255,6 +254,9 @@ class Outcome:
     failures: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[tuple[Path, str]] = field(default_factory=list)
     overlays: list[Path] = field(default_factory=list)
+    # Overlays whose Grad-CAM map is zero everywhere: no location raised the score at the tapped
+    # layer (the overlay shows the radiograph only).
+    empty_overlays: list[Path] = field(default_factory=list)
 
 
 def output_columns() -> list[str]:
@@ -287,7 +289,9 @@ def predict_files(
                 label = operating_point if operating_point == "max_f1" else f"sensitivity>={sensitivity:g}"
                 tables.append(_table(kept, scores, thresholds, label, notes))
                 if gradcam_dir is not None:
-                    outcome.overlays += write_overlays(model, pixels, scores, thresholds, kept, gradcam_dir)
+                    written, empty = write_overlays(model, pixels, scores, thresholds, kept, gradcam_dir)
+                    outcome.overlays += written
+                    outcome.empty_overlays += empty
             bar.update(len(chunk))
     if tables:
         outcome.table = pd.concat(tables, ignore_index=True)[output_columns()]
@@ -300,8 +304,9 @@ def _read_chunk(files: list[Path], size: int, outcome: Outcome) -> tuple[np.ndar
     for path in files:
         try:
             image, radiograph = prepare_for_model(path, size)
-        except Cxr14Error as error:
-            outcome.failures.append((path, str(error)))
+        except Cxr14Error as error:  # its message starts with the path, which the caller prints anyway
+            message = str(error)
+            outcome.failures.append((path, message.removeprefix(f"{path}: ")))
             continue
         refusals, warnings = check_radiograph(radiograph)
         if refusals:
@@ -339,8 +344,9 @@ def write_overlays(
     thresholds: dict[str, float],
     paths: list[Path],
     out_dir: Path,
-) -> list[Path]:
-    """One Grad-CAM overlay PNG per image and finding called positive: `<image stem>_<finding>.png`."""
+) -> tuple[list[Path], list[Path]]:
+    """One Grad-CAM overlay PNG per image and finding called positive: `<image stem>_<finding>.png`;
+    returns (written, those of them whose map is zero everywhere)."""
     pairs = [
         (row, column)
         for row in range(len(paths))
@@ -348,10 +354,10 @@ def write_overlays(
         if scores[row, column] >= thresholds[name]
     ]
     if not pairs:
-        return []
+        return [], []
     device = next(model.bundle.model.parameters()).device
     taps = find_taps(model.bundle, model.image_size, device)
-    written = []
+    written, empty = [], []
     for start in range(0, len(pairs), 16):
         chunk = pairs[start : start + 16]
         maps, _ = grad_cam(
@@ -361,7 +367,9 @@ def write_overlays(
             target = out_dir / f"{paths[row].stem}_{LABELS[column].replace(' ', '_')}.png"
             atomic_write_bytes(target, overlay_png(pixels[row], cam))
             written.append(target)
-    return written
+            if not np.any(cam > 0):
+                empty.append(target)
+    return written, empty
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:

@@ -774,7 +774,7 @@ def _group_cells(entry: dict) -> tuple[str, str]:
         return small, small
     under = entry.get("underdiagnosis") or {}
     rate = (
-        f"too small ({under.get('patients_with_finding', '?')} patients)"
+        f"too small ({under.get('patients_with_finding', '?')} patients with a finding)"
         if under.get("too_small")
         else _with_interval(under.get("rate"), under.get("ci"))
     )
@@ -941,7 +941,9 @@ def limitations_section(model: str, source: str, details: dict, subgroups: dict 
         + (f"The model sees {size} × {size} px images; " if size else "")
         + "small findings (nodules, a thin pneumothorax) may be invisible at low resolution.",
         "- **Not a diagnosis.** A score is a pattern match against noisy labels, not evidence of disease; "
-        "Grad-CAM maps in the report show where the model looked, not why a finding is present.",
+        "a Grad-CAM map shows where the evidence raising a score lies, not why a finding is present, and is empty "
+        "(the radiograph alone) when no location raises it, as for most calls of rare findings at their low "
+        "thresholds (the report's localisation table counts the empty maps).",
         "",
         "### How to use it",
         "",

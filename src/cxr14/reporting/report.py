@@ -78,12 +78,13 @@ def _operating_point_lines(ranked: list[dict]) -> list[str]:
         "",
         "Per-class thresholds chosen on validation only: max-F1, and the highest threshold reaching "
         f"{target:.0%} validation sensitivity; values are test-split macro averages over the classes where "
-        "they are defined. Accuracy is the seed's (Keras binary accuracy over all 15 × N entries at 0.5): "
-        "with mostly-negative labels it is high for any model and says little. ECE: expected calibration "
-        "error over all entries.",
+        "they are defined. Seed accuracy is the design notes' seed metric (binary accuracy over all 15 × N "
+        "entries at 0.5): with mostly-negative labels it is high for any model and says little. Pooled ECE: "
+        "expected calibration error over all 15 × N scores at once (the Calibration section averages it per "
+        "finding instead).",
         "",
         "| model | sens @maxF1 | spec @maxF1 | PPV @maxF1 | F1 @maxF1 | sens @target | spec @target | "
-        "PPV @target | seed accuracy | ECE |",
+        "PPV @target | seed accuracy | pooled ECE |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in with_points:
@@ -214,6 +215,7 @@ def build_report(
     review = review or {}
     ranked = sorted(records, key=_rank_key)
     lines = ["# cxr14 — model comparison", ""]
+    lines += source_lines(review.get("phantom"))
     if split_summary:
         lines += _data_size_lines(split_summary)
     lines += _ranking_lines(ranked, efficiency)
@@ -226,7 +228,7 @@ def build_report(
         lines += comparison_figure_lines(comparison_figures, report_dir)
     lines += _operating_point_lines(ranked)
     lines += calibration_lines(ranked)
-    lines += expert_lines(ranked, review.get("expert_summary"))
+    lines += expert_lines(ranked, review.get("expert_summary"), phantom=bool(review.get("phantom")))
     lines += subgroup_lines(ranked, review.get("subgroups") or {})
     if efficiency:
         lines += _efficiency_lines(ranked, efficiency, tables or {})
@@ -244,6 +246,21 @@ def build_report(
     summary = _summary(ranked, efficiency, explanations, comparisons)
     summary["subgroups"] = review.get("subgroups") or {}
     return "\n".join(lines) + "\n", summary
+
+
+def source_lines(phantom: bool | None) -> list[str]:
+    """What the data are, first: a report built on the phantom must not read as a result on X-rays."""
+    if phantom is None:
+        return []
+    if phantom:
+        return [
+            "**Synthetic data.** Every number below comes from the phantom (`data.source: phantom`), a synthetic "
+            "stand-in for ChestX-ray14 drawn by this project to exercise the pipeline: the models were trained and "
+            "tested on it, and nothing here says how they would do on real chest X-rays. Set `data.source: nih` "
+            'for results on NIH ChestX-ray14 (README, "Training on a GPU node").',
+            "",
+        ]
+    return ["Data source: NIH ChestX-ray14 (`data.source: nih`).", ""]
 
 
 def _data_size_lines(split_summary: dict) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr14.labels import LABELS
+from cxr14.reporting.card import REFERENCES as CARD_REFERENCES
 from cxr14.reporting.comparison import first_seed, truth_and_scores
 from cxr14.reporting.figures import auroc_heatmap, roc_overlay, save_figures, training_figure
 from cxr14.reporting.files import ReportError, per_model_files, per_model_json
@@ -39,6 +40,8 @@ REFERENCES = [
     "resampled by patient here).",
     "van der Maaten L., Hinton G. Visualizing data using t-SNE. JMLR 2008.",
     "Guo C. et al. On calibration of modern neural networks. ICML 2017 (ECE, reliability diagrams).",
+    CARD_REFERENCES["majkowska"] + " (the radiologists' labels).",
+    CARD_REFERENCES["seyyed"] + " (under-diagnosis).",
 ]
 
 
