@@ -38,9 +38,13 @@ lint: install
 	ruff format --check $(LINT_PATHS)
 	mypy
 
+# The UI of the workspace's store on 127.0.0.1:$(MLFLOW_UI_PORT) (make mlflow-ui MLFLOW_UI_PORT=5001 when
+# 5000 is taken). Starlette's deprecation notice about MLflow's own WSGI mount is not the user's to act on.
+MLFLOW_UI_PORT ?= 5000
 mlflow-ui: install
-	@python -c "from cxr14.tracking import runs_page_url; print('training runs:', runs_page_url())" || true
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@python -c "from cxr14.tracking import runs_page_url; print('training runs:', runs_page_url('http://127.0.0.1:$(MLFLOW_UI_PORT)'))" || true
+	PYTHONWARNINGS="ignore:starlette.middleware.wsgi is deprecated" \
+	  mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 # NIH-scale benchmark (benchmarks/scale.py; README "Real NIH data"): an NIH-sized folder of
 # hard-linked 1024 px PNGs, the pipeline with one small model stage by stage (wall, DVC, RSS, disk).

@@ -610,7 +610,7 @@ def _intensity_findings(radiograph: Radiograph) -> tuple[list[str], list[str]]:
                 "its values use only the low bits (e.g. 12-bit data), stretch them to 0..65535 or save it as 8-bit"
             )
         return [
-            f"almost constant image: 98% of its pixels lie within {spread} grey levels (refused under "
+            f"almost constant image: 98% of its pixels lie within {_levels(spread)} (refused under "
             f"{MIN_INTENSITY_SPREAD}); there is no radiograph to read{hint}"
         ], []
     if spread < LOW_INTENSITY_SPREAD:
@@ -619,6 +619,10 @@ def _intensity_findings(radiograph: Radiograph) -> tuple[list[str], list[str]]:
             f"span ~160-250); a faded scan or an unusual window"
         ]
     return [], []
+
+
+def _levels(spread: int) -> str:
+    return "a single grey level" if spread == 0 else f"{spread} grey levels"
 
 
 def check_radiograph(radiograph: Radiograph, *, min_side: int = MIN_SIDE) -> tuple[list[str], list[str]]:
