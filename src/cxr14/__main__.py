@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from cxr14.cli import quiet_mlflow
 from cxr14.deploy.outputs import DEFAULT_SENSITIVITY
 from cxr14.errors import Cxr14Error
 
@@ -172,10 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    # A registered model comes through MLflow: its store set-up lines and download bar are not
-    # what the user ran (MLflow reads these when it is imported and downloads; a user's own win).
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_mlflow(args.verbose)  # a registered model comes through MLflow: no store set-up lines, no bar
     try:
         sys.exit(run_predict(args))
     except Cxr14Error as error:

@@ -48,6 +48,13 @@ def stage_parser(description: str, epilog: str | None = None) -> argparse.Argume
     return parser
 
 
+def quiet_mlflow(verbose: bool) -> None:
+    """MLflow's own settings for its INFO lines and artifact-download bars, unless the user set them:
+    MLflow (re)sets its logger's level when first imported, usually later than the caller's logging."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
     args = parser.parse_args()
     logging.basicConfig(
@@ -58,11 +65,8 @@ def run_stage(main: Callable[[argparse.Namespace], None], parser: argparse.Argum
     # Third-party chatter (alembic migrations, MLflow store set-up) is not what the user ran.
     for noisy in ("alembic", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    mlflow_level = "INFO" if args.verbose else "WARNING"
-    logging.getLogger("mlflow").setLevel(mlflow_level)
-    # MLflow (re)sets its logger's level on import, usually later than this: its own settings.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", mlflow_level)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel("INFO" if args.verbose else "WARNING")
+    quiet_mlflow(args.verbose)
     gc.freeze()
     gc.enable()
     try:

@@ -105,15 +105,19 @@ class Package:
     def thresholds(self, operating_point: str | None = None) -> dict[str, float]:
         """The per-finding thresholds of `operating_point` (None: the package's default)."""
         point = operating_point or self.config["default_operating_point"]
-        cuts = self.config["thresholds"]
-        if point == "max_f1":
-            return cuts["max_f1"]
-        if point == "sensitivity":
-            return cuts["sensitivity"]["thresholds"]
-        raise ModelInputError(
-            f"operating_point {point!r} is unknown; use 'max_f1' (validation max-F1 thresholds, the default) or "
-            f"'sensitivity' (validation sensitivity >= {cuts['sensitivity']['target']})"
-        )
+        return package_thresholds_of(self.config["thresholds"], point)
+
+
+def package_thresholds_of(cuts: Mapping[str, Any], point: str) -> dict[str, float]:
+    """The per-finding thresholds of `point` in a package's `thresholds` (as save_package writes them)."""
+    if point == "max_f1":
+        return cuts["max_f1"]
+    if point == "sensitivity":
+        return cuts["sensitivity"]["thresholds"]
+    raise ModelInputError(
+        f"operating_point {point!r} is unknown; use 'max_f1' (validation max-F1 thresholds, the default) or "
+        f"'sensitivity' (validation sensitivity >= {cuts['sensitivity']['target']})"
+    )
 
 
 def registered_name(model: str) -> str:

@@ -47,7 +47,7 @@ import torch
 from cxr14.data.images import check_radiograph, find_images, prepare_for_model
 from cxr14.deploy.outputs import DEFAULT_SENSITIVITY, OPERATING_POINTS, POSITIVE_SUFFIX
 from cxr14.errors import Cxr14Error, MissingInputError
-from cxr14.evaluation.gradcam import find_taps, grad_cam
+from cxr14.evaluation.gradcam import find_taps, grad_cam, is_empty_map
 from cxr14.evaluation.metrics import operating_point_thresholds
 from cxr14.inference import load_operating_points, load_trained, predict
 from cxr14.io import atomic_write_bytes, atomic_write_json, progress
@@ -95,16 +95,16 @@ class TrainedModel:
 
 
 def _packaged(cuts: dict, operating_point: str, sensitivity: float, source: str) -> dict[str, float]:
-    if operating_point == "max_f1":
-        return dict(cuts["max_f1"])
+    from cxr14.deploy.mlflow_model import package_thresholds_of
+
     target = float(cuts["sensitivity"]["target"])
-    if abs(sensitivity - target) > 1e-9:
+    if operating_point == "sensitivity" and abs(sensitivity - target) > 1e-9:
         raise ModelFolderError(
             f"{source}: a registered model carries the sensitivity operating point for a target of {target:g} only "
             f"(chosen on validation when it was exported); use --sensitivity {target:g}, or score with the model "
             "folder it came from (models/<model>), which holds every validation operating point"
         )
-    return dict(cuts["sensitivity"]["thresholds"])
+    return dict(package_thresholds_of(cuts, operating_point))
 
 
 def resolve_model_folder(path: Path, seed: int | None = None) -> tuple[Path, int | None]:
@@ -367,7 +367,7 @@ def write_overlays(
             target = out_dir / f"{paths[row].stem}_{LABELS[column].replace(' ', '_')}.png"
             atomic_write_bytes(target, overlay_png(pixels[row], cam))
             written.append(target)
-            if not np.any(cam > 0):
+            if is_empty_map(cam):
                 empty.append(target)
     return written, empty
 

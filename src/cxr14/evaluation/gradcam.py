@@ -308,11 +308,16 @@ def _box_mask(box: pd.Series, side: int) -> np.ndarray:
     return inside_y[:, None] & inside_x[None, :]
 
 
+def is_empty_map(cam: np.ndarray) -> bool:
+    """No location raises the logit: Grad-CAM's ReLU left nothing (the map is zero everywhere)."""
+    return not cam.max() > 0
+
+
 def box_scores(cam: np.ndarray, box: pd.Series, threshold: float) -> dict[str, float]:
     """Pointing game hit (the map's peak inside the box) and IoU of {cam >= threshold} with the box."""
     mask = _box_mask(box, cam.shape[0])
     peak_y, peak_x = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    region = cam >= threshold if cam.max() > 0 else np.zeros_like(mask)
+    region = np.zeros_like(mask) if is_empty_map(cam) else cam >= threshold
     union = np.logical_or(region, mask).sum()
     return {
         "hit": float(mask[peak_y, peak_x]),
@@ -337,7 +342,7 @@ def localisation_scores(cams: np.ndarray, boxes: pd.DataFrame, threshold: float)
         raise ValueError(f"localisation_scores: {len(cams)} maps for {len(boxes)} boxes")
     rows = []
     for cam, (_, box) in zip(cams, boxes.iterrows()):
-        empty = not cam.max() > 0
+        empty = is_empty_map(cam)
         scores = {"hit": 0.0, "iou": 0.0} if empty else box_scores(cam, box, threshold)
         rows.append(
             {"finding": box["finding"], **scores, "centre_hit": centre_baseline(box, cam.shape[0]), "empty": empty}
