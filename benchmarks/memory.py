@@ -217,6 +217,7 @@ def stage_commands(code: Path, workdir: Path, out: Path) -> dict[str, list[str]]
 def child_env(workdir: Path, code: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'store' / 'mlflow.db'}", CXR14_NO_PROGRESS="1")
+    env["CXR14_WARM"] = "0"  # the stage in its own process, whose peak RSS is measured (cxr14.warm)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code / "src"), env.get("PYTHONPATH")]))
     return env
 

@@ -342,6 +342,7 @@ def make_repo(repo: Path, params: dict[str, Any], commit: str | None = None) -> 
         "PYTHONPATH": str(repo / "src"),  # the copy's code, which its dvc.yaml hashes
         "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}",
         "CXR14_NO_PROGRESS": "1",
+        "CXR14_WARM": "0",  # each stage in its own process under dvc, whose tree is measured (cxr14.warm)
         "GIT_AUTHOR_NAME": "bench",
         "GIT_AUTHOR_EMAIL": "bench@example.org",
         "GIT_COMMITTER_NAME": "bench",

@@ -13,6 +13,10 @@ import gc
 
 gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
 
+from cxr14.warm import delegate
+
+delegate()  # in a fork of the warm stage server, which has imported torch & co. once (cxr14.warm)
+
 from pathlib import Path
 
 from cxr14.cli import run_stage, stage_parser

@@ -77,6 +77,8 @@ RESOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cxr14.data.official_split": (("cxr14.data.resources",), ("src/cxr14/data/resources/test_list.txt.gz",)),
     # The MLflow model's code file (models from code), logged beside the model.
     "cxr14.deploy.mlflow_model": ((), ("src/cxr14/deploy/pyfunc_model.py",)),
+    # The warm-start client stats the package's files (which server may run the stage), reads none.
+    "cxr14.warm": ((), ()),
 }
 # Source text that betrays a read of package data or of a file next to the code.
 RESOURCE_HINTS = re.compile(
