@@ -342,7 +342,6 @@ def make_repo(repo: Path, params: dict[str, Any], commit: str | None = None) -> 
         "PYTHONPATH": str(repo / "src"),  # the copy's code, which its dvc.yaml hashes
         "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}",
         "CXR14_NO_PROGRESS": "1",
-        "CXR14_WARM": "0",  # each stage in its own process under dvc, whose tree is measured (cxr14.warm)
         "GIT_AUTHOR_NAME": "bench",
         "GIT_AUTHOR_EMAIL": "bench@example.org",
         "GIT_COMMITTER_NAME": "bench",
@@ -636,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = build_nih_folder(work, args.images, args.distinct, args.image_size, args.seed, args.workers, args.pool)
         params = bench_params(work / "nih", args.models, args.train_steps, args.set, args.from_commit)
         env = make_repo(repo, params, args.from_commit)
+        # Each stage in its own process under dvc, whose process tree is what is measured; a warm
+        # server's fork would be outside it (cxr14.warm).
+        env["CXR14_WARM"] = "0"
         linked: set[tuple[int, int]] = set()  # the folder's images are links to the pool's files: count them once
         pool_bytes = allocated_bytes(args.pool or work / "pool", linked)
         folder["allocated_bytes"] = pool_bytes + allocated_bytes(work / "nih", linked)

@@ -58,6 +58,9 @@ def repo(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e") / "repo"
     # Groups of a few patients are scored here (the tiny test split has ~8 patients).
     env = make_repo(work, tiny_params(models=MODELS, **{"evaluate.subgroup_min_patients": 2}))
+    # The heavy stages run warm (cxr14.warm), as for users; this repo's servers log to their own folder.
+    (work.parent / "run").mkdir(mode=0o700)
+    env["XDG_RUNTIME_DIR"] = str(work.parent / "run")
     output = run(["dvc", "repro"], work, env)
     return work, env, output
 
@@ -413,6 +416,24 @@ def test_second_repro_is_up_to_date_and_dvc_views_work(repo):
         assert "metrics/roc/resnet34.csv" not in json.loads(shown.stdout)["data"]
     finally:
         (work / "metrics" / "roc" / "resnet34.csv").unlink()
+
+
+def test_stages_ran_warm_and_run_alike_in_their_own_process(repo):
+    """The repro's heavy stages were forks of a warm server (its log names them); evaluate@ re-run by
+    DVC with warm start off writes byte-identical outputs (the lock's hashes do not move)."""
+    work, env, _ = repo
+    logs = list((work.parent / "run" / f"cxr14-warm-{os.getuid()}").glob("*.log"))
+    served = "".join(log.read_text() for log in logs)
+    for script in ("train.py", "evaluate.py", "explain.py", "profile_model.py", "export.py", "report.py"):
+        assert f"pipeline/{script}" in served, script
+    assert "pipeline/split.py" not in served  # the light stages keep their own short process
+
+    def outputs() -> list:
+        return yaml.safe_load((work / "dvc.lock").read_text())["stages"]["evaluate@cnn"]["outs"]
+
+    warm_outputs = outputs()
+    run(["dvc", "repro", "--force", "--single-item", "evaluate@cnn"], work, {**env, "CXR14_WARM": "0"})
+    assert outputs() == warm_outputs
 
 
 def test_exp_run_changes_only_training_and_is_listed(repo):

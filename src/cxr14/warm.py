@@ -570,9 +570,34 @@ def main(argv: list[str] | None = None) -> None:
     request = serve(Path(args.serve), idle)
     if request is None:
         return
+    _run_as_main(request["script"])
+
+
+def _run_as_main(script: str) -> None:
+    """Run `script` as `__main__` and end as `python script` would: an uncaught exception's
+    traceback (from the script's frame on) then exit status 1, or for Ctrl-C death by SIGINT
+    after the atexit handlers, which is what the interpreter does for its main script."""
+    import atexit
     import runpy
 
-    runpy.run_path(request["script"], run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException as error:
+        trace = error.__traceback__
+        while trace is not None and trace.tb_frame.f_code.co_filename != script:
+            trace = trace.tb_next
+        if trace is not None:
+            error.with_traceback(trace)  # what the default hook prints (it prefers the exception's own)
+        sys.excepthook(type(error), error, error.__traceback__)
+        if not isinstance(error, KeyboardInterrupt):
+            sys.exit(1)
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""Warm start (cxr14.warm): a script handed to the resident server behaves as if it ran in its own
+interpreter -- arguments, folder, environment, umask, streams, exit status, tracebacks, atexit,
+Ctrl-C -- and a server is reused only by callers that would start the same way.
+
+A probe script written here calls `delegate()` like the stage scripts do and reports what it
+sees; every case runs it both ways (warm, and `CXR14_WARM=0`) and compares. The servers are real
+(`python -m cxr14.warm`), in a socket folder of this module's own, killed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxr14 import warm
+
+PROBE = """\
+import gc
+
+gc.disable()
+
+from cxr14.warm import delegate
+
+delegate()
+
+import atexit
+import json
+import os
+import sys
+import time
+
+mode = sys.argv[1]
+atexit.register(lambda: print("atexit ran", flush=True))
+print(json.dumps({
+    "argv": sys.argv,
+    "file": __file__,
+    "name": __name__,
+    "path0": sys.path[0],
+    "cwd": os.getcwd(),
+    "value": os.environ.get("PROBE_VALUE"),
+    "umask": os.umask(0o022),
+    "stdin": sys.stdin.read() if mode != "wait" else "",
+    "stdout_line_buffered": sys.stdout.line_buffering,
+    "pid": os.getpid(),
+    "server": os.getppid(),
+    "torch_loaded": "torch" in sys.modules,
+}))
+sys.stdout.write("no newline at the end")
+if mode == "exit3":
+    sys.exit(3)
+if mode == "raise":
+    raise RuntimeError("boom from the probe")
+if mode == "wait":
+    try:
+        open(sys.argv[2], "w").write(str(os.getpid()))
+        time.sleep(120)
+    finally:
+        print("finally ran", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_env(tmp_path_factory):
+    """The environment of a probe run: this module's own socket folder; its servers end with it."""
+    root = tmp_path_factory.mktemp("warm")
+    (root / "probe.py").write_text(PROBE)
+    runtime = root / "run"
+    runtime.mkdir(mode=0o700)
+    env = {key: value for key, value in os.environ.items() if key not in (warm.SWITCH, "PROBE_VALUE")}
+    env.update(XDG_RUNTIME_DIR=str(runtime), CXR14_WARM_IDLE="120")
+    yield root, env
+    for log in (runtime / f"cxr14-warm-{os.getuid()}").glob("*.log"):
+        for pid in {
+            int(line.split("[")[1].split("]")[0]) for line in log.read_text().splitlines() if "serving on" in line
+        }:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_probe(
+    root: Path, env: dict, mode: str, *, warm_start: bool, **extra
+) -> tuple[subprocess.CompletedProcess, dict]:
+    env = {**env, **extra}
+    if not warm_start:
+        env[warm.SWITCH] = "0"
+    work = root / "work"
+    work.mkdir(exist_ok=True)
+    result = subprocess.run(
+        [sys.executable, str(root / "probe.py"), mode, "second argument"],
+        cwd=work,
+        env=env,
+        input="from stdin\n",
+        capture_output=True,
+        text=True,
+        umask=0o027,
+        timeout=300,
+    )
+    report = json.loads(result.stdout.splitlines()[0])
+    return result, report
+
+
+def test_the_script_runs_in_a_fork_of_the_server_with_the_callers_arguments_folder_environment_and_streams(probe_env):
+    root, env = probe_env
+    cold, cold_report = run_probe(root, env, "plain", warm_start=False, PROBE_VALUE="caller's value")
+    hot, hot_report = run_probe(root, env, "plain", warm_start=True, PROBE_VALUE="caller's value")
+    assert cold.returncode == hot.returncode == 0, hot.stderr
+    # Inline the probe is the process that was started; warm it is a fork of a server that has torch.
+    assert not cold_report["torch_loaded"] and hot_report["torch_loaded"]
+    assert hot_report["server"] != os.getpid()
+    for key in ("pid", "server", "torch_loaded"):
+        cold_report.pop(key), hot_report.pop(key)
+    assert hot_report == cold_report
+    assert hot_report["umask"] == 0o027 and hot_report["stdin"] == "from stdin\n"
+    assert hot_report["name"] == "__main__" and hot_report["path0"] == str(root)
+    # Buffered output without a newline and atexit output reach the caller's stdout, in order.
+    assert hot.stdout.splitlines()[1:] == cold.stdout.splitlines()[1:] == ["no newline at the endatexit ran"]
+    assert hot.stderr == cold.stderr == ""
+
+
+@pytest.mark.parametrize("mode, status", [("exit3", 3), ("raise", 1)])
+def test_exit_status_and_traceback_are_the_scripts(probe_env, mode, status):
+    root, env = probe_env
+    cold, _ = run_probe(root, env, mode, warm_start=False)
+    hot, _ = run_probe(root, env, mode, warm_start=True)
+    assert cold.returncode == hot.returncode == status
+    assert hot.stdout.splitlines()[1:] == cold.stdout.splitlines()[1:]
+    # The same traceback, from the script's own frame (none of the server's frames), or nothing.
+    assert hot.stderr == cold.stderr
+    assert ("RuntimeError: boom from the probe" in hot.stderr) == (mode == "raise")
+
+
+def _start_waiting_probe(root: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    marker = root / "waiting.pid"
+    marker.unlink(missing_ok=True)
+    client = subprocess.Popen(
+        [sys.executable, str(root / "probe.py"), "wait", str(marker)],
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(3000):
+        if marker.is_file() and marker.read_text():
+            return client, int(marker.read_text())
+        if client.poll() is not None:
+            raise AssertionError(f"probe ended early: {client.communicate()}")
+        time.sleep(0.1)
+    raise AssertionError("the probe never started")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return state == "Z"
+
+
+def test_ctrl_c_reaches_the_stage_and_the_caller_dies_of_it(probe_env):
+    root, env = probe_env
+    client, stage = _start_waiting_probe(root, env)
+    assert stage != client.pid  # the stage is the server's fork
+    client.send_signal(signal.SIGINT)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == -signal.SIGINT, err
+    assert "finally ran" in out and "KeyboardInterrupt" in err
+    for _ in range(100):
+        if _gone(stage):
+            break
+        time.sleep(0.1)
+    assert _gone(stage)
+
+
+def test_a_caller_killed_outright_takes_its_stage_along(probe_env):
+    root, env = probe_env
+    client, stage = _start_waiting_probe(root, env)
+    client.kill()  # SIGKILL: nothing to forward; the server sees the connection close
+    client.communicate(timeout=60)
+    for _ in range(300):
+        if _gone(stage):
+            break
+        time.sleep(0.1)
+    assert _gone(stage)
+
+
+def test_a_server_serves_only_callers_that_would_start_the_same_way(probe_env):
+    root, env = probe_env
+    _, first = run_probe(root, env, "plain", warm_start=True)
+    _, again = run_probe(root, env, "plain", warm_start=True, MLFLOW_TRACKING_URI="sqlite:///elsewhere.db")
+    assert again["server"] == first["server"]  # a per-call setting: same server
+    _, threads = run_probe(root, env, "plain", warm_start=True, OMP_NUM_THREADS="1")
+    assert threads["torch_loaded"] and threads["server"] != first["server"]  # read when torch loads: its own
+
+
+def test_an_edited_package_file_changes_the_server_key(monkeypatch):
+    before = warm.server_key()
+    module = Path(warm.__file__).with_name("errors.py")
+    stat = module.stat()
+    try:
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert warm.server_key() != before
+    finally:
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert warm.server_key() == before
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert warm.server_key() != before
+
+
+def test_interpreter_options_torchrun_and_the_switch_keep_the_script_in_its_own_process(tmp_path):
+    script = tmp_path / "where.py"
+    script.write_text("from cxr14 import warm\nimport json, sys\nprint(json.dumps(warm.enabled()))\n", encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != warm.SWITCH}
+
+    def enabled(*options: str, **extra: str) -> bool:
+        command = [sys.executable, *options, str(script)]
+        output = subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, check=True).stdout
+        return json.loads(output)
+
+    assert enabled()
+    assert not enabled("-X", "importtime")
+    assert not enabled(CXR14_WARM="0")
+    assert not enabled(TORCHELASTIC_RUN_ID="job", LOCAL_RANK="0")
