@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reporting", ("cxr14.reporting",)),
     ("deploy", ("cxr14.deploy",)),
     ("stages", ("cxr14.stages",)),
-    ("cli", ("cxr14.cli", "cxr14.__main__")),
+    ("cli", ("cxr14.cli", "cxr14.__main__", "cxr14.warm")),
 ]
 # Layers at the same height that must not import each other.
 PEERS = {frozenset({"data", "models"})}

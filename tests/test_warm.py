@@ -232,3 +232,23 @@ def test_interpreter_options_torchrun_and_the_switch_keep_the_script_in_its_own_
     assert not enabled("-X", "importtime")
     assert not enabled(CXR14_WARM="0")
     assert not enabled(TORCHELASTIC_RUN_ID="job", LOCAL_RANK="0")
+
+
+def test_a_server_that_imported_cuda_s_driver_refuses_to_fork():
+    """A child forked after CUDA's driver is initialised cannot use CUDA: the server checks its own
+    mappings after the imports and does not serve (the callers then run their stages themselves)."""
+    assert warm.fork_hazard(Path("/proc/self/maps").read_text()) is None  # this CPU test process
+    maps = (
+        "7f00-7f10 r-xp 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+        "7f20-7f30 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15\n"
+    )
+    assert "libcuda.so.550.54.15" in warm.fork_hazard(maps)
+    assert warm.fork_hazard(maps.replace("libcuda", "libcudart")) is None  # the runtime alone is inert
+
+
+def test_a_server_that_cannot_start_leaves_the_stage_to_its_own_process_and_says_so(probe_env):
+    root, env = probe_env
+    # A new server (its own thread setting) whose start fails: an idle time that is not a number.
+    result, report = run_probe(root, env, "plain", warm_start=True, CXR14_WARM_IDLE="soon", OMP_NUM_THREADS="2")
+    assert result.returncode == 0 and not report["torch_loaded"]
+    assert "warm start unavailable (the warm stage server exited with status 1; see" in result.stderr

@@ -354,6 +354,17 @@ def _preload() -> None:
     _log(f"preloaded {len(PRELOAD) + len(own)} modules in {time.perf_counter() - started:.1f} s")
 
 
+def fork_hazard(maps: str) -> str | None:
+    """Why forking this process would break its children, from /proc/self/maps: CUDA's driver
+    (libcuda) loaded means a library initialised CUDA while being imported, and a forked child
+    cannot use CUDA then. None when nothing is known to be unsafe."""
+    for line in maps.splitlines():
+        name = line.rsplit(" ", 1)[-1]
+        if Path(name).name.startswith("libcuda.so"):
+            return f"CUDA's driver ({name}) was initialised while importing"
+    return None
+
+
 def _receive_exactly(connection: socket.socket, size: int) -> bytes:
     chunks = []
     while size:
@@ -394,6 +405,10 @@ def serve(path: Path, idle_seconds: float) -> dict | None:
     """Serve stage requests until idle. Returns None in the server when it ends, and the request in
     a forked child, which then runs the request's script (see `main`)."""
     _preload()
+    unsafe = fork_hazard(Path("/proc/self/maps").read_text())
+    if unsafe:
+        _log(f"not serving: {unsafe}")
+        sys.exit(3)  # the callers run their stages in their own processes, saying why
     server = _Server(path)
     try:
         return server.run(idle_seconds)
