@@ -168,6 +168,15 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
+def _ends(pid: int, polls: int = 300) -> bool:
+    """Whether process `pid` is gone (or a zombie) within `polls` tenths of a second."""
+    for _ in range(polls):
+        if _gone(pid):
+            return True
+        time.sleep(0.1)
+    return _gone(pid)
+
+
 def test_ctrl_c_reaches_the_stage_and_the_caller_dies_of_it(probe_env):
     root, env = probe_env
     client, stage = _start_waiting_probe(root, env)
@@ -176,11 +185,7 @@ def test_ctrl_c_reaches_the_stage_and_the_caller_dies_of_it(probe_env):
     out, err = client.communicate(timeout=60)
     assert client.returncode == -signal.SIGINT, err
     assert "finally ran" in out and "KeyboardInterrupt" in err
-    for _ in range(100):
-        if _gone(stage):
-            break
-        time.sleep(0.1)
-    assert _gone(stage)
+    assert _ends(stage)
 
 
 def test_a_caller_killed_outright_takes_its_stage_along(probe_env):
@@ -188,11 +193,7 @@ def test_a_caller_killed_outright_takes_its_stage_along(probe_env):
     client, stage = _start_waiting_probe(root, env)
     client.kill()  # SIGKILL: nothing to forward; the server sees the connection close
     client.communicate(timeout=60)
-    for _ in range(300):
-        if _gone(stage):
-            break
-        time.sleep(0.1)
-    assert _gone(stage)
+    assert _ends(stage)
 
 
 def test_a_server_serves_only_callers_that_would_start_the_same_way(probe_env):
