@@ -45,6 +45,7 @@ print(json.dumps({
     "path0": sys.path[0],
     "cwd": os.getcwd(),
     "value": os.environ.get("PROBE_VALUE"),
+    "io_umask": __import__("cxr14.io").io._UMASK,  # read when cxr14.io is imported: before the line below
     "umask": os.umask(0o022),
     "stdin": sys.stdin.read() if mode != "wait" else "",
     "stdout_line_buffered": sys.stdout.line_buffering,
@@ -87,7 +88,7 @@ def probe_env(tmp_path_factory):
 
 
 def run_probe(
-    root: Path, env: dict, mode: str, *, warm_start: bool, **extra
+    root: Path, env: dict, mode: str, *, warm_start: bool, umask: int = 0o027, **extra
 ) -> tuple[subprocess.CompletedProcess, dict]:
     env = {**env, **extra}
     if not warm_start:
@@ -101,7 +102,7 @@ def run_probe(
         input="from stdin\n",
         capture_output=True,
         text=True,
-        umask=0o027,
+        umask=umask,
         timeout=300,
     )
     report = json.loads(result.stdout.splitlines()[0])
@@ -160,12 +161,12 @@ def _start_waiting_probe(root: Path, env: dict) -> tuple[subprocess.Popen, int]:
 
 
 def _gone(pid: int) -> bool:
+    """No such process, or a zombie (ended, not yet reaped by the server)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # ended and reaped (ESRCH while reading)
         return True
-    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    return state == "Z"
+    return stat.split(")")[-1].split()[0] == "Z"
 
 
 def _ends(pid: int, polls: int = 300) -> bool:
@@ -203,6 +204,9 @@ def test_a_server_serves_only_callers_that_would_start_the_same_way(probe_env):
     assert again["server"] == first["server"]  # a per-call setting: same server
     _, threads = run_probe(root, env, "plain", warm_start=True, OMP_NUM_THREADS="1")
     assert threads["torch_loaded"] and threads["server"] != first["server"]  # read when torch loads: its own
+    _, private = run_probe(root, env, "plain", warm_start=True, umask=0o077)
+    # cxr14.io reads the umask when imported (the server imported it): another umask, another server.
+    assert private["io_umask"] == 0o077 and private["server"] != first["server"]
 
 
 def test_an_edited_package_file_changes_the_server_key(monkeypatch):

@@ -24,7 +24,7 @@ stderr.
 A server serves only what it was started for: the same Python executable and interpreter flags,
 the same files of the cxr14 package (path, size, modification time -- an edited module starts a
 new server), the same installed packages (the site-packages folders' modification times), the same
-CPU affinity and cgroup, and the same values of the environment variables read when native
+CPU affinity, cgroup and umask, and the same values of the environment variables read when native
 libraries and Python start (threads: OMP_/MKL_/OPENBLAS_; kernels: ATEN_/ONEDNN_; PYTHON*, LANG/LC_*,
 CUDA_*, TORCH*, MLflow's logging, HOME, TMPDIR, ...). Anything else (an experiment's params, DVC's
 variables) is per stage. The server imports but never computes (no thread pool of torch is
@@ -207,6 +207,7 @@ def server_key() -> str:
         "site": _site_folders(),
         "environment": sorted(environment.items()),
         "cpus": sorted(os.sched_getaffinity(0)),
+        "umask": _umask(),  # cxr14.io reads it once, at import, for the modes of the files it writes
         "cgroup": _cgroup(),
         "uid": os.getuid(),
     }
@@ -265,16 +266,18 @@ def _connect_or_start(folder: Path, key: str) -> socket.socket:
 
 def _send_request(connection: socket.socket, request: dict) -> None:
     payload = json.dumps(request).encode()
-    fds = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            fds.append(fd)
-        except OSError:
-            fds.append(-1)
-    header = len(payload).to_bytes(8, "big") + bytes(1 if fd >= 0 else 0 for fd in fds)
-    socket.send_fds(connection, [header], [fd for fd in fds if fd >= 0])
+    streams = [fd for fd in (0, 1, 2) if _is_open(fd)]
+    header = len(payload).to_bytes(8, "big") + bytes(fd in streams for fd in (0, 1, 2))
+    socket.send_fds(connection, [header], streams)
     connection.sendall(payload)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _run_remote(connection: socket.socket, script: str, log_path: Path) -> int:
