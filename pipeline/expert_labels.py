@@ -14,6 +14,8 @@ gc.disable()  # no collections during the imports below: cxr14.cli.run_stage tur
 
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout's src/ first: pipeline/_checkout.py)
+
 from cxr14.cli import run_stage, stage_parser
 from cxr14.io import atomic_write_json, atomic_write_text, staged_outputs
 from cxr14.stages.expert_labels import expert_table

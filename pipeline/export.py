@@ -13,6 +13,8 @@ import gc
 
 gc.disable()  # no collections during the imports below: cxr14.cli.run_stage turns it back on
 
+import _checkout  # noqa: F401  (this checkout's src/ first: pipeline/_checkout.py)
+
 from cxr14.warm import delegate
 
 delegate()  # in a fork of the warm stage server, which has imported torch & co. once (cxr14.warm)

@@ -9,6 +9,8 @@ gc.disable()  # no collections during the imports below: cxr14.cli.run_stage tur
 
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout's src/ first: pipeline/_checkout.py)
+
 from cxr14.cli import run_stage, stage_parser
 from cxr14.config import load_config
 from cxr14.data.cache import build_cache

@@ -1,6 +1,8 @@
 """The stage scripts as a user runs them: --help, and one-line errors for bad input (exit 2)."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -84,10 +86,19 @@ def test_nih_source_without_nih_data_names_the_folder(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-@pytest.mark.parametrize("script", sorted(path.name for path in (REPO_ROOT / "pipeline").glob("*.py")))
-def test_every_stage_script_turns_the_collector_off_before_its_imports(script):
+STAGE_SCRIPTS = sorted(path.name for path in (REPO_ROOT / "pipeline").glob("[!_]*.py"))
+
+
+def test_the_stage_scripts_are_the_ones_dvc_runs():
+    commands = json.dumps(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
+    assert STAGE_SCRIPTS and all(f"pipeline/{script}" in commands for script in STAGE_SCRIPTS)
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS)
+def test_every_stage_script_turns_the_collector_off_and_imports_its_checkout_s_code(script):
     """cxr14.cli's start-up: `import gc; gc.disable()` precede every other statement but the
-    docstring, and the script hands over to `run_stage` (which turns the collector back on)."""
+    docstring, `import _checkout` (this checkout's src/ first) precedes every import of cxr14,
+    and the script hands over to `run_stage` (which turns the collector back on)."""
     import ast
 
     source = (REPO_ROOT / "pipeline" / script).read_text()
@@ -95,6 +106,10 @@ def test_every_stage_script_turns_the_collector_off_before_its_imports(script):
     statements = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
     assert ast.unparse(statements[0]) == "import gc", f"{script}: first statement is not `import gc`"
     assert ast.unparse(statements[1]) == "gc.disable()", f"{script}: second statement is not `gc.disable()`"
+    imports = [ast.unparse(node) for node in statements if isinstance(node, (ast.Import, ast.ImportFrom))]
+    project = [line for line in imports if re.match(r"(from|import) cxr14\b", line)]
+    assert "import _checkout" in imports, f"{script} does not import _checkout"
+    assert imports.index("import _checkout") < imports.index(project[0]), f"{script} imports cxr14 before _checkout"
     assert "run_stage(main, parser)" in source, f"{script} does not end in run_stage"
 
 

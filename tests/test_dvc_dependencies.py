@@ -17,6 +17,7 @@ Files (`test_stage_deps_match_import_closure`)
     Non-Python files a module reads from the package (`importlib.resources`) are invisible to
     `ast`, so they are listed in RESOURCES below; `test_resource_reads_are_tabled` fails when
     a module starts reading package data or a data file appears under src/ without an entry.
+    A module the script imports from its own folder (pipeline/_checkout.py) is needed too.
     Every file so found must be declared (a declared directory covers the files under it),
     and every declared `src/`/`pipeline/` path must be needed: a file outside the closure, or
     a directory holding no needed file, fails too.
@@ -236,6 +237,10 @@ def needed_files(script: str) -> dict[str, str]:
     """Repository files the stage's code reads -> why (the import chain)."""
     parent, named = closure(script)
     needed = {script: script}
+    for imported in file_imports(ROOT / script, None)[0]:  # a module beside the script (pipeline/_checkout.py)
+        sibling = (ROOT / script).parent / f"{imported.split('.')[0]}.py"
+        if sibling.is_file():
+            needed[rel(sibling)] = f"{script} -> {imported}"
     for module in parent:
         path = module_file(module)
         assert path is not None

@@ -13,7 +13,10 @@ follows may run: the data stages come from DVC's cache.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -63,21 +66,90 @@ def _queue_status(work: Path, env: dict) -> dict[str, str]:
     return status
 
 
+def _start_queue(work: Path, env: dict, workers: int) -> None:
+    """`dvc queue start`: it returns once its workers are spawned, but they inherit its stdout and
+    stderr, so those go to a file (a pipe would stay open as long as the longest-lived worker)."""
+    with open(work.parent / "queue-start.log", "a") as log:
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", str(workers)],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+            check=True,
+        )
+
+
+def _end_idle_workers(work: Path, grace_seconds: float = 60) -> None:
+    """Queue workers left running once the queue is done. A worker normally exits when the queue
+    is empty, but with two of them DVC sometimes leaves one idle for good (it logged "shutting
+    down due to empty queue" and ignored `dvc queue stop`, dvc 3.67 / dvc-task 0.40): give them
+    `grace_seconds`, then end them, so that no worker outlives the tests."""
+    pids = []
+    for pid_file in (work / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+        try:
+            pids.append(int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    deadline = time.monotonic() + grace_seconds
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return state != "Z" and b"queue-worker" in command
+
+
+# Appended to the training code of exp-fast's snapshot: says which file the stage ran.
+SNAPSHOT_EDIT = """
+
+_snapshot_train_model = train_model
+
+
+def train_model(*args, **kwargs):  # added by tests/test_experiments.py before queueing exp-fast
+    import sys
+
+    print(f"training code: {__file__}", file=sys.stderr)
+    return _snapshot_train_model(*args, **kwargs)
+"""
+WORKSPACE_EDIT = '\nraise RuntimeError("the workspace was edited after queueing")\n'
+
+
 @pytest.fixture(scope="module")
 def queued(workspace):
-    """Two experiments and a bad one, queued and run by two workers at once."""
+    """Two experiments and a bad one, queued and run by two workers at once. exp-fast is queued with
+    an edit of the training code; once all are queued, the workspace's training code is broken
+    until the queue is done: each experiment must run the code it was queued with."""
     work, env = workspace
+    engine = work / "src" / "cxr14" / "training" / "engine.py"
+    original = engine.read_text()
+    engine.write_text(original + SNAPSHOT_EDIT)
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.003", "-n", "exp-fast"], work, env)
+    engine.write_text(original)
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.0003", "-n", "exp-slow"], work, env)
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=-1", "-n", "exp-bad"], work, env)
-    run(["dvc", "queue", "start", "-j", "2"], work, env)
-    deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
-    while True:
-        status = _queue_status(work, env)
-        if len(status) == 3 and not {"Queued", "Running"} & set(status.values()):
-            break
-        assert time.monotonic() < deadline, f"queue still busy after {QUEUE_TIMEOUT_SECONDS} s: {status}"
-        time.sleep(5)
+    engine.write_text(original + WORKSPACE_EDIT)
+    try:
+        _start_queue(work, env, workers=2)
+        deadline = time.monotonic() + QUEUE_TIMEOUT_SECONDS
+        while True:
+            status = _queue_status(work, env)
+            if len(status) == 3 and not {"Queued", "Running"} & set(status.values()):
+                break
+            assert time.monotonic() < deadline, f"queue still busy after {QUEUE_TIMEOUT_SECONDS} s: {status}"
+            time.sleep(5)
+    finally:
+        engine.write_text(original)
+        _end_idle_workers(work)
     logs = {name: run(["dvc", "queue", "logs", name], work, env) for name in status}
     return work, env, status, logs
 
@@ -88,6 +160,20 @@ def test_parallel_queue_runs_both_experiments_and_reports_the_bad_one(queued):
     # The bad param is refused by the first stage with one line naming the key, no traceback.
     assert "params.yaml: train.lr must be > 0, got -1.0" in logs["exp-bad"]
     assert "Traceback" not in logs["exp-bad"]
+
+
+def test_each_queued_experiment_runs_the_code_it_was_queued_with(queued):
+    """Not the workspace's code as it is when a worker starts it (pipeline/_checkout.py): the
+    environment's editable install points at the workspace, DVC's copy is elsewhere."""
+    work, _, status, logs = queued
+    assert status["exp-slow"] == "Success", logs["exp-slow"][-3000:]  # the broken workspace code never ran
+    assert "the workspace was edited after queueing" not in logs["exp-fast"] + logs["exp-slow"]
+    ran = re.findall(r"training code: (\S+)", logs["exp-fast"])
+    assert ran, logs["exp-fast"][-3000:]
+    copy = Path(ran[0])
+    assert copy.parts[-4:] == ("src", "cxr14", "training", "engine.py")
+    assert copy.is_relative_to(work / ".dvc" / "tmp" / "exps"), copy
+    assert "training code:" not in logs["exp-slow"]
 
 
 def test_queued_experiments_rerun_no_data_stage(queued):
@@ -148,7 +234,10 @@ def test_dvc_exp_show_lists_the_headline_only(queued):
     )
     header = [cell.strip() for cell in shown.splitlines()[0].strip("|").split("|")]
     assert {"macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high", "train.lr"} <= set(header), header
-    assert len(header) <= 12, header  # the headline, not several hundred per-class columns
+    # exp-fast was queued with other training code: DVC shows that dependency as changed.
+    code = [column for column in header if column.startswith(("src/", "pipeline/"))]
+    assert code == ["src/cxr14/training"], header
+    assert len(header) - len(code) <= 12, header  # the headline, not several hundred per-class columns
     rows = [line for line in shown.splitlines() if "exp-fast" in line or "exp-slow" in line]
     auroc = header.index("macro_auroc")
     values = [float(row.strip("|").split("|")[auroc]) for row in rows]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from cxr14 import warm
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 PROBE = """\
 import gc
@@ -43,6 +46,8 @@ print(json.dumps({
     "file": __file__,
     "name": __name__,
     "path0": sys.path[0],
+    "path": sys.path,
+    "cxr14": __import__("cxr14").__file__,
     "cwd": os.getcwd(),
     "value": os.environ.get("PROBE_VALUE"),
     "io_umask": __import__("cxr14.io").io._UMASK,  # read when cxr14.io is imported: before the line below
@@ -88,7 +93,7 @@ def probe_env(tmp_path_factory):
 
 
 def run_probe(
-    root: Path, env: dict, mode: str, *, warm_start: bool, umask: int = 0o027, **extra
+    root: Path, env: dict, mode: str, *, warm_start: bool, umask: int = 0o027, script: Path | None = None, **extra
 ) -> tuple[subprocess.CompletedProcess, dict]:
     env = {**env, **extra}
     if not warm_start:
@@ -96,7 +101,7 @@ def run_probe(
     work = root / "work"
     work.mkdir(exist_ok=True)
     result = subprocess.run(
-        [sys.executable, str(root / "probe.py"), mode, "second argument"],
+        [sys.executable, str(script or root / "probe.py"), mode, "second argument"],
         cwd=work,
         env=env,
         input="from stdin\n",
@@ -125,6 +130,32 @@ def test_the_script_runs_in_a_fork_of_the_server_with_the_callers_arguments_fold
     # Buffered output without a newline and atexit output reach the caller's stdout, in order.
     assert hot.stdout.splitlines()[1:] == cold.stdout.splitlines()[1:] == ["no newline at the endatexit ran"]
     assert hot.stderr == cold.stderr == ""
+
+
+def test_a_script_of_another_checkout_runs_that_checkout_s_code_in_both_ways(probe_env):
+    """DVC runs queued experiments in copies of the repository while the environment's editable
+    install points at the workspace: a pipeline script imports its own checkout's cxr14
+    (pipeline/_checkout.py), and so does the warm server it starts."""
+    root, env = probe_env
+    checkout = root / "checkout"
+    shutil.copytree(
+        Path(warm.__file__).parent, checkout / "src" / "cxr14", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (checkout / "pipeline").mkdir()
+    shutil.copy(REPOSITORY / "pipeline" / "_checkout.py", checkout / "pipeline")
+    script = checkout / "pipeline" / "probe.py"
+    script.write_text(PROBE.replace("import gc\n", "import gc\n\nimport _checkout\n", 1))
+    own = str(checkout / "src" / "cxr14" / "__init__.py")
+    cold, cold_report = run_probe(root, env, "plain", warm_start=False, script=script)
+    hot, hot_report = run_probe(root, env, "plain", warm_start=True, script=script)
+    assert cold.returncode == hot.returncode == 0, hot.stderr
+    assert cold_report["cxr14"] == hot_report["cxr14"] == own
+    assert hot_report["torch_loaded"]  # ran in a server, which imported the copy too
+    assert cold_report["path"] == hot_report["path"]
+    assert hot_report["path"][:2] == [str(script.parent), str(checkout / "src")]
+    # The workspace's own scripts keep theirs (the first test compares the rest).
+    _, report = run_probe(root, env, "plain", warm_start=True)
+    assert report["cxr14"] == warm.__file__.replace("warm.py", "__init__.py")
 
 
 @pytest.mark.parametrize("mode, status", [("exit3", 3), ("raise", 1)])

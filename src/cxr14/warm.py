@@ -23,7 +23,8 @@ stderr.
 
 A server serves only what it was started for: the same Python executable and interpreter flags,
 the same files of the cxr14 package (path, size, modification time -- an edited module starts a
-new server), the same installed packages (the site-packages folders' modification times), the same
+new server), the same module search path, which the server starts with (a checkout's own src/
+first: pipeline/_checkout.py), and installed packages (its folders' modification times), the same
 CPU affinity, cgroup and umask, and the same values of the environment variables read when native
 libraries and Python start (threads: OMP_/MKL_/OPENBLAS_; kernels: ATEN_/ONEDNN_; PYTHON*, LANG/LC_*,
 CUDA_*, TORCH*, MLflow's logging, HOME, TMPDIR, ...). Anything else (an experiment's params, DVC's
@@ -214,6 +215,16 @@ def server_key() -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+# The server's command: `python -m cxr14.warm --serve SOCKET`, but with the caller's module search path
+# (its sys.path[0] is the script's folder, set per stage), so that it imports the same cxr14 -- a
+# checkout's own src/ (pipeline/_checkout.py), not necessarily the installed one -- and the same
+# libraries as the caller, whose key names those folders.
+_SERVE = (
+    "import json, sys; sys.path[1:] = json.loads(sys.argv[1]); "
+    "from cxr14.warm import main; main(['--serve', sys.argv[2]])"
+)
+
+
 def _connect(path: Path) -> socket.socket | None:
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -240,7 +251,7 @@ def _connect_or_start(folder: Path, key: str) -> socket.socket:
         log_path = folder / f"{key}.log"
         with open(log_path, "wb") as log:  # this server's log only
             server = subprocess.Popen(
-                [sys.executable, "-m", "cxr14.warm", "--serve", str(path)],
+                [sys.executable, "-c", _SERVE, json.dumps(sys.path[1:]), str(path)],
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=log,
