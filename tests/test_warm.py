@@ -240,6 +240,30 @@ def test_a_server_serves_only_callers_that_would_start_the_same_way(probe_env):
     assert private["io_umask"] == 0o077 and private["server"] != first["server"]
 
 
+def test_a_starting_server_removes_other_servers_files_unused_for_a_day(probe_env):
+    """Each code edit and each queued experiment's copy makes a new key: files of servers that are
+    gone and were last used over a day ago are removed; recent ones and live servers' are kept."""
+    root, env = probe_env
+    _, first = run_probe(root, env, "plain", warm_start=True)
+    folder = root / "run" / f"cxr14-warm-{os.getuid()}"
+    serving = f"[{first['server']}] serving on"
+    key = next(log.stem for log in folder.glob("*.log") if serving in log.read_text())
+    live = {f"{key}.log", f"{key}.lock", f"{key}.sock"}
+    two_days_ago, an_hour_ago = time.time() - 2 * 86400, time.time() - 3600
+    for key, when in (("stale", two_days_ago), ("recent", an_hour_ago)):
+        for suffix in (".log", ".lock", ".sock"):  # a server that ended without cleaning up
+            (folder / f"{key}{suffix}").write_text("")
+        os.utime(folder / f"{key}.log", (when, when))
+    for name in live:
+        os.utime(folder / name, (two_days_ago, two_days_ago))
+    _, report = run_probe(root, env, "plain", warm_start=True, TORCH_PROBE_KEY="a new server")
+    assert report["torch_loaded"]
+    left = {path.name for path in folder.iterdir()}
+    assert not {"stale.log", "stale.lock", "stale.sock"} & left
+    assert {"recent.log", "recent.lock", "recent.sock"} <= left
+    assert live <= left  # old, but its server answers
+
+
 def test_an_edited_package_file_changes_the_server_key(monkeypatch):
     before = warm.server_key()
     module = Path(warm.__file__).with_name("errors.py")

@@ -36,7 +36,8 @@ after `CXR14_WARM_IDLE` seconds (default 60) without a stage.
 Off: `CXR14_WARM=0` runs every stage in its own interpreter, as without this module (also
 automatic under torchrun, with interpreter options such as `-X importtime`, or off Linux).
 If the server cannot be started the stage says so on stderr and runs in its own process.
-Server logs: `$XDG_RUNTIME_DIR` (or the temp folder) `/cxr14-warm-<uid>/<key>.log`.
+Server logs: `$XDG_RUNTIME_DIR` (or the temp folder) `/cxr14-warm-<uid>/<key>.log`; a server that
+starts removes other keys' files unused for a day whose server is gone.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ SWITCH = "CXR14_WARM"
 IDLE_VARIABLE = "CXR14_WARM_IDLE"
 DEFAULT_IDLE_SECONDS = 60.0
 START_TIMEOUT_SECONDS = 300.0
+STALE_SECONDS = 86400.0  # another key's files unused this long, with no server, are removed
 
 # Environment read when the interpreter and native libraries start (thread pools, kernels,
 # allocators, locale, paths): a server started under other values would run stages differently.
@@ -248,6 +250,7 @@ def _connect_or_start(folder: Path, key: str) -> socket.socket:
         if connection is not None:
             return connection
         path.unlink(missing_ok=True)  # a server that died without cleaning up
+        _prune(folder, key)
         log_path = folder / f"{key}.log"
         with open(log_path, "wb") as log:  # this server's log only
             server = subprocess.Popen(
@@ -270,6 +273,29 @@ def _connect_or_start(folder: Path, key: str) -> socket.socket:
                 server.kill()
                 raise OSError(f"the warm stage server did not start in {START_TIMEOUT_SECONDS:.0f} s; see {log_path}")
             time.sleep(0.05)
+
+
+def _prune(folder: Path, key: str, max_age_seconds: float = STALE_SECONDS) -> None:
+    """Remove other keys' files (log, lock, socket) untouched for `max_age_seconds` and with no
+    server answering: each code edit, and each queued experiment's copy, makes a new key."""
+    import fcntl
+
+    cutoff = time.time() - max_age_seconds
+    for log in folder.glob("*.log"):
+        other = log.name.removesuffix(".log")
+        try:
+            if other == key or log.stat().st_mtime > cutoff:
+                continue
+            with open(folder / f"{other}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a starter holds it: not stale
+                live = _connect(folder / f"{other}.sock")
+                if live is not None:
+                    live.close()
+                    continue
+                for name in (f"{other}.sock", f"{other}.log", f"{other}.lock"):
+                    (folder / name).unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 # --- the client's side of one stage ---------------------------------------------------------------
