@@ -90,6 +90,7 @@ def main() -> None:
     else:
         raise SystemExit(f"unknown kill point {point!r}")
     sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python script` would (pipeline/_checkout.py)
     runpy.run_path(script, run_name="__main__")
 
 

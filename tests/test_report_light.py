@@ -26,7 +26,7 @@ def _loaded_after(code: str) -> list[str]:
 
 def test_report_script_does_not_import_torch_or_timm():
     code = (
-        "import runpy, sys\nsys.argv = ['pipeline/report.py', '--help']\n"
+        "import runpy, sys\nsys.argv = ['pipeline/report.py', '--help']\nsys.path[0] = 'pipeline'\n"
         "try:\n    runpy.run_path('pipeline/report.py', run_name='__main__')\nexcept SystemExit:\n    pass"
     )
     assert _loaded_after(code) == []
