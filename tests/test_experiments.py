@@ -174,6 +174,10 @@ def test_each_queued_experiment_runs_the_code_it_was_queued_with(queued):
     assert copy.parts[-4:] == ("src", "cxr14", "training", "engine.py")
     assert copy.is_relative_to(work / ".dvc" / "tmp" / "exps"), copy
     assert "training code:" not in logs["exp-slow"]
+    # Its MLflow run says its code is not its baseline commit's (the experiment's commit holds it).
+    runs = _runs_by_experiment(work)
+    assert runs["exp-fast"][0].data.tags["git_dirty"] == "true"
+    assert runs["exp-slow"][0].data.tags["git_dirty"] == "false"
 
 
 def test_queued_experiments_rerun_no_data_stage(queued):

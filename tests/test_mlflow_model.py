@@ -103,7 +103,8 @@ def registered(tmp_path_factory) -> Iterator[Registered]:
         package = save_package(
             bundle, SIZE, SIZE, thresholds, {"seed": 42, "test_macro_auroc": 0.612}, root / "package" / "cnn"
         )
-        with tracking.model_run("cnn", seed=42, tags={"git_commit": "0123abc"}) as run:  # as train@cnn-42 does
+        tags = {"git_commit": "0123abc", "git_dirty": "false"}  # as train@cnn-42 sets them
+        with tracking.model_run("cnn", seed=42, tags=tags) as run:
             tracking.log_metrics({"val_macro_auroc": 0.6}, step=1)
         info = log_model(run.info.run_id, package, images[:1], registered_name("cnn"), VERSION_TEXT)
         state = {key: value.clone() for key, value in bundle.model.state_dict().items()}
@@ -121,10 +122,11 @@ def test_the_model_is_registered_with_its_descriptions_and_linked_to_its_run(reg
     assert registered.info["registered_name"] == "cxr14-cnn" and registered.info["version"] == 1
     version = client.get_model_version("cxr14-cnn", "1")
     assert version.description == VERSION_TEXT and version.run_id == registered.info["run_id"]
-    assert {key: version.tags[key] for key in ("model", "seed", "git_commit")} == {
+    assert {key: version.tags[key] for key in ("model", "seed", "git_commit", "git_dirty")} == {
         "model": "cnn",
         "seed": "42",
         "git_commit": "0123abc",
+        "git_dirty": "false",
     }
     description = client.get_registered_model("cxr14-cnn").description
     assert "uint8 grayscale images [N, 64, 64]" in description and "operating_point" in description

@@ -229,10 +229,12 @@ def test_data_fingerprint_names_a_missing_or_empty_cache(tmp_path):
 def test_run_tags(tmp_path, monkeypatch):
     cache_dir = _small_cache(tmp_path / "cache")
     monkeypatch.setattr(tracking, "git_commit", lambda: "0123abc")
+    monkeypatch.setattr(tracking, "git_dirty", lambda: "false")
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     assert run_tags("vit_v1", cache_dir, "cpu", None) == {
         "model": "vit_v1",
         "git_commit": "0123abc",
+        "git_dirty": "false",
         "data_fingerprint": data_fingerprint(cache_dir),
         "device": "cpu",
         "weights": "random init",
@@ -241,6 +243,36 @@ def test_run_tags(tmp_path, monkeypatch):
     tags = run_tags("resnet50", cache_dir, "cuda:0", "timm:resnet50.a1_in1k")
     assert tags["dvc_experiment"] == "bold-fern" and tags["weights"] == "timm:resnet50.a1_in1k"
     assert all(isinstance(value, str) for value in tags.values())
+
+
+def test_git_dirty_says_whether_the_code_differs_from_the_commit(tmp_path, monkeypatch):
+    """src/ and pipeline/ edited, staged, deleted or new: the commit alone does not hold the code."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    assert tracking.git_dirty() == "unknown"  # not a git checkout
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("src/cxr14/a.py", "pipeline/train.py", "params.yaml", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "code")
+    assert tracking.git_dirty() == "false"
+    (tmp_path / "params.yaml").write_text("x = 2\n")  # params are recorded as such, data by DVC
+    (tmp_path / "README.md").write_text("more\n")
+    assert tracking.git_dirty() == "false"
+    (tmp_path / "src" / "cxr14" / "a.py").write_text("x = 2\n")
+    assert tracking.git_dirty() == "true"
+    git("checkout", "--", "src")
+    (tmp_path / "pipeline" / "new.py").write_text("")  # an untracked module runs too
+    assert tracking.git_dirty() == "true"
+    (tmp_path / "pipeline" / "new.py").unlink()
+    (tmp_path / "pipeline" / "train.py").unlink()
+    assert tracking.git_dirty() == "true"
 
 
 def test_default_store_is_the_dvc_workspaces_even_from_an_experiment_copy(tmp_path, monkeypatch):

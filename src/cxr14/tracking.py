@@ -505,6 +505,29 @@ def git_commit() -> str:
         return "unknown"
 
 
+CODE_FOLDERS = ("src", "pipeline")  # what a stage runs; params and data are recorded separately
+
+
+def git_dirty() -> str:
+    """Whether the code (src/, pipeline/) differs from `git_commit()`, for the run's tags: "true"
+    when a file there is edited, staged, deleted or new (then that commit alone does not hold the
+    code that ran; inside `dvc exp run` the experiment's own commit does), "false", or "unknown"
+    outside a git checkout."""
+    import subprocess
+
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", *CODE_FOLDERS],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "true" if status.strip() else "false"
+
+
 def dvc_experiment_name() -> str | None:
     """The name of the DVC experiment running this stage, or None outside `dvc exp run`."""
     return os.environ.get(DVC_EXPERIMENT_VARIABLE) or None
@@ -536,7 +559,7 @@ def run_tags(model_name: str, cache_dir: Path, device: str, weights: str | None)
         device: where training ran, e.g. "cpu" or "cuda:0".
         weights: where the starting weights came from; None for a random initialisation.
     """
-    tags = {"model": model_name, "git_commit": git_commit()}
+    tags = {"model": model_name, "git_commit": git_commit(), "git_dirty": git_dirty()}
     experiment = dvc_experiment_name()
     if experiment:
         tags["dvc_experiment"] = experiment

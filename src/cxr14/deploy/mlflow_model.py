@@ -383,7 +383,7 @@ def log_model(
     """Log the package as an MLflow model of the training run `run_id` and register it.
 
     The logged model (MLflow 3 LoggedModel, named `cxr14-<model>`) is linked to the run (its
-    "Models" column); its registered version gets the tags model, seed, git_commit (the run's),
+    "Models" column); its registered version gets the tags model, seed, git_commit and git_dirty (the run's),
     image_size and preprocess_size, and `description`. The registered model's description says
     what the model takes and returns (:func:`model_description`).
 
@@ -437,8 +437,9 @@ def _version_tags(config: Mapping[str, Any], run_tags: Mapping[str, str]) -> dic
     seed = config.get("seed", run_tags.get("seed"))
     if seed is not None:
         tags["seed"] = str(seed)
-    if run_tags.get("git_commit"):
-        tags["git_commit"] = run_tags["git_commit"]
+    for key in ("git_commit", "git_dirty"):
+        if run_tags.get(key):
+            tags[key] = run_tags[key]
     if config.get("test_macro_auroc") is not None:
         tags["test_macro_auroc"] = str(config["test_macro_auroc"])
     tags.update(image_size=str(config["image_size"]), preprocess_size=str(config["preprocess_size"]))
