@@ -97,6 +97,15 @@ def small_nih(tmp_path) -> Path:
     return write_small_nih(tmp_path / "raw")
 
 
+def process_gone(pid: int) -> bool:
+    """No such process, or a zombie (ended, not yet reaped by its parent): from /proc (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # ended and reaped (ESRCH while reading)
+        return True
+    return stat.split(")")[-1].split()[0] == "Z"
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A real SQLite MLflow store in the test's temp folder."""

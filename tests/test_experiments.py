@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import tiny_params
+from tests.conftest import process_gone, tiny_params
 from tests.test_pipeline_e2e import dvc_cache_damage, make_repo, run
 
 pytestmark = pytest.mark.slow
@@ -101,12 +101,13 @@ def _end_idle_workers(work: Path, grace_seconds: float = 60) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    """A running queue worker (not a recycled pid of another process)."""
+    if process_gone(pid):
         return False
-    return state != "Z" and b"queue-worker" in command
+    try:
+        return b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return False
 
 
 # Appended to the training code of exp-fast's snapshot: says which file the stage ran.

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cxr14 import warm
+from tests.conftest import process_gone
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -191,22 +192,13 @@ def _start_waiting_probe(root: Path, env: dict) -> tuple[subprocess.Popen, int]:
     raise AssertionError("the probe never started")
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie (ended, not yet reaped by the server)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):  # ended and reaped (ESRCH while reading)
-        return True
-    return stat.split(")")[-1].split()[0] == "Z"
-
-
 def _ends(pid: int, polls: int = 300) -> bool:
     """Whether process `pid` is gone (or a zombie) within `polls` tenths of a second."""
     for _ in range(polls):
-        if _gone(pid):
+        if process_gone(pid):
             return True
         time.sleep(0.1)
-    return _gone(pid)
+    return process_gone(pid)
 
 
 def test_ctrl_c_reaches_the_stage_and_the_caller_dies_of_it(probe_env):
@@ -250,10 +242,10 @@ def test_a_starting_server_removes_other_servers_files_unused_for_a_day(probe_en
     key = next(log.stem for log in folder.glob("*.log") if serving in log.read_text())
     live = {f"{key}.log", f"{key}.lock", f"{key}.sock"}
     two_days_ago, an_hour_ago = time.time() - 2 * 86400, time.time() - 3600
-    for key, when in (("stale", two_days_ago), ("recent", an_hour_ago)):
+    for other, when in (("stale", two_days_ago), ("recent", an_hour_ago)):
         for suffix in (".log", ".lock", ".sock"):  # a server that ended without cleaning up
-            (folder / f"{key}{suffix}").write_text("")
-        os.utime(folder / f"{key}.log", (when, when))
+            (folder / f"{other}{suffix}").write_text("")
+        os.utime(folder / f"{other}.log", (when, when))
     for name in live:
         os.utime(folder / name, (two_days_ago, two_days_ago))
     _, report = run_probe(root, env, "plain", warm_start=True, TORCH_PROBE_KEY="a new server")
