@@ -53,6 +53,7 @@ def tiny_params(**overrides) -> dict:
     for model_overrides in params["train"]["overrides"].values():
         model_overrides.pop("image_size", None)
         model_overrides.pop("epochs", None)
+        model_overrides.pop("min_epochs", None)
     for dotted, value in overrides.items():
         node = params
         *parents, leaf = dotted.split(".")

@@ -253,6 +253,18 @@ def test_headline_and_per_finding_results_carry_their_intervals():
     assert "| Brier score (macro) | 0.0513 | 0.0512 |" in results
 
 
+def test_early_stopping_row_names_min_epochs_only_where_it_is_set():
+    def stopping(model: str) -> str:
+        records = {"details": _details(model), "subgroups": _subgroups(model), "efficiency": _efficiency(model)}
+        card = model_card(model, **_inputs(config=_config(model), **records))
+        return next(line for line in _section(card, "Training").splitlines() if line.startswith("| early stopping |"))
+
+    assert stopping("resnet18") == "| early stopping | after 3 epochs without a better validation macro AUROC |"
+    assert stopping("convnextv2_seed") == (
+        "| early stopping | after 3 epochs without a better validation macro AUROC, not before epoch 12 |"
+    )
+
+
 def test_several_seeds_show_their_spread_and_every_seed():
     inputs = _inputs(headline=_headline(seeds=3), details=_details(seeds=(42, 43, 44)))
     results = _section(model_card("resnet18", **inputs), "Test results")

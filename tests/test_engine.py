@@ -319,6 +319,32 @@ def test_undefined_auroc_counts_as_a_bad_epoch_for_patience(tiny_cache, tmp_path
     assert (result.epochs_run, result.best_epoch) == (2, 1)
 
 
+@pytest.mark.parametrize(
+    ("min_epochs", "epochs_run"),
+    [(0, 3), (5, 5), (6, 6)],  # without it, the flat start ends training after patience's 2 bad epochs
+)
+def test_early_stopping_waits_for_min_epochs_and_then_stops_at_once(
+    min_epochs, epochs_run, tiny_cache, tmp_path, mlflow_store, monkeypatch
+):
+    """A noisy first epoch scores best, then a flat start: patience is used up at epoch 3, but with
+    min_epochs training goes on; at min_epochs with no better epoch since, it stops there (an
+    improvement from epoch 7 on comes too late: min_epochs, not longer patience)."""
+    _validation_with_auroc(monkeypatch, [0.55, 0.50, 0.51, 0.52, 0.53, 0.54, 0.60, 0.62])
+    params = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 8, "train.patience": 2}
+    cfg = config_from_dict(tiny_params(**params, **{"train.overrides": {"cnn": {"min_epochs": min_epochs}}}))
+    assert cfg.train_for("cnn").min_epochs == min_epochs
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
+    assert (result.epochs_run, result.best_epoch) == (epochs_run, 1)
+
+
+def test_min_epochs_lets_a_late_improvement_reset_patience(tiny_cache, tmp_path, mlflow_store, monkeypatch):
+    _validation_with_auroc(monkeypatch, [0.55, 0.50, 0.51, 0.58, 0.57, 0.56, 0.55, 0.54])
+    params = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 8, "train.patience": 2}
+    cfg = config_from_dict(tiny_params(**params, **{"train.min_epochs": 4}))
+    result = train_model(cfg, "cnn", tiny_cache, tmp_path / "cnn", seed=42)
+    assert (result.epochs_run, result.best_epoch) == (6, 4)  # best at 4, two bad epochs after it
+
+
 def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(
     tiny_cache, tmp_path, mlflow_store, monkeypatch, caplog
 ):

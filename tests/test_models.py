@@ -405,6 +405,34 @@ def test_seed_convnext_input_is_centred_so_its_stem_keeps_brightness():
         assert _stem_cosine(bundle, (0.0,), (1.0,)) > 0.99  # the seeds' plain rescale: nearly parallel
 
 
+def _first_conv_gradient_coherence(bundle, mean: tuple[float, ...], std: tuple[float, ...], seed: int) -> float:
+    """Median over the seed CNN's first-layer filters of |sum of a filter's weight gradients| /
+    sum of their sizes (1: all one sign), after one loss on random grey images 40..215 prepared
+    with `mean` and `std` (filters with no gradient, whose ReLU never fired, left out)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(40, 216, (8, 1, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = (torch.rand(8, NUM_CLASSES, generator=generator) < 0.2).float()
+    bundle.model.zero_grad()
+    logits = bundle.model(prepare_batch(pixels, bundle.in_chans, mean, std, 32))
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
+    grads = bundle.model[0].weight.grad.flatten(1)
+    live = grads.abs().sum(1) > 0
+    return float((grads.sum(1).abs() / grads.abs().sum(1))[live].median())
+
+
+def test_seed_cnn_input_is_centred_so_its_first_filters_do_not_all_move_one_way():
+    """The seed CNN has no normalisation layer: on the seeds' plain /255 input every pixel carries
+    the same positive offset, so a first-layer filter's weight gradients nearly all share one sign
+    (it can only brighten or darken as a whole, seed.py "Input scaling"); the registered
+    normalisation centres the input and they do not."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        bundle = build_model("cnn", NUM_CLASSES, 32, pretrained=False)
+        assert _first_conv_gradient_coherence(bundle, bundle.mean, bundle.std, seed) < 0.6
+        assert _first_conv_gradient_coherence(bundle, (0.0,), (1.0,), seed) > 0.95  # the seeds' rescale
+    assert build_model("cnn_gap", NUM_CLASSES, 32, pretrained=False).mean == (0.0,)  # its BatchNorm centres
+
+
 def test_seed_layer_norm_2d_equals_timms_bit_for_bit():
     from timm.layers import LayerNorm2d as TimmLayerNorm2d
 

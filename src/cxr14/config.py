@@ -158,6 +158,7 @@ class TrainOverride:
     """Per-model replacements for `train.*` (unset = inherit), e.g. a higher lr for a ResNet."""
 
     epochs: int | None = None
+    min_epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
@@ -174,9 +175,10 @@ class TrainOverride:
 
 # The committed params.yaml's train.overrides (see there for the reasons).
 DEFAULT_OVERRIDES: dict[str, TrainOverride] = {
+    "cnn": TrainOverride(epochs=6),
     "vit_v1": TrainOverride(image_size=128, epochs=2, lr=2e-3),
     "resnet18": TrainOverride(epochs=6),
-    "convnextv2_seed": TrainOverride(epochs=24),
+    "convnextv2_seed": TrainOverride(epochs=24, min_epochs=12),
     "vit_b16": TrainOverride(lr=1e-4),
     "vit_v2": TrainOverride(optimizer="sgd", lr=1e-2, weight_decay=1e-4),
     "efficientnet_b4": TrainOverride(image_size=380, freeze_backbone=True, lr=1e-3),
@@ -196,6 +198,10 @@ class TrainConfig:
     weight_decay: float = 1e-6
     # Epochs without a better validation macro AUROC before stopping (best weights restored).
     patience: int = 3
+    # Early stopping may end training only after this many epochs (Lightning's min_epochs): a
+    # model whose validation AUROC stays flat at first (convnextv2_seed) is not stopped in its
+    # flat start because a noisy first epoch happened to score best. 0 = from the first epoch.
+    min_epochs: int = bounded(0, 0, None, "[)")
     # adamw (the seed's) | adam | sgd (with `momentum`; its weight_decay is plain L2, as ViT-v2's).
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     momentum: float = bounded(0.9, 0, 1, "[)")

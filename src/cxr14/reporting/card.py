@@ -520,6 +520,11 @@ def _loss_text(train: dict) -> str:
     return described
 
 
+def _early_stopping(train: dict) -> str:
+    text = f"after {train.get('patience')} epochs without a better validation macro AUROC"
+    return text + (f", not before epoch {train['min_epochs']}" if train.get("min_epochs") else "")
+
+
 def _settings_rows(train: dict, world_size: int) -> list[tuple[str, str]]:
     optimizer = str(train.get("optimizer", "?"))
     if optimizer == "sgd":
@@ -531,7 +536,7 @@ def _settings_rows(train: dict, world_size: int) -> list[tuple[str, str]]:
     pretrained = train.get("pretrained_path") or train.get("pretrained")
     return [
         ("epochs (at most)", str(train.get("epochs"))),
-        ("early stopping", f"after {train.get('patience')} epochs without a better validation macro AUROC"),
+        ("early stopping", _early_stopping(train)),
         (
             "batch size",
             batch

@@ -14,6 +14,8 @@ Best epoch: the highest validation macro AUROC; an epoch whose AUROC is undefine
 never the best and counts as a bad epoch for patience. If no epoch has a defined AUROC,
 nothing is selected: best.pt holds the last epoch's weights with "selected": False, and
 train.json has best_epoch 0, best_val_macro_auroc null and a "selection" note (also logged).
+Early stopping: after `train.patience` epochs in a row without a better one, but never before
+epoch `train.min_epochs`; the best epoch may still be one of the first.
 
 A run killed at any point resumes from `last.pt` when re-run with the same params, the same
 data (the cache's `tracking.data_fingerprint`) and the same number of processes, skipping the
@@ -768,7 +770,7 @@ def _save_partial(run: Training, generator: torch.Generator, partial: Partial) -
 def end_epoch(run: Training, epoch: int, loss_sum: float, seen: float, seconds: float) -> bool:
     """After `epoch`'s training: validation (rank 0), the schedule's epoch step, the history row,
     early stopping, metrics and log lines, best.pt on an improvement and last.pt. Returns whether
-    training stops here (patience used up, or the last epoch)."""
+    training stops here (patience used up after `min_epochs`, or the last epoch)."""
     loss_sum, seen = sum_across(run.context, loss_sum, seen)
     validation = None
     if run.main:
@@ -786,7 +788,8 @@ def end_epoch(run: Training, epoch: int, loss_sum: float, seen: float, seconds: 
         "images_per_second": seen / max(seconds, 1e-9),
     }
     improved = run.state.record_epoch(row, seconds)
-    stop = run.state.bad_epochs >= run.train.patience or epoch == run.train.epochs
+    patience_used_up = run.state.bad_epochs >= run.train.patience and epoch >= run.train.min_epochs
+    stop = patience_used_up or epoch == run.train.epochs
     if run.main:
         _log_epoch(run, row)
         if improved:
