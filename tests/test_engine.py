@@ -198,8 +198,11 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_cache, tmp_path, mlf
     train_model(accumulated, "cnn", tiny_cache, tmp_path / "accumulated", seed=42)
     big_weights = load_checkpoint(tmp_path / "big" / "last.pt")["model"]
     accumulated_weights = load_checkpoint(tmp_path / "accumulated" / "last.pt")["model"]
+    # Summing two half-batch gradients rounds apart from the whole batch's by ~1e-7, which Adam's
+    # normalised steps carry to ~2e-6 over the epoch (cnn's centred input, 2026-12-03); a step per
+    # half batch instead of an accumulated one moves the weights by ~6e-3.
     for key, value in big_weights.items():
-        assert torch.allclose(accumulated_weights[key], value, atol=1e-6), key
+        assert torch.allclose(accumulated_weights[key], value, atol=1e-5), key
     from cxr14.models import build_model
 
     torch.manual_seed(big.seed)  # the engine's initialisation: the step really moved the weights

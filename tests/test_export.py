@@ -152,7 +152,10 @@ def test_both_model_files_carry_the_contract(exported):
     assert json.loads(extra["preprocessing.json"]) == contract
 
 
-@pytest.mark.parametrize(("name", "mean", "std"), [("cnn", [0.0] * 3, [1.0] * 3), ("resnet18", None, None)])
+@pytest.mark.parametrize(
+    ("name", "mean", "std"),
+    [("cnn", [0.5] * 3, [0.25] * 3), ("cnn_gap", [0.0] * 3, [1.0] * 3), ("resnet18", None, None)],
+)
 def test_contract_fields(name, mean, std):
     bundle = build(name)
     contract = preprocessing_contract(bundle, IMAGE_SIZE, PREPROCESS_SIZE)
