@@ -311,6 +311,7 @@ def test_an_epoch_with_undefined_validation_auroc_is_never_the_best(
     assert summary["best_epoch"] == best and summary["best_val_macro_auroc"] == aurocs[best - 1]
     checkpoint = load_checkpoint(tmp_path / "cnn" / "best.pt")
     assert (checkpoint["epoch"], checkpoint["selected"]) == (best, True)
+    assert checkpoint["input"] == {"in_chans": 3, "mean": [0.5], "std": [0.25]}  # what the weights learned on
 
 
 def test_undefined_auroc_counts_as_a_bad_epoch_for_patience(tiny_cache, tmp_path, mlflow_store, monkeypatch):
@@ -369,6 +370,7 @@ def test_no_epoch_with_defined_validation_auroc_selects_nothing_and_says_so(
     best = load_checkpoint(out_dir / "best.pt")
     last = load_checkpoint(out_dir / "last.pt")
     assert best["selected"] is False and best["epoch"] == 2 and math.isnan(best["val_macro_auroc"])
+    assert best["input"] == {"in_chans": 3, "mean": [0.5], "std": [0.25]}
     assert all(torch.equal(best["model"][key], value) for key, value in last["model"].items())
 
 

@@ -19,7 +19,7 @@ from cxr14.data.images import prepare_for_model
 from cxr14.data.phantom import generate_phantom
 from cxr14.deploy.predict import POSITIVE_SUFFIX, load_model_folder, output_columns, predict_files
 from cxr14.evaluation.metrics import operating_points, sensitivity_threshold
-from cxr14.inference import predict
+from cxr14.inference import input_record, predict
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import build_model
 from cxr14.training.checkpoint import load_checkpoint, save_checkpoint
@@ -51,6 +51,7 @@ def model_folder(root: Path, name: str, seeds=(42,), points: dict | None = None)
         folder = root / "models" / name / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         checkpoint = {"model": bundle.model.state_dict(), "model_name": name, "epoch": 1, "image_size": IMAGE_SIZE}
+        checkpoint["input"] = input_record(bundle)
         save_checkpoint(folder / "best.pt", {**checkpoint, "selected": True, "operating_points": points})
         config = {"model": name, "preprocess": {"size": PREPROCESS_SIZE}, "train_seeds": list(seeds)}
         (folder / "config.json").write_text(json.dumps(config))
@@ -172,6 +173,32 @@ def test_a_model_folder_without_thresholds_is_refused_with_the_fix(tmp_path):
     save_checkpoint(folder / "best.pt", checkpoint)
     with pytest.raises(ValueError, match=r"best.pt: holds no validation thresholds.*dvc repro -f train@cnn-42"):
         load_model_folder(folder)
+
+
+def test_weights_trained_on_other_input_normalisation_are_refused_naming_the_file(tmp_path):
+    """cnn's registered normalisation changed (2026-12-03): a best.pt that learned on the plain /255
+    input would be scored on centred input without a word; its recorded mean/std make that an error."""
+    folder = model_folder(tmp_path, "cnn") / "seed-42"
+    checkpoint = load_checkpoint(folder / "best.pt")
+    assert checkpoint["input"] == {"in_chans": 3, "mean": [0.5], "std": [0.25]}
+    checkpoint["input"] = {"in_chans": 3, "mean": [0.0], "std": [1.0]}
+    save_checkpoint(folder / "best.pt", checkpoint)
+    with pytest.raises(
+        ValueError, match=r"seed-42/best.pt: these weights were trained on input with in_chans/mean/std 3/\[0.0\]/"
+    ) as error:
+        load_model_folder(folder)
+    assert "retrain the model (dvc repro)" in str(error.value)
+
+
+def test_a_checkpoint_from_before_the_record_loads_with_a_warning(tmp_path, caplog):
+    folder = model_folder(tmp_path, "cnn") / "seed-42"
+    checkpoint = load_checkpoint(folder / "best.pt")
+    del checkpoint["input"]
+    save_checkpoint(folder / "best.pt", checkpoint)
+    caplog.set_level("WARNING", logger="cxr14.inference")
+    assert load_model_folder(folder).name == "cnn"
+    warning = [r.getMessage() for r in caplog.records if "best.pt: written before" in r.getMessage()]
+    assert warning and "mean [0.5], std [0.25]) unchecked" in warning[0] and "retrain it" in warning[0]
 
 
 def cxr14(*args: str, cwd: Path) -> subprocess.CompletedProcess:

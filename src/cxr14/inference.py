@@ -15,6 +15,7 @@ format), so a shared model folder cannot run code.
 
 from __future__ import annotations
 
+import logging
 import mmap
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import torch
 
 from cxr14.config import ConfigError
 from cxr14.data.loader import make_loader, prepare_batch
-from cxr14.errors import MissingInputError
+from cxr14.errors import InputDataError, MissingInputError
 from cxr14.io import progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.model_names import train_stage
 from cxr14.models import ModelBundle, build_model
 from cxr14.training.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 __all__ = ["select_device", "load_trained", "load_operating_points", "predict", "autocast", "release_mapped_pages"]
 
@@ -49,6 +52,42 @@ def select_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.
         if world_size > 1:  # one GPU per process, chosen by torchrun's LOCAL_RANK
             name = f"cuda:{local_rank}"
     return torch.device(name)
+
+
+def input_record(bundle: ModelBundle) -> dict:
+    """How the model's input was prepared (channels, per-channel mean and std in [0, 1] pixel units),
+    stored in best.pt beside the weights: the registry's normalisation of an architecture may change
+    between versions (cnn's did, 2026-12-03), and weights only work with the one they learned on."""
+    return {"in_chans": bundle.in_chans, "mean": [float(m) for m in bundle.mean], "std": [float(s) for s in bundle.std]}
+
+
+def check_input_record(checkpoint: dict, bundle: ModelBundle, path: Path) -> None:
+    """Refuse weights trained on other input than this installation prepares for the architecture.
+
+    A checkpoint without the record (written before 2026-12-03) cannot be checked: a warning says so.
+
+    Raises:
+        InputDataError: the recorded channels, mean or std differ from the model's; names the file.
+    """
+    recorded, expected = checkpoint.get("input"), input_record(bundle)
+    if recorded is None:
+        log.warning(
+            "%s: written before checkpoints recorded their input normalisation; using this installation's "
+            "(in_chans %d, mean %s, std %s) unchecked. A cnn trained before 2026-12-03 saw mean 0, std 1: "
+            "retrain it (dvc repro)",
+            path,
+            expected["in_chans"],
+            expected["mean"],
+            expected["std"],
+        )
+        return
+    if recorded != expected:
+        raise InputDataError(
+            f"{path}: these weights were trained on input with in_chans/mean/std {recorded['in_chans']}/"
+            f"{recorded['mean']}/{recorded['std']}, but this installation prepares {bundle.name} input with "
+            f"{expected['in_chans']}/{expected['mean']}/{expected['std']}; retrain the model (dvc repro) or "
+            "install the cxr14 version it was trained with"
+        )
 
 
 def load_trained(
@@ -74,6 +113,7 @@ def load_trained(
     bundle = build_model(
         model_name, NUM_CLASSES, checkpoint["image_size"], pretrained=False, freeze_backbone=freeze_backbone
     )
+    check_input_record(checkpoint, bundle, checkpoint_path)
     bundle.model.load_state_dict(checkpoint["model"])
     bundle.model.to(device)
     return bundle, checkpoint["image_size"]
