@@ -267,6 +267,19 @@ def test_pretrained_path_loads_a_scratch_model_strictly(tmp_path):
         build_model("convnextv2_seed", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(checkpoint))
 
 
+def test_pretrained_path_refuses_our_checkpoint_trained_on_other_input(tmp_path):
+    """A cnn best.pt from before cnn's input was centred (it records mean 0, std 1) would start
+    fine-tuning on input unlike what its first layer learned; the recorded normalisation must match."""
+    torch.manual_seed(7)
+    trained = build_model("cnn", NUM_CLASSES, IMAGE_SIZE).model
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": trained.state_dict(), "input": {"in_chans": 3, "mean": [0.0], "std": [1.0]}}, checkpoint)
+    with pytest.raises(PretrainedWeightsError, match=r"cnn: the weights in .*best.pt' were trained on input with "):
+        build_model("cnn", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(checkpoint))
+    torch.save({"model": trained.state_dict(), "input": {"in_chans": 3, "mean": [0.5], "std": [0.25]}}, checkpoint)
+    assert build_model("cnn", NUM_CLASSES, IMAGE_SIZE, pretrained_path=str(checkpoint)).weights == str(checkpoint)
+
+
 def test_missing_weights_file_names_the_path_and_the_key(tmp_path):
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(PretrainedWeightsError, match=rf"{missing}.*pretrained_path"):

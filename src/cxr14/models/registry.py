@@ -331,7 +331,33 @@ def build_model(
 
         data_config = timm.data.resolve_model_data_config(model)
         mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    if weights_file is not None:
+        _check_recorded_input(name, weights_file, spec.in_chans, mean, std)
     return ModelBundle(name, model, spec.in_chans, tuple(mean), tuple(std), weights)
+
+
+def _check_recorded_input(name: str, path: Path, in_chans: int, mean: Iterable[float], std: Iterable[float]) -> None:
+    """Refuse one of our checkpoints whose weights learned on other input than `name` is fed here.
+
+    train@'s best.pt records it (cxr14.inference.input_record); timm/torchvision files carry none.
+    The file is memory-mapped, so reading the record again costs no weights.
+    """
+    if path.suffix == ".safetensors":
+        return
+    try:
+        with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # torch's legacy (non-zip) format cannot be mapped: not one of ours
+        return
+    recorded = checkpoint.get("input") if isinstance(checkpoint, Mapping) else None
+    expected = {"in_chans": in_chans, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if isinstance(recorded, Mapping) and dict(recorded) != expected:
+        raise PretrainedWeightsError(
+            f"{name}: the weights in {str(path)!r} were trained on input with in_chans/mean/std "
+            f"{recorded.get('in_chans')}/{recorded.get('mean')}/{recorded.get('std')}, but this version feeds "
+            f"{name} {in_chans}/{expected['mean']}/{expected['std']}: every layer would see input unlike what it "
+            "learned on. Retrain them with this version, or train from scratch (train.pretrained_path)"
+        )
 
 
 def _build_from_scratch(
