@@ -19,7 +19,7 @@ from cxr14.data.images import prepare_for_model
 from cxr14.data.phantom import generate_phantom
 from cxr14.deploy.predict import POSITIVE_SUFFIX, load_model_folder, output_columns, predict_files
 from cxr14.evaluation.metrics import operating_points, sensitivity_threshold
-from cxr14.inference import input_record, predict
+from cxr14.inference import predict
 from cxr14.labels import LABELS, NUM_CLASSES
 from cxr14.models import build_model
 from cxr14.training.checkpoint import load_checkpoint, save_checkpoint
@@ -51,7 +51,7 @@ def model_folder(root: Path, name: str, seeds=(42,), points: dict | None = None)
         folder = root / "models" / name / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         checkpoint = {"model": bundle.model.state_dict(), "model_name": name, "epoch": 1, "image_size": IMAGE_SIZE}
-        checkpoint["input"] = input_record(bundle)
+        checkpoint["input"] = bundle.input_record()
         save_checkpoint(folder / "best.pt", {**checkpoint, "selected": True, "operating_points": points})
         config = {"model": name, "preprocess": {"size": PREPROCESS_SIZE}, "train_seeds": list(seeds)}
         (folder / "config.json").write_text(json.dumps(config))

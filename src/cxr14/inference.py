@@ -54,13 +54,6 @@ def select_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.
     return torch.device(name)
 
 
-def input_record(bundle: ModelBundle) -> dict:
-    """How the model's input was prepared (channels, per-channel mean and std in [0, 1] pixel units),
-    stored in best.pt beside the weights: the registry's normalisation of an architecture may change
-    between versions (cnn's did, 2026-12-03), and weights only work with the one they learned on."""
-    return {"in_chans": bundle.in_chans, "mean": [float(m) for m in bundle.mean], "std": [float(s) for s in bundle.std]}
-
-
 def check_input_record(checkpoint: dict, bundle: ModelBundle, path: Path) -> None:
     """Refuse weights trained on other input than this installation prepares for the architecture.
 
@@ -69,7 +62,7 @@ def check_input_record(checkpoint: dict, bundle: ModelBundle, path: Path) -> Non
     Raises:
         InputDataError: the recorded channels, mean or std differ from the model's; names the file.
     """
-    recorded, expected = checkpoint.get("input"), input_record(bundle)
+    recorded, expected = checkpoint.get("input"), bundle.input_record()
     if recorded is None:
         log.warning(
             "%s: written before checkpoints recorded their input normalisation; using this installation's "

@@ -110,6 +110,12 @@ class ModelBundle:
     std: tuple[float, ...]
     weights: str | None = None
 
+    def input_record(self) -> dict:
+        """How the model's input is prepared (channels, per-channel mean and std in [0, 1] pixel
+        units), as train@ stores it in best.pt beside the weights: an architecture's normalisation
+        may change between versions (cnn's did, 2026-12-03), and weights only work with theirs."""
+        return {"in_chans": self.in_chans, "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _WARNED_UNREGISTERED: set[str] = set()
@@ -331,15 +337,16 @@ def build_model(
 
         data_config = timm.data.resolve_model_data_config(model)
         mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    bundle = ModelBundle(name, model, spec.in_chans, tuple(mean), tuple(std), weights)
     if weights_file is not None:
-        _check_recorded_input(name, weights_file, spec.in_chans, mean, std)
-    return ModelBundle(name, model, spec.in_chans, tuple(mean), tuple(std), weights)
+        _check_recorded_input(bundle, weights_file)
+    return bundle
 
 
-def _check_recorded_input(name: str, path: Path, in_chans: int, mean: Iterable[float], std: Iterable[float]) -> None:
-    """Refuse one of our checkpoints whose weights learned on other input than `name` is fed here.
+def _check_recorded_input(bundle: ModelBundle, path: Path) -> None:
+    """Refuse one of our checkpoints whose weights learned on other input than `bundle` is fed.
 
-    train@'s best.pt records it (cxr14.inference.input_record); timm/torchvision files carry none.
+    train@'s best.pt records it (ModelBundle.input_record); timm/torchvision files carry none.
     The file is memory-mapped, so reading the record again costs no weights.
     """
     if path.suffix == ".safetensors":
@@ -350,13 +357,14 @@ def _check_recorded_input(name: str, path: Path, in_chans: int, mean: Iterable[f
     except RuntimeError:  # torch's legacy (non-zip) format cannot be mapped: not one of ours
         return
     recorded = checkpoint.get("input") if isinstance(checkpoint, Mapping) else None
-    expected = {"in_chans": in_chans, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    expected = bundle.input_record()
     if isinstance(recorded, Mapping) and dict(recorded) != expected:
         raise PretrainedWeightsError(
-            f"{name}: the weights in {str(path)!r} were trained on input with in_chans/mean/std "
+            f"{bundle.name}: the weights in {str(path)!r} were trained on input with in_chans/mean/std "
             f"{recorded.get('in_chans')}/{recorded.get('mean')}/{recorded.get('std')}, but this version feeds "
-            f"{name} {in_chans}/{expected['mean']}/{expected['std']}: every layer would see input unlike what it "
-            "learned on. Retrain them with this version, or train from scratch (train.pretrained_path)"
+            f"{bundle.name} {expected['in_chans']}/{expected['mean']}/{expected['std']}: every layer would see "
+            "input unlike what it learned on. Retrain them with this version, or train from scratch "
+            "(train.pretrained_path)"
         )
 
 

@@ -64,7 +64,7 @@ from cxr14.data.loader import make_loader, prepare_batch
 from cxr14.errors import InputDataError
 from cxr14.evaluation.metrics import macro_auroc, operating_points
 from cxr14.inference import autocast as _autocast
-from cxr14.inference import input_record, predict
+from cxr14.inference import predict
 from cxr14.io import atomic_write_json, atomic_write_text, progress
 from cxr14.labels import NUM_CLASSES
 from cxr14.models import ModelBundle, build_model, set_train_mode
@@ -802,7 +802,7 @@ def end_epoch(run: Training, epoch: int, loss_sum: float, seen: float, seconds: 
                     "epoch": epoch,
                     "val_macro_auroc": float(val_auroc),
                     "image_size": run.train.image_size,
-                    "input": input_record(run.bundle),
+                    "input": run.bundle.input_record(),
                     "selected": True,
                     # The validation-chosen thresholds travel with the weights (cxr14 predict).
                     "operating_points": operating_points(run.val_labels, _last_validation_scores(run)),
@@ -885,7 +885,7 @@ def _finish(run: Training) -> None:
                 "epoch": state.epoch,
                 "val_macro_auroc": math.nan,
                 "image_size": run.train.image_size,
-                "input": input_record(run.bundle),
+                "input": run.bundle.input_record(),
                 "selected": False,
                 "operating_points": operating_points(run.val_labels, _last_validation_scores(run)),
             },
