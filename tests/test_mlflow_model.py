@@ -241,6 +241,24 @@ def test_a_package_with_another_label_order_or_bad_thresholds_is_refused(registe
     assert not (tmp_path / "other").exists()
 
 
+def test_a_package_normalised_otherwise_than_this_installation_builds_is_refused(registered, tmp_path):
+    """cnn's normalisation changed once (2026-12-03): a package of the old cnn must not be fed
+    the new centred input. The record written is the one the loader compares."""
+    bundle = build_model("cnn", NUM_CLASSES, SIZE, pretrained=False)
+    package = save_package(bundle, SIZE, SIZE, registered.thresholds, {}, tmp_path / "package")
+    config_file = package / "model.json"
+    config = json.loads(config_file.read_text())
+    assert {name: config[name] for name in ("in_chans", "mean", "std")} == bundle.input_record()
+    load_package(package, _cpu())  # as written: loads
+    config_file.write_text(json.dumps({**config, "mean": [0.0], "std": [1.0]}))
+    with pytest.raises(
+        PackageError,
+        match=rf"model.json: .* in_chans/mean/std {bundle.in_chans}/\[0.0\]/\[1.0\], but .* builds cnn with "
+        rf"{bundle.in_chans}/\[0.5\]/\[0.25\]; install",
+    ):
+        load_package(package, _cpu())
+
+
 @contextlib.contextmanager
 def _serving(model_uri: str, store: str, root: Path) -> Iterator[str]:
     """`mlflow models serve -m model_uri --env-manager local` on a free port until the block ends;

@@ -3,14 +3,22 @@ training starts over, says why, and the abandoned MLflow run is ended and tagged
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
+import cxr14
 from cxr14.config import config_from_dict
-from cxr14.tracking import data_fingerprint
+from cxr14.tracking import code_state, data_fingerprint
 from cxr14.training.checkpoint import load_checkpoint, save_checkpoint
 from cxr14.training.engine import resume_refusal, train_model, training_fingerprint
 from tests.conftest import cache_of, tiny_params, write_nih_folder
@@ -126,11 +134,88 @@ def test_checkpoint_from_other_params_or_before_the_resume_key_starts_over(
 
 def test_refusal_names_every_changed_component():
     params = {"seed": 0, "train": {"lr": 0.001, "epochs": 2}, "model": "cnn"}
-    key = {"params": params, "data": "aaaaaaaaaaaa", "world_size": 1}
+    code = {"files": {"cxr14/a.py": "1111", "cxr14/b.py": "2222"}, "libraries": {"torch": "2.14.1"}}
+    key = {"params": params, "data": "aaaaaaaaaaaa", "world_size": 1, "code": code}
     assert resume_refusal({"fingerprint": training_fingerprint(key), "resume_key": key}, key) is None
-    old = {"params": {**params, "train": {"lr": 0.01, "epochs": 2}}, "data": "bbbbbbbbbbbb", "world_size": 2}
+    old_code = {"files": {"cxr14/a.py": "9999", "cxr14/c.py": "3333"}, "libraries": {"torch": "2.13.0"}}
+    old = {
+        "params": {**params, "train": {"lr": 0.01, "epochs": 2}},
+        "data": "bbbbbbbbbbbb",
+        "world_size": 2,
+        "code": old_code,
+    }
     reason = resume_refusal({"fingerprint": "old", "resume_key": old}, key)
     assert "other params (train.lr 0.01 -> 0.001)" in reason
     assert "other data (data fingerprint bbbbbbbbbbbb -> aaaaaaaaaaaa)" in reason
     assert "another world size (2 -> 1 processes)" in reason
+    assert "other code (torch 2.13.0 -> 2.14.1, cxr14/a.py edited, cxr14/b.py added, cxr14/c.py removed)" in reason
+    without_code = {name: value for name, value in key.items() if name != "code"}  # a last.pt from before
+    assert "other code (the checkpoint records none)" in resume_refusal(
+        {"fingerprint": "older", "resume_key": without_code}, key
+    )
     assert "other settings" in resume_refusal({"fingerprint": "legacy"}, key)
+
+
+def test_checkpoint_from_other_code_starts_over(tiny_cache, tmp_path, mlflow_store, monkeypatch, caplog):
+    """A run begun by other code (an edited module, another torch) is not finished by this code."""
+    settings = {"train.image_size": 32, "preprocess.size": 32, "train.epochs": 2}
+    cfg = config_from_dict(tiny_params(**settings))
+    out_dir = tmp_path / "cnn"
+    with killed_at_second_validation(monkeypatch):
+        train_model(cfg, "cnn", tiny_cache, out_dir, seed=42)
+    checkpoint = load_checkpoint(out_dir / "last.pt")
+    assert not checkpoint["finished"] and checkpoint["resume_key"]["code"] == code_state()
+
+    # The same checkpoint as the code before an edit of the seed CNN's module would have written it.
+    key = copy.deepcopy(checkpoint["resume_key"])
+    key["code"]["files"]["cxr14/models/seed.py"] = "0" * 16
+    save_checkpoint(out_dir / "last.pt", {**checkpoint, "resume_key": key, "fingerprint": training_fingerprint(key)})
+    caplog.set_level(logging.INFO, logger=ENGINE_LOGGER)
+    result = train_model(cfg, "cnn", tiny_cache, out_dir, seed=42)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    refusals = [message for message in _warnings(caplog) if "not resuming" in message]
+    assert len(refusals) == 1 and "other code (cxr14/models/seed.py edited)" in refusals[0], refusals
+    assert "other params" not in refusals[0] and "other data" not in refusals[0]
+
+    # Unchanged code resumes: the same interrupted run, re-run as it was, continues at epoch 2.
+    shutil.rmtree(out_dir)
+    with killed_at_second_validation(monkeypatch):
+        train_model(cfg, "cnn", tiny_cache, out_dir, seed=42)
+    caplog.clear()
+    resumed = train_model(cfg, "cnn", tiny_cache, out_dir, seed=42)
+    assert any(r.getMessage().startswith("resuming cnn") for r in caplog.records)
+    assert not any("not resuming" in message for message in _warnings(caplog))
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_code_state_follows_each_module_of_the_package_that_runs(tmp_path):
+    """code_state hashes the package it is imported from: a copy with one module edited differs in
+    that module alone; one with a module added names it; a compiled cache file does not count."""
+    package = Path(cxr14.__file__).resolve().parent
+    shutil.copytree(package, tmp_path / "src" / "cxr14", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = "import json, cxr14.tracking as t; print(json.dumps(t.code_state()))"
+
+    def state() -> dict:
+        environment = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True, cwd=tmp_path
+        )
+        return json.loads(done.stdout)
+
+    before = state()
+    assert before == code_state()  # the copy is the same code as the package running this test
+    assert (
+        "cxr14/training/engine.py" in before["files"]
+        and before["libraries"]["torch"] == torch.__version__.split("+")[0]
+    )
+    module = tmp_path / "src" / "cxr14" / "models" / "seed.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    (tmp_path / "src" / "cxr14" / "models" / "extra.py").write_text("X = 1\n")
+    after = state()
+    changed = {
+        name
+        for name in before["files"].keys() | after["files"].keys()
+        if before["files"].get(name) != after["files"].get(name)
+    }
+    assert changed == {"cxr14/models/seed.py", "cxr14/models/extra.py"}
+    assert after["libraries"] == before["libraries"]

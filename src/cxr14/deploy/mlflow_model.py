@@ -191,9 +191,7 @@ def _package_config(
         "num_classes": NUM_CLASSES,
         "image_size": int(image_size),
         "preprocess_size": int(preprocess_size),
-        "in_chans": bundle.in_chans,
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
+        **bundle.input_record(),  # in_chans, mean, std
         "labels": list(LABELS),
         "thresholds": check_thresholds(thresholds),
         "default_operating_point": DEFAULT_OPERATING_POINT,
@@ -274,11 +272,12 @@ def load_package(package_dir: Path, device: torch.device | None = None) -> Packa
     config = read_config(package_dir)
     weights = Path(package_dir) / WEIGHTS_FILE
     bundle = build_model(config["architecture"], NUM_CLASSES, config["image_size"], pretrained=False)
-    if (bundle.in_chans, list(bundle.mean), list(bundle.std)) != (config["in_chans"], config["mean"], config["std"]):
+    built = bundle.input_record()
+    if built != {name: config[name] for name in built}:
         raise PackageError(
             f"{weights.with_name(CONFIG_FILE)}: the model was trained on input normalised with in_chans/mean/std "
             f"{config['in_chans']}/{config['mean']}/{config['std']}, but this installation builds "
-            f"{config['architecture']} with {bundle.in_chans}/{list(bundle.mean)}/{list(bundle.std)}; install the "
+            f"{config['architecture']} with {built['in_chans']}/{built['mean']}/{built['std']}; install the "
             "cxr14 and timm versions the model was packaged with"
         )
     try:

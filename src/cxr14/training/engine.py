@@ -18,14 +18,16 @@ Early stopping: after `train.patience` epochs in a row without a better one, but
 epoch `train.min_epochs`; the best epoch may still be one of the first.
 
 A run killed at any point resumes from `last.pt` when re-run with the same params, the same
-data (the cache's `tracking.data_fingerprint`) and the same number of processes, skipping the
+data (the cache's `tracking.data_fingerprint`), the same number of processes and the same code
+(the package's modules and the torch/timm/numpy versions: `tracking.code_state`), skipping the
 batches already trained and restoring the random states, so it ends exactly where an
 uninterrupted run would (on the CPU: identical metrics), in the same MLflow run. An unfinished
 `last.pt` that differs in any of these is not resumed: a warning names what changed (which
-params, the old and new data fingerprint, the world size), training starts over in a new
-MLflow run tagged `resume_refused` and `restarted_from` (the old run id), and the old run gets
-the tags `abandoned` and `superseded_by` and, if still RUNNING, the status KILLED. Under
-torchrun every process trains its shard of each epoch; only rank 0 validates and writes.
+params, the old and new data fingerprint, the world size, which modules or library versions),
+training starts over in a new MLflow run tagged `resume_refused` and `restarted_from` (the old
+run id), and the old run gets the tags `abandoned` and `superseded_by` and, if still RUNNING,
+the status KILLED. Under torchrun every process trains its shard of each epoch; only rank 0
+validates and writes.
 
 Structure: `_train` runs `_prepare` (data opened, then `assemble_training`: model, optimizer,
 schedule, losses), `_resume` (last.pt loaded or refused), `_tracked_run` (the MLflow run: new or
@@ -169,13 +171,15 @@ class TrainingState:
         return improved
 
 
-def resume_key(cfg: Config, model_name: str, world_size: int, data: str, seed: int) -> dict:
+def resume_key(cfg: Config, model_name: str, world_size: int, data: str, seed: int, code: dict) -> dict:
     """What must match for a checkpoint to be resumed, by component: this model's resolved
-    params, the data (`tracking.data_fingerprint` of the cache) and the number of processes
-    (which decides how each epoch's batches are sharded). Stored in every last.pt, so a refusal
-    can say which component changed. `seed`: the training seed."""
+    params, the data (`tracking.data_fingerprint` of the cache), the number of processes
+    (which decides how each epoch's batches are sharded) and the code (`tracking.code_state`:
+    the package's modules and the libraries' versions; a run finished by other code than the one
+    that began it would match neither). Stored in every last.pt, so a refusal can say which
+    component changed. `seed`: the training seed."""
     params = {"seed": seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
-    return {"params": params, "data": data, "world_size": world_size}
+    return {"params": params, "data": data, "world_size": world_size, "code": code}
 
 
 def training_fingerprint(key: dict) -> str:
@@ -205,7 +209,32 @@ def resume_refusal(checkpoint: dict, key: dict) -> str | None:
         reasons.append(f"other data (data fingerprint {old.get('data')} -> {key['data']})")
     if old.get("world_size") != key["world_size"]:
         reasons.append(f"another world size ({old.get('world_size')} -> {key['world_size']} processes)")
+    if old.get("code") != key["code"]:
+        reasons.append(_code_change(old.get("code"), key["code"]))
     return "it was trained with " + ("; ".join(reasons) or "other settings")
+
+
+def _code_change(old: Any, new: dict) -> str:
+    """ "other code (...)": the library versions that differ and the modules added, removed or edited."""
+    if not isinstance(old, dict):
+        return "other code (the checkpoint records none)"
+    changes = []
+    before, after = old.get("libraries") or {}, new["libraries"]
+    changes += [
+        f"{name} {before.get(name)} -> {after.get(name)}"
+        for name in sorted(set(before) | set(after))
+        if before.get(name) != after.get(name)
+    ]
+    before, after = old.get("files") or {}, new["files"]
+    for name in sorted(set(before) | set(after)):
+        if name not in before:
+            changes.append(f"{name} added")
+        elif name not in after:
+            changes.append(f"{name} removed")
+        elif before[name] != after[name]:
+            changes.append(f"{name} edited")
+    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+    return f"other code ({', '.join(changes[:5])}{more})"
 
 
 def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Module:
@@ -421,7 +450,8 @@ def _prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     if main:  # what a kill during an atomic write left behind (one training per model folder)
         remove_stale_temporaries(out_dir, _OUTPUT_FILES)
-    key = resume_key(cfg, model_name, context.world_size, tracking.data_fingerprint(cache_dir), seed)
+    data_key = tracking.data_fingerprint(cache_dir)
+    key = resume_key(cfg, model_name, context.world_size, data_key, seed, tracking.code_state())
 
     data = _open_training_data(cache_dir)
     resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name, "train_seed": seed}
