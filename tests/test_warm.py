@@ -304,3 +304,39 @@ def test_a_server_that_cannot_start_leaves_the_stage_to_its_own_process_and_says
     result, report = run_probe(root, env, "plain", warm_start=True, CXR14_WARM_IDLE="soon", OMP_NUM_THREADS="2")
     assert result.returncode == 0 and not report["torch_loaded"]
     assert "warm start unavailable (the warm stage server exited with status 1; see" in result.stderr
+
+
+def test_a_stuck_server_leaves_the_stage_to_its_own_process_and_never_runs_it_later(probe_env):
+    """A server that does not take a stage (here: stopped with SIGSTOP) would leave `dvc repro`
+    waiting for ever: the caller gives up after CXR14_WARM_TIMEOUT seconds, says so and runs the
+    script itself; the server, woken, sees that the caller is gone and does not run it too."""
+    root, env = probe_env
+    own = {"TORCH_PROBE_SERVER": "stuck"}  # a server of this test's own (a key variable)
+    _result, report = run_probe(root, env, "plain", warm_start=True, **own)
+    server = report["server"]
+    assert report["torch_loaded"]  # served by a fork of the server
+    log = next(
+        path
+        for path in (root / "run" / f"cxr14-warm-{os.getuid()}").glob("*.log")
+        if f"[{server}] serving on" in path.read_text()
+    )
+    os.kill(server, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result, report = run_probe(root, env, "plain", warm_start=True, CXR14_WARM_TIMEOUT="1", **own)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert result.returncode == 0 and not report["torch_loaded"] and report["server"] != server
+    assert "did not take the stage in 1 s: stuck?" in result.stderr and str(log) in result.stderr
+    assert waited < 60  # not the default timeout: the variable was read
+    deadline = time.monotonic() + 30
+    while "gave up before its stage started" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = log.read_text().splitlines()
+    assert any("a caller gave up before its stage started" in line for line in lines), lines
+    assert sum(": ended (" in line for line in lines) == 1  # only the first probe ever ran in the server
+
+    # The server itself is fine: the next caller is served by it again.
+    result, report = run_probe(root, env, "plain", warm_start=True, **own)
+    assert result.returncode == 0 and report["server"] == server and report["torch_loaded"]

@@ -35,7 +35,10 @@ after `CXR14_WARM_IDLE` seconds (default 60) without a stage.
 
 Off: `CXR14_WARM=0` runs every stage in its own interpreter, as without this module (also
 automatic under torchrun, with interpreter options such as `-X importtime`, or off Linux).
-If the server cannot be started the stage says so on stderr and runs in its own process.
+If the server cannot be started, or does not take the stage within `CXR14_WARM_TIMEOUT` seconds
+(default 60; it would otherwise leave `dvc repro` waiting for ever), the stage says so on stderr
+and runs in its own process; a server that wakes up later sees that its caller gave up and does
+not run the stage.
 Server logs: `$XDG_RUNTIME_DIR` (or the temp folder) `/cxr14-warm-<uid>/<key>.log`; a server that
 starts removes other keys' files unused for a day whose server is gone.
 """
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import selectors
@@ -58,6 +62,10 @@ from pathlib import Path
 SWITCH = "CXR14_WARM"
 IDLE_VARIABLE = "CXR14_WARM_IDLE"
 DEFAULT_IDLE_SECONDS = 60.0
+# How long a caller waits for a server to take its stage (to answer with the forked child's pid);
+# a live server takes one in milliseconds, so a server that does not is stuck (stopped, wedged).
+TAKE_VARIABLE = "CXR14_WARM_TIMEOUT"
+DEFAULT_TAKE_SECONDS = 60.0
 START_TIMEOUT_SECONDS = 300.0
 STALE_SECONDS = 86400.0  # another key's files unused this long, with no server, are removed
 
@@ -155,7 +163,24 @@ def delegate() -> None:
     except OSError as error:
         print(f"cxr14: warm start unavailable ({error}); running the stage in this process", file=sys.stderr)
         return
-    sys.exit(_run_remote(connection, script, folder / f"{key}.log"))
+    log_path = folder / f"{key}.log"
+    status = _run_remote(connection, script, log_path, _take_seconds())
+    if status is None:
+        print(
+            f"cxr14: warm start unavailable (the warm stage server did not take the stage in "
+            f"{_take_seconds():g} s: stuck? see {log_path}); running the stage in this process",
+            file=sys.stderr,
+        )
+        return
+    sys.exit(status)
+
+
+def _take_seconds() -> float:
+    value = os.environ.get(TAKE_VARIABLE, "")
+    try:
+        return float(value) if value.strip() else DEFAULT_TAKE_SECONDS
+    except ValueError:
+        return DEFAULT_TAKE_SECONDS
 
 
 # --- which server ------------------------------------------------------------------------------
@@ -317,7 +342,10 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def _run_remote(connection: socket.socket, script: str, log_path: Path) -> int:
+def _run_remote(connection: socket.socket, script: str, log_path: Path, take_seconds: float) -> int | None:
+    """Hand the stage to the server and follow it: its exit status (a signal death is re-raised
+    here), or None when the server did not take it within `take_seconds` (connection closed, this
+    process's signal handlers as before, a signal that arrived meanwhile delivered to it)."""
     request = {
         "script": script,
         "argv": sys.argv,
@@ -326,22 +354,45 @@ def _run_remote(connection: socket.socket, script: str, log_path: Path) -> int:
         "umask": _umask(),
     }
     child: list[int] = []
+    pending: list[int] = []  # signals that came before the stage's pid: forwarded once it is known
 
     def forward(signum, _frame):
-        if child:
-            try:
-                os.kill(child[0], signum)
-            except ProcessLookupError:
-                pass
+        if not child:
+            pending.append(signum)
+            return
+        try:
+            os.kill(child[0], signum)
+        except ProcessLookupError:
+            pass
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, forward)
-    _send_request(connection, request)
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    previous = {signum: signal.signal(signum, forward) for signum in forwarded}
     replies = connection.makefile("r")
-    for line in replies:
+    connection.settimeout(take_seconds)
+    try:
+        # The server says it has accepted before the streams are sent: file descriptors in flight
+        # to a server that never takes them would keep this process's pipes open after it is gone.
+        greeting = json.loads(replies.readline() or "{}")
+        if "ready" not in greeting:
+            problem = greeting.get("error", "it closed the connection")
+            print(f"cxr14: warm stage server: {problem} (see {log_path})", file=sys.stderr)
+            return 1
+        _send_request(connection, request)
+        first = replies.readline()
+    except TimeoutError:
+        connection.close()
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for held in pending:
+            os.kill(os.getpid(), held)
+        return None
+    connection.settimeout(None)
+    for line in itertools.chain([first] if first else [], replies):
         reply = json.loads(line)
         if "pid" in reply:
             child.append(reply["pid"])
+            for held in pending:
+                forward(held, None)
         elif "exit" in reply:
             return int(reply["exit"])
         elif "signal" in reply:
@@ -427,6 +478,17 @@ def _receive_request(connection: socket.socket) -> tuple[dict, list[int | None]]
     return request, streams
 
 
+def _hung_up(connection: socket.socket) -> bool:
+    """Whether the client closed its end: it sends nothing after its request, so anything to read
+    is the end of the stream."""
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def _peer_uid(connection: socket.socket) -> int:
     import struct
 
@@ -507,11 +569,23 @@ class _Server:
             connection.settimeout(30)
             if _peer_uid(connection) != os.getuid():
                 raise PermissionError("a client of another user")
+            connection.sendall(b'{"ready": true}\n')  # now the caller hands over its streams
             request, streams = _receive_request(connection)
             connection.settimeout(None)
+        except ConnectionError as error:  # BrokenPipeError too: the caller closed its end
+            _log(f"a caller gave up before its stage started ({error})")
+            connection.close()
+            return None
         except (OSError, ValueError) as error:
             _log(f"bad request: {error}")
             _reply(connection, error=str(error))
+            connection.close()
+            return None
+        if _hung_up(connection):  # it waited longer than its take timeout (this server was stuck)
+            _log(f"a caller gave up before its stage started (not running {' '.join(request['argv'])})")
+            for fd in streams:
+                if fd is not None:
+                    os.close(fd)
             connection.close()
             return None
         pid = os.fork()
