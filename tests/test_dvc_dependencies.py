@@ -66,6 +66,7 @@ import pytest
 import yaml
 
 from cxr14 import config as config_module
+from cxr14.training.code import TRAINING_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -80,6 +81,8 @@ RESOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cxr14.deploy.mlflow_model": ((), ("src/cxr14/deploy/pyfunc_model.py",)),
     # The warm-start client stats the package's files (which server may run the stage), reads none.
     "cxr14.warm": ((), ()),
+    # The resume key hashes the training code (test_resume_key_hashes_the_code_train_declares).
+    "cxr14.training.code": ((), tuple(f"src/cxr14/{path}" for path in TRAINING_CODE)),
 }
 # Source text that betrays a read of package data or of a file next to the code.
 RESOURCE_HINTS = re.compile(
@@ -680,6 +683,15 @@ def test_stage_params_match_config_reads(name):
     problems = params_problems(name)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+def test_resume_key_hashes_the_code_train_declares():
+    """cxr14.training.code hashes exactly the package code train@ declares: DVC re-runs the stage
+    when one of those files changes, and its persisted last.pt must then not be resumed; a file
+    hashed but not declared would refuse resumes DVC never asks for (and be an undeclared read)."""
+    for name in (name for name in STAGES if name.startswith("train@")):
+        package_deps = {dep.rstrip("/") for dep in declared(STAGES[name]["deps"]) if dep.startswith("src/cxr14/")}
+        assert package_deps == {f"src/cxr14/{path}" for path in TRAINING_CODE}, name
 
 
 def test_resource_reads_are_tabled():

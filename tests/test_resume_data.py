@@ -18,8 +18,9 @@ import torch
 
 import cxr14
 from cxr14.config import config_from_dict
-from cxr14.tracking import code_state, data_fingerprint
+from cxr14.tracking import data_fingerprint
 from cxr14.training.checkpoint import load_checkpoint, save_checkpoint
+from cxr14.training.code import TRAINING_CODE, code_state
 from cxr14.training.engine import resume_refusal, train_model, training_fingerprint
 from tests.conftest import cache_of, tiny_params, write_nih_folder
 from tests.test_engine import killed_at_second_validation
@@ -188,12 +189,13 @@ def test_checkpoint_from_other_code_starts_over(tiny_cache, tmp_path, mlflow_sto
     assert [row["epoch"] for row in resumed.history] == [1, 2]
 
 
-def test_code_state_follows_each_module_of_the_package_that_runs(tmp_path):
-    """code_state hashes the package it is imported from: a copy with one module edited differs in
-    that module alone; one with a module added names it; a compiled cache file does not count."""
+def test_code_state_follows_each_module_train_declares(tmp_path):
+    """code_state hashes the package it is imported from: a copy with one training module edited
+    differs in that module alone; a module added to a declared folder is named; a module train@
+    does not declare (the report's) and a compiled cache file do not count."""
     package = Path(cxr14.__file__).resolve().parent
     shutil.copytree(package, tmp_path / "src" / "cxr14", ignore=shutil.ignore_patterns("__pycache__"))
-    probe = "import json, cxr14.tracking as t; print(json.dumps(t.code_state()))"
+    probe = "import json; from cxr14.training.code import code_state; print(json.dumps(code_state()))"
 
     def state() -> dict:
         environment = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
@@ -204,18 +206,18 @@ def test_code_state_follows_each_module_of_the_package_that_runs(tmp_path):
 
     before = state()
     assert before == code_state()  # the copy is the same code as the package running this test
-    assert (
-        "cxr14/training/engine.py" in before["files"]
-        and before["libraries"]["torch"] == torch.__version__.split("+")[0]
-    )
-    module = tmp_path / "src" / "cxr14" / "models" / "seed.py"
-    module.write_text(module.read_text() + "\n# an edit\n")
-    (tmp_path / "src" / "cxr14" / "models" / "extra.py").write_text("X = 1\n")
+    assert {"cxr14/training/engine.py", "cxr14/models/seed.py", "cxr14/io.py"} <= before["files"].keys()
+    assert not any(name.startswith("cxr14/reporting/") for name in before["files"])
+    assert before["libraries"]["torch"] == torch.__version__.split("+")[0]
+    copy_root = tmp_path / "src" / "cxr14"
+    for edited in ("models/seed.py", "reporting/__init__.py"):
+        (copy_root / edited).write_text((copy_root / edited).read_text() + "\n# an edit\n")
+    (copy_root / "models" / "extra.py").write_text("X = 1\n")
+    (copy_root / "models" / "__pycache__").mkdir(exist_ok=True)
+    (copy_root / "models" / "__pycache__" / "seed.cpython-311.py").write_text("")
     after = state()
-    changed = {
-        name
-        for name in before["files"].keys() | after["files"].keys()
-        if before["files"].get(name) != after["files"].get(name)
-    }
+    names = before["files"].keys() | after["files"].keys()
+    changed = {name for name in names if before["files"].get(name) != after["files"].get(name)}
     assert changed == {"cxr14/models/seed.py", "cxr14/models/extra.py"}
     assert after["libraries"] == before["libraries"]
+    assert len(TRAINING_CODE) == len(set(TRAINING_CODE))

@@ -528,31 +528,6 @@ def git_dirty() -> str:
     return "true" if status.strip() else "false"
 
 
-# Libraries whose kernels, defaults and random streams shape a training run besides our own code.
-CODE_LIBRARIES = ("torch", "timm", "numpy")
-
-
-def code_state() -> dict[str, dict[str, str]]:
-    """The code that trains, for the resume key: a content hash of every module of the cxr14
-    package that runs (keyed "cxr14/<path>") and the installed versions of `CODE_LIBRARIES`.
-    Contents, not modification times: a fresh checkout of the same commit gives the same state."""
-    import importlib.metadata
-
-    root = Path(__file__).resolve().parent
-    files = {
-        path.relative_to(root.parent).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        for path in sorted(root.rglob("*.py"))
-        if "__pycache__" not in path.parts
-    }
-    libraries = {}
-    for name in CODE_LIBRARIES:
-        try:
-            libraries[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            libraries[name] = "not installed"
-    return {"files": files, "libraries": libraries}
-
-
 def dvc_experiment_name() -> str | None:
     """The name of the DVC experiment running this stage, or None outside `dvc exp run`."""
     return os.environ.get(DVC_EXPERIMENT_VARIABLE) or None

@@ -19,7 +19,7 @@ epoch `train.min_epochs`; the best epoch may still be one of the first.
 
 A run killed at any point resumes from `last.pt` when re-run with the same params, the same
 data (the cache's `tracking.data_fingerprint`), the same number of processes and the same code
-(the package's modules and the torch/timm/numpy versions: `tracking.code_state`), skipping the
+(the modules train@ declares, torch/timm/numpy versions: `cxr14.training.code`), skipping the
 batches already trained and restoring the random states, so it ends exactly where an
 uninterrupted run would (on the CPU: identical metrics), in the same MLflow run. An unfinished
 `last.pt` that differs in any of these is not resumed: a warning names what changed (which
@@ -77,6 +77,7 @@ from cxr14.training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from cxr14.training.code import code_state
 from cxr14.training.distributed import (
     DistributedContext,
     barrier,
@@ -174,8 +175,8 @@ class TrainingState:
 def resume_key(cfg: Config, model_name: str, world_size: int, data: str, seed: int, code: dict) -> dict:
     """What must match for a checkpoint to be resumed, by component: this model's resolved
     params, the data (`tracking.data_fingerprint` of the cache), the number of processes
-    (which decides how each epoch's batches are sharded) and the code (`tracking.code_state`:
-    the package's modules and the libraries' versions; a run finished by other code than the one
+    (which decides how each epoch's batches are sharded) and the code (`cxr14.training.code`:
+    the modules train@ declares and the libraries' versions; a run finished by other code than the one
     that began it would match neither). Stored in every last.pt, so a refusal can say which
     component changed. `seed`: the training seed."""
     params = {"seed": seed, "train": dataclasses.asdict(cfg.train_for(model_name)), "model": model_name}
@@ -451,7 +452,7 @@ def _prepare(
     if main:  # what a kill during an atomic write left behind (one training per model folder)
         remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     data_key = tracking.data_fingerprint(cache_dir)
-    key = resume_key(cfg, model_name, context.world_size, data_key, seed, tracking.code_state())
+    key = resume_key(cfg, model_name, context.world_size, data_key, seed, code_state())
 
     data = _open_training_data(cache_dir)
     resolved = {**config_to_dict(cfg), "train": dataclasses.asdict(train), "model": model_name, "train_seed": seed}
