@@ -346,13 +346,7 @@ def _run_remote(connection: socket.socket, script: str, log_path: Path, take_sec
     """Hand the stage to the server and follow it: its exit status (a signal death is re-raised
     here), or None when the server did not take it within `take_seconds` (connection closed, this
     process's signal handlers as before, a signal that arrived meanwhile delivered to it)."""
-    request = {
-        "script": script,
-        "argv": sys.argv,
-        "cwd": os.getcwd(),
-        "environment": dict(os.environ),
-        "umask": _umask(),
-    }
+    request = _stage_request(script)
     child: list[int] = []
     pending: list[int] = []  # signals that came before the stage's pid: forwarded once it is known
 
@@ -405,6 +399,17 @@ def _run_remote(connection: socket.socket, script: str, log_path: Path, take_sec
             return 1
     print(f"cxr14: the warm stage server ended before the stage did (see {log_path})", file=sys.stderr)
     return 1
+
+
+def _stage_request(script: str) -> dict:
+    """What the server's child takes over from this process (see `_become_stage`)."""
+    return {
+        "script": script,
+        "argv": sys.argv,
+        "cwd": os.getcwd(),
+        "environment": dict(os.environ),
+        "umask": _umask(),
+    }
 
 
 def _umask() -> int:
