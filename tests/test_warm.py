@@ -322,14 +322,11 @@ def test_a_stuck_server_leaves_the_stage_to_its_own_process_and_never_runs_it_la
     )
     os.kill(server, signal.SIGSTOP)
     try:
-        started = time.monotonic()
         result, report = run_probe(root, env, "plain", warm_start=True, CXR14_WARM_TIMEOUT="1", **own)
-        waited = time.monotonic() - started
     finally:
         os.kill(server, signal.SIGCONT)
     assert result.returncode == 0 and not report["torch_loaded"] and report["server"] != server
-    assert "did not take the stage in 1 s: stuck?" in result.stderr and str(log) in result.stderr
-    assert waited < 60  # not the default timeout: the variable was read
+    assert "did not take the stage in 1 s: stuck?" in result.stderr and str(log) in result.stderr  # the variable's
     deadline = time.monotonic() + 30
     while "gave up before its stage started" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)

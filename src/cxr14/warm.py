@@ -163,12 +163,12 @@ def delegate() -> None:
     except OSError as error:
         print(f"cxr14: warm start unavailable ({error}); running the stage in this process", file=sys.stderr)
         return
-    log_path = folder / f"{key}.log"
-    status = _run_remote(connection, script, log_path, _take_seconds())
+    log_path, take_seconds = folder / f"{key}.log", _take_seconds()
+    status = _run_remote(connection, script, log_path, take_seconds)
     if status is None:
         print(
             f"cxr14: warm start unavailable (the warm stage server did not take the stage in "
-            f"{_take_seconds():g} s: stuck? see {log_path}); running the stage in this process",
+            f"{take_seconds:g} s: stuck? see {log_path}); running the stage in this process",
             file=sys.stderr,
         )
         return
@@ -494,6 +494,12 @@ def _hung_up(connection: socket.socket) -> bool:
         return True
 
 
+def _close_streams(streams: list[int | None]) -> None:
+    for fd in streams:
+        if fd is not None:
+            os.close(fd)
+
+
 def _peer_uid(connection: socket.socket) -> int:
     import struct
 
@@ -588,9 +594,7 @@ class _Server:
             return None
         if _hung_up(connection):  # it waited longer than its take timeout (this server was stuck)
             _log(f"a caller gave up before its stage started (not running {' '.join(request['argv'])})")
-            for fd in streams:
-                if fd is not None:
-                    os.close(fd)
+            _close_streams(streams)
             connection.close()
             return None
         pid = os.fork()
@@ -600,9 +604,7 @@ class _Server:
             connection.close()
             _become_stage(request, streams)
             return request
-        for fd in streams:
-            if fd is not None:
-                os.close(fd)
+        _close_streams(streams)  # the child has them
         self.children[pid] = connection
         self.selector.register(connection, selectors.EVENT_READ, pid)
         _reply(connection, pid=pid)

@@ -203,9 +203,7 @@ def resume_refusal(checkpoint: dict, key: dict) -> str | None:
     if old.get("params") != key["params"]:
         before, after = flatten(old.get("params") or {}), flatten(key["params"])
         changed = [name for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
-        shown = ", ".join(f"{name} {before.get(name)!r} -> {after.get(name)!r}" for name in changed[:5])
-        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        reasons.append(f"other params ({shown}{more})")
+        reasons.append(f"other params ({_listed([f'{n} {before.get(n)!r} -> {after.get(n)!r}' for n in changed])})")
     if old.get("data") != key["data"]:
         reasons.append(f"other data (data fingerprint {old.get('data')} -> {key['data']})")
     if old.get("world_size") != key["world_size"]:
@@ -234,8 +232,13 @@ def _code_change(old: Any, new: dict) -> str:
             changes.append(f"{name} removed")
         elif before[name] != after[name]:
             changes.append(f"{name} edited")
-    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
-    return f"other code ({', '.join(changes[:5])}{more})"
+    return f"other code ({_listed(changes)})"
+
+
+def _listed(changes: list[str], shown: int = 5) -> str:
+    """The first `shown` changes, then how many more."""
+    more = f" and {len(changes) - shown} more" if len(changes) > shown else ""
+    return ", ".join(changes[:shown]) + more
 
 
 def validation_loss(train: TrainConfig, train_labels: np.ndarray) -> torch.nn.Module:
